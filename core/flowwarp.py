@@ -1,0 +1,216 @@
+"""FlowWarp: move a photographed person into a target pose by warping pixels along a dense flow.
+
+``method="parts"`` is training-free (:mod:`.part_flow`); a learned estimator (any object with the
+:class:`FlowEstimator` interface) can supply the flow instead. Either way the result is composited over
+the source background:
+
+* ``background="inpaint"`` removes the source person (its mask dilated) and fills the area it leaves
+  (``fill`` method), so the person does not appear twice; ``"keep"`` leaves the source photo as it is
+  behind the moved person; ``"black"`` / ``"white"`` give a cut-out on a plain background.
+* The output canvas is the target pose's. When it differs from the source image's, the background is
+  scaled uniformly to cover it (centred, cropped).
+* Visibility is 1 where the output shows real source content, 0 where content had to be made up (holes
+  inside the person that the source hides, and background the source person covered). It is binary:
+  ``1 - visibility`` is the mask a later inpainting or diffusion stage should repaint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .flow import base_coords, coords_to_flow, warp
+from .inpaint import INPAINT_METHODS, fill_holes
+from .keypoints import Person, Pose
+from .part_flow import part_flow
+from .parts import DEFAULT_DEPTH_ORDER
+from .retarget import ANCHORS, retarget_pose
+from .segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label_map, person_mask
+
+BACKGROUNDS = ("inpaint", "keep", "black", "white")
+METHODS = ("parts", "model")
+
+
+class FlowEstimator(Protocol):
+    """A learned flow model usable by FlowWarp.
+
+    ``estimate(source (1, 3, Hs, Ws) in 0..1, source_pose, target_pose) -> (flow (1, 2, H, W),
+    visibility (1, 1, H, W))`` on the target canvas ``H x W``, flow in the project's convention
+    (:mod:`.flow`).
+    """
+
+    def estimate(self, source: torch.Tensor, source_pose: Pose, target_pose: Pose
+                 ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass
+class FlowWarpOptions:
+    method: str = "parts"
+    segmentation: str = "grabcut"
+    background: str = "inpaint"
+    fill: str = "pyramid"
+    retarget: bool = False
+    anchor: str = "source"
+    source_person: int = 0
+    target_person: int = 0
+    depth_order: tuple[str, ...] = DEFAULT_DEPTH_ORDER
+
+    def __post_init__(self):
+        for name, allowed in (("method", METHODS), ("segmentation", SEGMENTATION_METHODS),
+                              ("background", BACKGROUNDS), ("fill", INPAINT_METHODS), ("anchor", ANCHORS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+
+
+@dataclass
+class PreparedSource:
+    """Everything about one source photo that does not depend on the target (reused across targets)."""
+
+    image: torch.Tensor       # (3, H, W) 0..1
+    pose: Pose
+    person: Person
+    mask: torch.Tensor        # (H, W) soft person mask
+    labels: torch.Tensor      # (H, W) part labels
+    background: torch.Tensor  # (3, H, W)
+    background_real: torch.Tensor  # (H, W) 1 where the background is the photo's, 0 where it was filled
+
+
+@dataclass
+class FlowWarpResult:
+    image: torch.Tensor       # (3, H, W) 0..1
+    flow: torch.Tensor        # (2, H, W) backward flow, source pixels
+    visibility: torch.Tensor  # (H, W) 1 = real source content, 0 = made up (binary)
+    person: torch.Tensor      # (H, W) soft person mask on the output
+    target_pose: Pose = field(default=None)  # the pose actually used (after retargeting)
+
+
+def _check_image(image, what: str) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", type(image).__name__)
+        raise ValueError(f"{what}: expected an RGB image array (H, W, 3) in 0..1, got {shape}")
+    if not np.isfinite(image).all():
+        raise ValueError(f"{what}: image contains NaN or infinite values")
+    return image.astype(np.float32, copy=False)
+
+
+def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = FlowWarpOptions(),
+                   what: str = "source") -> PreparedSource:
+    """Segment the source person, label its parts and build the background (see module doc)."""
+    image = _check_image(image, f"{what} image")
+    h, w = image.shape[:2]
+    if (pose.height, pose.width) != (h, w):
+        raise ValueError(f"{what} pose: canvas {pose.width}x{pose.height} does not match the {what} image "
+                         f"{w}x{h}; the pose must be detected on this image (or resized with it)")
+    person = pose.person(options.source_person, f"{what} pose")
+    fields = part_distance_fields(person, (h, w))
+    if not fields:
+        raise ValueError(f"{what} pose: too few joints to locate any body part (need e.g. neck and a hip, "
+                         f"or both ends of a limb)")
+    mask = torch.from_numpy(person_mask(image, person, options.segmentation, fields))
+    labels = part_label_map(fields, mask, options.depth_order)
+    img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    if options.background == "inpaint":
+        # Fill from colours well away from the silhouette (segmentation edges are not exact), but keep the
+        # photo wherever the mask says background, so an unmoved person gives back the photo exactly.
+        k = max(3, int(round(0.04 * max(h, w)))) | 1
+        remove = cv2.dilate((mask.numpy() > 0.1).astype(np.uint8), np.ones((k, k), np.uint8))
+        filled = fill_holes(img[None], torch.from_numpy(remove.astype(np.float32))[None, None], options.fill)[0]
+        real = (mask < 0.5).float()
+        background = real * img + (1 - real) * filled
+    else:
+    return PreparedSource(img, pose, person, mask, labels, background, real)
+
+
+def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
+    """Source positions of a uniform, centred 'cover' fit of the source canvas onto the target canvas."""
+    (ht, wt), (hs, ws) = target_size, source_size
+    s = max(ht / hs, wt / ws)
+    xy = base_coords(ht, wt)[0]
+    ox, oy = (wt - s * ws) / 2, (ht - s * hs) / 2
+    return torch.stack(((xy[0] + 0.5 - ox) / s - 0.5, (xy[1] + 0.5 - oy) / s - 0.5))
+
+
+def _sample(map_: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    return warp(map_[None], coords_to_flow(coords[None]))[0]
+
+
+def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOptions = FlowWarpOptions(),
+                  estimator: FlowEstimator | None = None, what: str = "target pose") -> FlowWarpResult:
+    """Warp a prepared source into ``target_pose`` (on its canvas, or the source's when retargeting)."""
+    if options.retarget:
+        target_pose = retarget_pose(source.pose, target_pose, anchor=options.anchor,
+                                    source_index=options.source_person, target_index=options.target_person)
+        target = target_pose.person(0, what)
+    else:
+        target = target_pose.person(options.target_person, what)
+    size = (target_pose.height, target_pose.width)
+    hs, ws = source.mask.shape
+    bg_coords = _cover_coords(size, (hs, ws))
+    bg = _sample(source.background, bg_coords)
+    bg_real = _sample(source.background_real[None], bg_coords)[0]
+
+    if options.method == "model":
+        if estimator is None:
+            raise ValueError("flow_model: method 'model' needs a flow model; connect one or use method 'parts'")
+        flow, vis = estimator.estimate(source.image[None], source.pose, target_pose)
+        coords = (flow + base_coords(*size))[0]
+        image = _sample(source.image, coords)
+        return FlowWarpResult(image, flow[0], vis[0, 0], vis[0, 0], target_pose)
+
+    pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order)
+    body = (pf.person > 0) | pf.hole
+    coords = torch.where(body, pf.coords, bg_coords)
+    person_img = _sample(source.image, coords)
+    alpha = pf.person
+    # Holes inside the person take the colours of the visible body around them.
+    known = ((pf.owner > 0) & (alpha > 0.5)).float()
+    if pf.hole.any():
+        filled = fill_holes(person_img[None], (1 - known)[None, None], options.fill)[0]
+        person_img = torch.where(pf.hole, filled, person_img)
+    # Content to generate: holes in the person, and background the source person hid that the moved
+    # person does not cover. Binary, as inpainting stages expect.
+    generate = pf.hole | ((alpha < 0.5) & (bg_real < 0.5))
+    alpha = _feather(alpha)
+    image = alpha * person_img + (1 - alpha) * bg
+    visibility = (~generate).float()
+    return FlowWarpResult(image.clamp(0, 1), coords_to_flow(coords[None])[0], visibility, alpha, target_pose)
+
+
+def _feather(alpha: torch.Tensor) -> torch.Tensor:
+    """Soften the person's edge by about half a pixel (anti-aliasing), keeping the inside at 1."""
+    k = torch.tensor([0.25, 0.5, 0.25])
+    a = F.conv2d(F.pad(alpha[None, None], (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :])[None, None])
+    return torch.maximum(a[0, 0], torch.where(alpha >= 1, alpha, torch.zeros_like(alpha))).clamp(0, 1)
+
+
+def flow_warp(images: Sequence[np.ndarray], source_poses: Sequence[Pose], target_poses: Sequence[Pose],
+              options: FlowWarpOptions = FlowWarpOptions(), estimator: FlowEstimator | None = None,
+              progress=None) -> list[FlowWarpResult]:
+    """Batch FlowWarp: N images with N source and N target poses, or 1 image (and 1 source pose) with N
+    target poses (a pose sequence -> N frames). ``progress(i, n)`` is called after each frame."""
+    n_img, n_src, n_tgt = len(images), len(source_poses), len(target_poses)
+    if n_img == 0 or n_tgt == 0:
+        raise ValueError(f"expected at least one source image and one target pose, got {n_img} images and "
+                         f"{n_tgt} target poses")
+    if n_src != n_img:
+        raise ValueError(f"source_pose: expected one pose frame per source image ({n_img}), got {n_src}")
+    if n_img not in (1, n_tgt):
+        raise ValueError(f"batch mismatch: {n_img} source images and {n_tgt} target poses; expected N images "
+                         f"with N target poses, or 1 image with N target poses")
+    prepared: list[PreparedSource] = []
+    results = []
+    for i in range(n_tgt):
+        j = 0 if n_img == 1 else i
+        if len(prepared) <= j:
+            prepared.append(prepare_source(images[j], source_poses[j], options, what=f"source[{j}]"))
+        results.append(warp_prepared(prepared[j], target_poses[i], options, estimator, what=f"target_pose[{i}]"))
+        if progress is not None:
+            progress(i + 1, n_tgt)
+    return results

@@ -1,0 +1,98 @@
+"""Where each body part lies on a pixel grid: normalised distance fields from keypoints.
+
+For a part with region half-width ``r`` the field is ``distance(pixel, part skeleton) / r``: below 1 inside
+the part's nominal region, 0 on its bone. Limbs use their bone segment, the torso its shoulder/hip polygon
+(0 inside), the head a capsule from the neck to the centre of the face joints. Radii come from
+:data:`~.render.PART_RADIUS` and :func:`~.parts.body_scale`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .keypoints import Person
+from .part_transforms import HEAD_JOINTS, LHIP, LSH, NECK, RHIP, RSH, torso_points
+from .parts import BODY_PARTS, body_scale
+from .render import PART_RADIUS
+
+_FACE = tuple(j for j in HEAD_JOINTS if j != NECK)
+HEAD_SPREAD = 1.6  # head radius >= this x the largest distance of a face joint from the face centre
+
+
+@dataclass
+class PartGeometry:
+    """A part's skeleton in one frame: ``points`` is the segment (2 points) or polygon; ``radius`` in px."""
+
+    name: str
+    kind: str  # "segment" | "polygon"
+    points: np.ndarray
+    radius: float
+
+
+def part_geometry(person: Person) -> dict[str, PartGeometry]:
+    """Skeletons of the parts this person's joints determine (parts with missing joints are left out)."""
+    scale = body_scale(person)
+    if scale <= 0:
+        return {}
+    out: dict[str, PartGeometry] = {}
+    for part in BODY_PARTS:
+        r = PART_RADIUS[part.name] * scale
+        if part.segment is not None:
+            a, b = part.segment
+            if person.present[a] and person.present[b]:
+                out[part.name] = PartGeometry(part.name, "segment", person.body[[a, b], :2].copy(), r)
+        elif part.name == "torso":
+            pts = torso_points(person, scale)
+            order = [j for j in (RSH, LSH, LHIP, RHIP, NECK) if j in pts]
+            if len(order) >= 2:
+                out["torso"] = PartGeometry("torso", "polygon", np.array([pts[j] for j in order]), r)
+        elif part.name == "head":
+            face = [j for j in _FACE if person.present[j]]
+            if face:
+                centre = person.body[face, :2].mean(0)
+                spread = max(float(np.linalg.norm(person.body[face, :2] - centre, axis=1).max()), 0.0)
+                r = max(r, HEAD_SPREAD * spread)
+                start = person.body[NECK, :2] if person.present[NECK] else centre
+                out["head"] = PartGeometry("head", "segment", np.stack([start, centre]), r)
+    return out
+
+
+def segment_distance(xy: torch.Tensor, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance of grid points ``xy`` ``(2, H, W)`` to segment ``a-b``, and their signed position along it
+    in pixels from ``a`` (unclamped)."""
+    a = torch.as_tensor(np.asarray(a, np.float32))
+    d = torch.as_tensor(np.asarray(b, np.float32)) - a
+    length = float(torch.linalg.norm(d))
+    px, py = xy[0] - a[0], xy[1] - a[1]
+    if length < 1e-6:
+        return torch.sqrt(px * px + py * py), torch.zeros_like(px)
+    u = d / length
+    along = px * u[0] + py * u[1]
+    t = along.clamp(0, length)
+    ex, ey = px - t * u[0], py - t * u[1]
+    return torch.sqrt(ex * ex + ey * ey), along
+
+
+def polygon_distance(xy: torch.Tensor, poly: np.ndarray) -> torch.Tensor:
+    """Distance of grid points to a polygon's area (0 inside), polygon = convex hull of ``poly``."""
+    h, w = xy.shape[-2:]
+    hull = cv2.convexHull(poly.astype(np.float32)).reshape(-1, 2)
+    if len(hull) < 3:
+        return segment_distance(xy, hull[0], hull[-1])[0]
+    inside = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(inside, np.round(hull * 16).astype(np.int32), 1, shift=4)
+    dist = torch.stack([segment_distance(xy, hull[i], hull[(i + 1) % len(hull)])[0] for i in range(len(hull))]).amin(0)
+    return torch.where(torch.from_numpy(inside).bool(), torch.zeros_like(dist), dist)
+
+
+def normalised_distance(geom: PartGeometry, xy: torch.Tensor) -> torch.Tensor:
+    """``distance / radius`` field of one part on the grid ``xy`` ``(2, H, W)``."""
+    if geom.kind == "segment":
+        d = segment_distance(xy, geom.points[0], geom.points[1])[0]
+    else:
+        d = polygon_distance(xy, geom.points)
+    return d / max(geom.radius, 1e-6)

@@ -1,0 +1,118 @@
+"""Body-part decomposition of the COCO-18 skeleton.
+
+Two levels:
+
+* ``BODY_PARTS``: eleven nearly rigid parts (head, torso, and the two segments of each limb). Each moves by
+  one transform in the training-free FlowWarp, and each has a label in :func:`~.render.render_part_labels`.
+* ``SUB_POSES``: the structure-aware part-flow paper's three groups (head, torso, legs). The paper only
+  names them ("grouping the human joints ... based on the inherent connection relationship"); we put the
+  arms with the torso, which they hang from, and let the hips belong to both torso and legs, where they join.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .keypoints import JOINT_INDEX
+
+
+@dataclass(frozen=True)
+class BodyPart:
+    """A named rigid part.
+
+    ``joints`` are the joints whose positions determine the part's transform. ``segment`` is the bone
+    ``(a, b)`` for limb parts (a capsule around it is the part's region) and None for head and torso,
+    whose regions are polygons around their joints. ``label`` is its value in part-label masks (0 is
+    background).
+    """
+
+    name: str
+    joints: tuple[int, ...]
+    segment: tuple[int, int] | None
+    label: int
+
+
+def _j(*names: str) -> tuple[int, ...]:
+    return tuple(JOINT_INDEX[n] for n in names)
+
+
+BODY_PARTS: tuple[BodyPart, ...] = (
+    BodyPart("head", _j("nose", "neck", "right_eye", "left_eye", "right_ear", "left_ear"), None, 1),
+    BodyPart("torso", _j("neck", "right_shoulder", "left_shoulder", "right_hip", "left_hip"), None, 2),
+    BodyPart("right_upper_arm", _j("right_shoulder", "right_elbow"), _j("right_shoulder", "right_elbow"), 3),
+    BodyPart("right_forearm", _j("right_elbow", "right_wrist"), _j("right_elbow", "right_wrist"), 4),
+    BodyPart("left_upper_arm", _j("left_shoulder", "left_elbow"), _j("left_shoulder", "left_elbow"), 5),
+    BodyPart("left_forearm", _j("left_elbow", "left_wrist"), _j("left_elbow", "left_wrist"), 6),
+    BodyPart("right_thigh", _j("right_hip", "right_knee"), _j("right_hip", "right_knee"), 7),
+    BodyPart("right_shin", _j("right_knee", "right_ankle"), _j("right_knee", "right_ankle"), 8),
+    BodyPart("left_thigh", _j("left_hip", "left_knee"), _j("left_hip", "left_knee"), 9),
+    BodyPart("left_shin", _j("left_knee", "left_ankle"), _j("left_knee", "left_ankle"), 10),
+)
+PART_BY_NAME: dict[str, BodyPart] = {p.name: p for p in BODY_PARTS}
+PART_NAMES: tuple[str, ...] = tuple(p.name for p in BODY_PARTS)
+NUM_PART_LABELS = len(BODY_PARTS) + 1  # + background
+
+# Sub-poses of the structure-aware part-flow paper (head, torso, legs), as joint index sets.
+SUB_POSES: dict[str, tuple[int, ...]] = {
+    "head": _j("nose", "neck", "right_eye", "left_eye", "right_ear", "left_ear"),
+    "torso": _j("neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
+                "left_wrist", "right_hip", "left_hip"),
+    "leg": _j("right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle"),
+}
+# Parts that make up each sub-pose (for cropping part images and masks).
+SUB_POSE_PARTS: dict[str, tuple[str, ...]] = {
+    "head": ("head",),
+    "torso": ("torso", "right_upper_arm", "right_forearm", "left_upper_arm", "left_forearm"),
+    "leg": ("right_thigh", "right_shin", "left_thigh", "left_shin"),
+}
+
+# Default depth order for compositing parts in the target frame, back to front: where parts overlap, a
+# later one wins. Limbs lie over the torso (arms crossing the chest stay visible), arms over legs.
+DEFAULT_DEPTH_ORDER: tuple[str, ...] = (
+    "torso", "right_thigh", "left_thigh", "right_shin", "left_shin", "head",
+    "right_upper_arm", "left_upper_arm", "right_forearm", "left_forearm",
+)
+
+
+def body_scale(body) -> float:
+    """A length in pixels that grows with the person's size, for limb widths and blur radii.
+
+    The torso length (neck to mid-hip) when it is known; otherwise estimated from other bones with typical
+    adult proportions (shoulder width ~0.75, upper arm ~0.6, thigh ~0.8, neck-nose ~0.45 torso lengths).
+    ``body`` is a :class:`~.keypoints.Person` or an ``(18, 3)`` array. Returns 0.0 when nothing is known.
+    """
+    import numpy as np
+
+    arr = getattr(body, "body", body)
+    present = arr[:, 2] > 0
+    xy = arr[:, :2]
+
+    def dist(a, b):
+        return float(np.hypot(*(xy[a] - xy[b]))) if present[a] and present[b] else None
+
+    neck, rsh, lsh, rhip, lhip = 1, 2, 5, 8, 11
+    if present[neck] and (present[rhip] or present[lhip]):
+        hips = [xy[i] for i in (rhip, lhip) if present[i]]
+        return float(np.hypot(*(xy[neck] - np.mean(hips, axis=0))))
+    estimates = []
+    for (a, b), ratio in (((rsh, lsh), 0.75), ((2, 3), 0.6), ((5, 6), 0.6), ((8, 9), 0.8), ((11, 12), 0.8),
+                          ((9, 10), 0.8), ((12, 13), 0.8), ((3, 4), 0.55), ((6, 7), 0.55), ((0, 1), 0.45),
+                          ((rhip, lhip), 0.35)):
+        d = dist(a, b)
+        if d:
+            estimates.append(d / ratio)
+    return float(np.median(estimates)) if estimates else 0.0
+
+
+# Kinematic tree of the parts: child -> (parent, the joint they share). The torso is the root.
+PART_PARENT: dict[str, tuple[str, int]] = {
+    "head": ("torso", JOINT_INDEX["neck"]),
+    "right_upper_arm": ("torso", JOINT_INDEX["right_shoulder"]),
+    "left_upper_arm": ("torso", JOINT_INDEX["left_shoulder"]),
+    "right_forearm": ("right_upper_arm", JOINT_INDEX["right_elbow"]),
+    "left_forearm": ("left_upper_arm", JOINT_INDEX["left_elbow"]),
+    "right_thigh": ("torso", JOINT_INDEX["right_hip"]),
+    "left_thigh": ("torso", JOINT_INDEX["left_hip"]),
+    "right_shin": ("right_thigh", JOINT_INDEX["right_knee"]),
+    "left_shin": ("left_thigh", JOINT_INDEX["left_knee"]),
+}

@@ -1,0 +1,268 @@
+"""Pictures of poses: ControlNet skeletons, GFLA heatmaps, PIDM pose maps, body-part masks and labels.
+
+All functions take a pixel-coordinate :class:`~.keypoints.Pose` and draw on its ``height`` x ``width``
+canvas; missing joints (confidence <= 0) and the limbs that need them are skipped. Geometry follows the
+pixel-centre convention of :mod:`.keypoints`: pixel ``(i, j)`` sits at ``x = j, y = i``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .keypoints import COLORS, LIMBS, NUM_JOINTS, Person, Pose
+from .parts import BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME, body_scale
+
+__all__ = [
+    "PART_RADIUS", "part_radius", "stick_scale", "render_skeleton", "render_skeleton_batch", "render_heatmaps",
+    "render_pidm_pose_map", "render_part_masks", "render_part_labels",
+]
+
+STICKWIDTH = 4      # half-width of a limb ellipse at scale 1 (OpenPose / controlnet_aux / PIDM)
+JOINT_RADIUS = 4
+
+# Half-width of each part's region as a fraction of ``body_scale`` (torso length). Limbs: capsule radius
+# around the bone. Torso: how far the shoulder/hip polygon is dilated. Head: the least radius of the circle
+# around the face joints (it grows with their spread, see ``render_part_masks``).
+PART_RADIUS: dict[str, float] = {
+    "head": 0.24,
+    "torso": 0.16,
+    "right_upper_arm": 0.16, "left_upper_arm": 0.16,
+    "right_forearm": 0.13, "left_forearm": 0.13,
+    "right_thigh": 0.22, "left_thigh": 0.22,
+    "right_shin": 0.17, "left_shin": 0.17,
+}
+_HEAD_SPREAD = 1.6  # head radius >= this x the largest distance of a face joint from the face centre
+_FACE_JOINTS = (0, 14, 15, 16, 17)  # nose, eyes, ears
+_TORSO_JOINTS = (1, 2, 5, 8, 11)    # neck, shoulders, hips
+
+
+def part_radius(part_name: str, scale: float) -> float:
+    """Region half-width in pixels of part ``part_name`` for a person of ``body_scale`` ``scale``."""
+    if part_name not in PART_RADIUS:
+        raise ValueError(f"part_name: unknown part {part_name!r}, expected one of {sorted(PART_RADIUS)}")
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale: expected a finite length >= 0 in pixels, got {scale!r}")
+    return PART_RADIUS[part_name] * float(scale)
+
+
+# --------------------------------------------------------------------------------------------- skeleton
+
+def stick_scale(width: int, height: int) -> int:
+    """controlnet_aux's ``xinsr_stick_scaling`` factor: 1 below 500 px, else ``min(2 + side // 1000, 7)``."""
+    side = max(width, height)
+    return 1 if side < 500 else min(2 + side // 1000, 7)
+
+
+def _limb_polygon(body: np.ndarray, a: int, b: int, stickwidth: int) -> np.ndarray | None:
+    """OpenPose's ellipse polygon for the bone ``a``-``b``, or None when a joint is missing.
+
+    The angle is measured from ``b`` to ``a`` and truncated by ``int`` exactly as controlnet_aux and PIDM do
+    (the direction matters by up to 1 degree after truncation)."""
+    if body[a, 2] <= 0 or body[b, 2] <= 0:
+        return None
+    (xa, ya), (xb, yb) = body[a, :2], body[b, :2]
+    length = math.hypot(xa - xb, ya - yb)
+    angle = math.degrees(math.atan2(ya - yb, xa - xb))
+    return cv2.ellipse2Poly((int((xa + xb) / 2), int((ya + yb) / 2)), (int(length / 2), stickwidth),
+                            int(angle), 0, 360, 1)
+
+
+def _draw_body(img: np.ndarray, body: np.ndarray, stickwidth: int) -> None:
+    """One person in place: limbs (colour x 0.6), then joints (full colour), as controlnet_aux."""
+    for i, (a, b) in enumerate(LIMBS):
+        polygon = _limb_polygon(body, a, b, stickwidth)
+        if polygon is not None:
+            cv2.fillConvexPoly(img, polygon, [int(c * 0.6) for c in COLORS[i]])
+    for j in range(NUM_JOINTS):
+        if body[j, 2] > 0:
+            cv2.circle(img, (int(body[j, 0]), int(body[j, 1])), JOINT_RADIUS, COLORS[j], thickness=-1)
+
+
+def _check_pose(pose: Pose) -> None:
+    if not isinstance(pose, Pose):
+        raise ValueError(f"pose: expected a Pose, got {type(pose).__name__}")
+
+
+def render_skeleton(pose: Pose, canvas: np.ndarray | None = None, stick_scaling: bool = True) -> np.ndarray:
+    """The ControlNet/controlnet_aux OpenPose picture of every person: uint8 RGB ``(H, W, 3)``.
+
+    People are drawn one after another (each one's limbs, then its joints), as controlnet_aux's
+    ``draw_poses`` does, so a later person covers an earlier one. A frame with no people gives a black image.
+    ``canvas`` (uint8 ``(H, W, 3)``) is drawn on a copy instead of black. ``stick_scaling`` widens limbs on
+    canvases of 500 px and more (:func:`stick_scale`, controlnet_aux's ``xinsr_stick_scaling``); turn it off
+    for controlnet_aux's default picture.
+    """
+    _check_pose(pose)
+    shape = (pose.height, pose.width, 3)
+    if canvas is None:
+        img = np.zeros(shape, np.uint8)
+    else:
+        if not isinstance(canvas, np.ndarray) or canvas.shape != shape or canvas.dtype != np.uint8:
+            got = f"{canvas.dtype} {canvas.shape}" if isinstance(canvas, np.ndarray) else type(canvas).__name__
+            raise ValueError(f"canvas: expected a uint8 array of shape {shape} (the pose's canvas), got {got}")
+        img = canvas.copy()
+    stickwidth = STICKWIDTH * (stick_scale(pose.width, pose.height) if stick_scaling else 1)
+    for person in pose.people:
+        _draw_body(img, person.body, stickwidth)
+    return img
+
+
+def render_skeleton_batch(poses: Sequence[Pose], stick_scaling: bool = True) -> np.ndarray:
+    """:func:`render_skeleton` of each frame, stacked: uint8 ``(B, H, W, 3)``; all canvases must agree."""
+    if len(poses) == 0:
+        raise ValueError("poses: expected at least one frame, got an empty batch")
+    for i, p in enumerate(poses):
+        _check_pose(p)
+        if p.size != poses[0].size:
+            raise ValueError(f"poses: frame {i} has a {p.width}x{p.height} canvas but frame 0 has "
+                             f"{poses[0].width}x{poses[0].height}; resize the poses to one canvas first")
+    return np.stack([render_skeleton(p, stick_scaling=stick_scaling) for p in poses])
+
+
+# ----------------------------------------------------------------------------------- network pose inputs
+
+def _person(pose: Pose, person: int) -> Person:
+    _check_pose(pose)
+    return pose.person(person, "pose")
+
+
+def render_heatmaps(pose: Pose, sigma: float = 6.0, person: int = 0) -> np.ndarray:
+    """GFLA-style Gaussian heatmaps, float32 ``(18, H, W)``, peak 1 at each joint, zeros for missing joints.
+
+    Channel j is ``exp(-((x - xj)^2 + (y - yj)^2) / (2 sigma^2))`` at pixel ``(i, j) = (y, x)``. Joint
+    coordinates are used as floats (GFLA's own loader truncates them to integers first).
+    """
+    body = _person(pose, person).body
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma: expected a positive number of pixels, got {sigma!r}")
+    out = np.zeros((NUM_JOINTS, pose.height, pose.width), np.float32)
+    xs, ys = np.arange(pose.width), np.arange(pose.height)
+    for j in np.flatnonzero(body[:, 2] > 0):
+        gx = np.exp(-((xs - body[j, 0]) ** 2) / (2 * sigma ** 2))
+        gy = np.exp(-((ys - body[j, 1]) ** 2) / (2 * sigma ** 2))
+        out[j] = np.outer(gy, gx)  # the 2-D Gaussian is separable
+    return out
+
+
+def render_pidm_pose_map(pose: Pose, person: int = 0) -> np.ndarray:
+    """PIDM's 20-channel pose input, float32 ``(20, H, W)`` in 0..1, as PIDM's ``get_label_tensor`` makes it.
+
+    Channels 0-2: PIDM's own skeleton picture, which is NOT the ControlNet one: joints first (radius 4), then
+    each limb (half-width 4, no stick scaling) blended over it at 0.6 opacity, drawn with the colour table
+    read as BGR, so red and blue are swapped (limb 0 is blue). Channels 3-19: for each of the first 17
+    limbs, the L1 distance (``cv2.DIST_L1``, mask 3) to the limb's ellipse, divided by 3, clipped to 0..255,
+    truncated to uint8, over 255. A missing limb has no pixel at distance 0, so its channel is all 1
+    (OpenCV's distance is then FLT_MAX), as in PIDM.
+    """
+    body = _person(pose, person).body
+    h, w = pose.height, pose.width
+    canvas = np.zeros((h, w, 3), np.uint8)
+    for j in range(NUM_JOINTS):
+        if body[j, 2] > 0:
+            cv2.circle(canvas, (int(body[j, 0]), int(body[j, 1])), JOINT_RADIUS, COLORS[j], thickness=-1)
+    out = np.empty((20, h, w), np.float32)
+    for i, (a, b) in enumerate(LIMBS):
+        limb = np.zeros((h, w), np.uint8)
+        polygon = _limb_polygon(body, a, b, STICKWIDTH)
+        if polygon is not None:
+            cur = canvas.copy()
+            cv2.fillConvexPoly(cur, polygon, COLORS[i])
+            canvas = cv2.addWeighted(canvas, 0.4, cur, 0.6, 0)
+            cv2.fillConvexPoly(limb, polygon, 255)
+        dist = cv2.distanceTransform(255 - limb, cv2.DIST_L1, 3)
+        out[3 + i] = np.clip(dist / 3, 0, 255).astype(np.uint8) / np.float32(255)
+    out[:3] = canvas[..., ::-1].transpose(2, 0, 1) / np.float32(255)  # PIDM's cvtColor(BGR2RGB)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- part masks
+
+def _near_hull(shape: tuple[int, int], points: np.ndarray, radius: float) -> np.ndarray:
+    """Bool mask of the pixels within ``radius`` of the convex hull of ``points`` ((N, 2) xy, N >= 1).
+
+    One point gives a disc, two a capsule, more the hull dilated by ``radius`` (round corners)."""
+    h, w = shape
+    mask = np.zeros(shape, bool)
+    x0, y0 = np.floor(points.min(axis=0) - radius).astype(int)
+    x1, y1 = np.ceil(points.max(axis=0) + radius).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w - 1), min(y1, h - 1)
+    if x0 > x1 or y0 > y1:
+        return mask
+    px, py = np.meshgrid(np.arange(x0, x1 + 1, dtype=np.float64), np.arange(y0, y1 + 1, dtype=np.float64))
+    hull = cv2.convexHull(points.astype(np.float32)).reshape(-1, 2).astype(np.float64) \
+        if len(points) > 2 else points
+    near = np.zeros(px.shape, bool)
+    edges = list(zip(hull, np.roll(hull, -1, axis=0))) if len(hull) > 1 else [(hull[0], hull[0])]
+    cross = []
+    for a, b in edges:
+        d = b - a
+        t = np.clip(((px - a[0]) * d[0] + (py - a[1]) * d[1]) / max(d @ d, 1e-12), 0.0, 1.0)
+        near |= (px - a[0] - t * d[0]) ** 2 + (py - a[1] - t * d[1]) ** 2 <= radius ** 2
+        cross.append(d[0] * (py - a[1]) - d[1] * (px - a[0]))
+    if len(hull) > 2:  # inside a convex polygon: on one side of every edge
+        cross = np.stack(cross)
+        near |= (cross >= 0).all(axis=0) | (cross <= 0).all(axis=0)
+    mask[y0:y1 + 1, x0:x1 + 1] = near
+    return mask
+
+
+def _part_points(body: np.ndarray, name: str) -> np.ndarray | None:
+    """The points whose neighbourhood is part ``name``'s region, or None when its joints are missing."""
+    present = body[:, 2] > 0
+    part = PART_BY_NAME[name]
+    if part.segment is not None:
+        return body[list(part.segment), :2] if present[list(part.segment)].all() else None
+    joints = _FACE_JOINTS if name == "head" else _TORSO_JOINTS
+    idx = [j for j in joints if present[j]]
+    if name == "torso" and not (present[[8, 11]].any() and present[[1, 2, 5]].any()):
+        return None  # a torso needs something at the shoulders and at the hips
+    return body[idx, :2] if idx else None
+
+
+def render_part_masks(pose: Pose, person: int = 0, radius_scale: float = 1.0) -> np.ndarray:
+    """Region of each of ``BODY_PARTS`` (in that order), float32 ``(len(BODY_PARTS), H, W)`` in {0, 1}.
+
+    Limbs: capsules of radius ``part_radius`` around their bone. Torso: the convex hull of neck, shoulders
+    and hips, dilated by ``part_radius("torso")``; it needs a shoulder (or the neck) and a hip. Head: a disc
+    around the mean of the face joints (nose, eyes, ears), radius the larger of ``part_radius("head")`` and
+    1.6 x the face joints' largest distance from that centre. ``radius_scale`` multiplies every radius.
+    Parts whose joints are missing stay empty.
+    """
+    body = _person(pose, person).body
+    if not (isinstance(radius_scale, (int, float)) and math.isfinite(radius_scale) and radius_scale > 0):
+        raise ValueError(f"radius_scale: expected a positive number, got {radius_scale!r}")
+    scale = body_scale(body)
+    out = np.zeros((len(BODY_PARTS), pose.height, pose.width), np.float32)
+    for k, part in enumerate(BODY_PARTS):
+        points = _part_points(body, part.name)
+        if points is None:
+            continue
+        radius = part_radius(part.name, scale)
+        if part.name == "head":
+            centre = points.mean(axis=0)
+            radius = max(radius, _HEAD_SPREAD * float(np.hypot(*(points - centre).T).max()))
+            points = centre[None]
+        out[k] = _near_hull(pose.size, points, radius * radius_scale)
+    return out
+
+
+def render_part_labels(pose: Pose, person: int = 0,
+                       depth_order: Sequence[str] = DEFAULT_DEPTH_ORDER) -> np.ndarray:
+    """uint8 ``(H, W)`` label map: 0 background, else ``BodyPart.label`` of the front-most part.
+
+    ``depth_order`` lists part names back to front (a later part wins where parts overlap); parts left out
+    of it are not drawn.
+    """
+    if isinstance(depth_order, str) or any(n not in PART_BY_NAME for n in depth_order):
+        raise ValueError(f"depth_order: expected a sequence of part names from {list(PART_BY_NAME)}, "
+                         f"got {depth_order!r}")
+    masks = render_part_masks(pose, person)
+    labels = np.zeros(pose.size, np.uint8)
+    index = {p.name: k for k, p in enumerate(BODY_PARTS)}
+    for name in depth_order:
+        labels[masks[index[name]] > 0] = PART_BY_NAME[name].label
+    return labels

@@ -1,0 +1,171 @@
+"""Pose retargeting: put a target pose on the source person's body (the source's bone lengths, the target's angles).
+
+What is kept and what is estimated:
+
+* The skeleton is the tree :data:`BONES` rooted at the neck. Walking from the root, each retargeted bone keeps
+  the TARGET bone's direction and takes the SOURCE bone's length.
+* A source bone whose two joints are not both present takes the length of its mirror bone (left <-> right) when
+  that one is measurable, else ``BONE_RATIOS[bone] * scale`` where ``scale`` is
+  :func:`~.parts.body_scale` of the source (or, when that is 0, the median of ``length / ratio`` over the
+  source's measurable bones).
+* Joints missing in the target stay missing (their stored values are kept). A present target joint whose
+  parent is missing in the target (a knee without its hip, or the neck itself) keeps the target's offset from
+  its nearest present ancestor, scaled by ``k = scale(source) / scale(target)`` (``k = 1`` when the target has
+  no measurable bone); with no present ancestor the offset is taken from the centroid of the target's present
+  joints. A zero-length target bone has no direction: its child is put on its parent.
+* Position, ``anchor="source"``: the result is translated so that its root coincides with the source's root,
+  the root being the mid-hip when both hips are present in both poses, else the neck when present in both,
+  else the centroid of the joints present in both (else of all present joints of each).
+  ``anchor="target"``: the result's root (same rule, on the target alone) is put at the target's root.
+* Confidences are the target's. The face and hands are the TARGET's, moved rigidly with their attached joint
+  (face: nose; hands: their wrist; else that joint's nearest present ancestor): a point ``p`` goes to
+  ``attached' + (p - attached) * k``. The source's own face and hands are not used; ``extra`` is the source's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .geometry import fit_pose
+from .keypoints import FLIP_PERMUTATION, NUM_JOINTS, Person, Pose
+from .parts import body_scale
+
+ROOT = 1  # neck
+# Parent -> child, in an order where every parent is placed before its children.
+BONES: tuple[tuple[int, int], ...] = (
+    (1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
+    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+)
+PARENT: dict[int, int] = {c: p for p, c in BONES}
+
+# Typical bone length as a fraction of body_scale (the torso length, neck to mid-hip), for adults seen from the
+# front; consistent with the ratios body_scale itself uses (shoulder width 0.75, upper arm 0.6, forearm 0.55,
+# thigh and shin 0.8, neck-nose 0.45, hip width 0.35). Neck-hip is sqrt(1 + 0.175^2); the face bones are
+# anthropometric guesses (nose-eye ~0.1, eye-ear ~0.12), checked against the sample photos.
+BONE_RATIOS: dict[tuple[int, int], float] = {
+    (1, 2): 0.375, (2, 3): 0.6, (3, 4): 0.55,
+    (1, 5): 0.375, (5, 6): 0.6, (6, 7): 0.55,
+    (1, 8): 1.02, (8, 9): 0.8, (9, 10): 0.8,
+    (1, 11): 1.02, (11, 12): 0.8, (12, 13): 0.8,
+    (1, 0): 0.45, (0, 14): 0.1, (14, 16): 0.12, (0, 15): 0.1, (15, 17): 0.12,
+}
+ANCHORS: tuple[str, ...] = ("source", "target")
+# Which body joint each extra part hangs from.
+_PART_JOINT = {"face": 0, "right_hand": 4, "left_hand": 7}
+
+
+def _bone_length(person: Person, bone: tuple[int, int]) -> float | None:
+    a, b = bone
+    if person.present[a] and person.present[b]:
+        return float(np.hypot(*(person.xy[a] - person.xy[b])))
+    return None
+
+
+def _scale(person: Person) -> float:
+    """body_scale, or the median of ``length / ratio`` over measurable bones; 0.0 when nothing is measurable."""
+    scale = body_scale(person)
+    if scale > 0:
+        return scale
+    estimates = [length / BONE_RATIOS[b] for b in BONES if (length := _bone_length(person, b))]
+    return float(np.median(estimates)) if estimates else 0.0
+
+
+def _source_lengths(source: Person, scale: float) -> dict[tuple[int, int], float]:
+    """Every bone's length on the source: measured, else the mirror bone's, else ``ratio * scale``."""
+    lengths = {}
+    for bone in BONES:
+        mirror = (FLIP_PERMUTATION[bone[0]], FLIP_PERMUTATION[bone[1]])
+        length = _bone_length(source, bone)
+        if length is None:
+            length = _bone_length(source, mirror)
+        lengths[bone] = BONE_RATIOS[bone] * scale if length is None else length
+    return lengths
+
+
+def _root_joints(a: np.ndarray, b: np.ndarray) -> list[int]:
+    """Joints that define the root for two presence masks: both hips, else the neck, else all common joints."""
+    both = a & b
+    if both[8] and both[11]:
+        return [8, 11]
+    if both[ROOT]:
+        return [ROOT]
+    return np.flatnonzero(both).tolist()
+
+
+def retarget(source: Person, target: Person, anchor: str = "source") -> Person:
+    """The target's pose with the source's bone lengths, in the source's frame (see the module docstring).
+
+    Both people are in pixels of the same canvas. A ValueError names the input when the source has no
+    measurable bone or the target no present joint.
+    """
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor: expected one of {ANCHORS}, got {anchor!r}")
+    t_xy, t_present = target.xy, target.present
+    if not t_present.any():
+        raise ValueError("target: no present body joints, nothing to retarget")
+    s_scale = _scale(source)
+    if s_scale <= 0:
+        raise ValueError("source: no usable joints (need two connected body joints to measure the body)")
+    t_scale = _scale(target)
+    k = s_scale / t_scale if t_scale > 0 else 1.0
+    lengths = _source_lengths(source, s_scale)
+
+    out = np.zeros((NUM_JOINTS, 2))
+    ref = t_xy[ROOT] if t_present[ROOT] else t_xy[t_present].mean(axis=0)
+
+    def attach(j: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(target, result) position of ``j`` or its nearest present ancestor; the centroid reference if none."""
+        while j is not None and not t_present[j]:
+            j = PARENT.get(j)
+        return (ref, ref) if j is None else (t_xy[j], out[j])
+
+    if t_present[ROOT]:
+        out[ROOT] = ref
+    for p, c in BONES:
+        if not t_present[c]:
+            continue
+        if t_present[p]:
+            d = t_xy[c] - t_xy[p]
+            norm = float(np.hypot(*d))
+            out[c] = out[p] + (d / norm * lengths[(p, c)] if norm > 0 else 0.0)
+        else:
+            t_a, o_a = attach(p)
+            out[c] = o_a + (t_xy[c] - t_a) * k
+
+    if anchor == "source":
+        joints = _root_joints(source.present, t_present)
+        if joints:
+            shift = source.xy[joints].mean(axis=0) - out[joints].mean(axis=0)
+        else:
+            shift = source.xy[source.present].mean(axis=0) - out[t_present].mean(axis=0)
+    else:
+        joints = _root_joints(t_present, t_present)
+        shift = t_xy[joints].mean(axis=0) - out[joints].mean(axis=0)
+
+    body = target.body.copy()
+    body[t_present, :2] = out[t_present] + shift
+    result = Person(body, extra=dict(source.extra))
+    for name, joint in _PART_JOINT.items():
+        part = getattr(target, name)
+        if part is None:
+            continue
+        part = part.copy()
+        keep = part[:, 2] > 0
+        t_a, o_a = attach(joint)
+        part[keep, :2] = o_a + shift + (part[keep, :2] - t_a) * k
+        setattr(result, name, part)
+    return result
+
+
+def retarget_pose(source: Pose, target: Pose, anchor: str = "source", source_index: int = 0,
+                  target_index: int = 0) -> Pose:
+    """:func:`retarget` of one person of each frame; the result is one person on the SOURCE canvas.
+
+    With ``anchor="target"`` the target person is first mapped onto the source canvas by
+    ``fit_pose(..., mode="contain")``; with ``anchor="source"`` the target's canvas does not matter.
+    """
+    s = source.person(source_index, "source")
+    t = target.person(target_index, "target")
+    if anchor == "target":
+        t = fit_pose(Pose([t], target.width, target.height), source.width, source.height, "contain").people[0]
+    return Pose([retarget(s, t, anchor)], source.width, source.height, dict(source.extra))

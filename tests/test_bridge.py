@@ -1,0 +1,151 @@
+"""nodes.bridge: clean fallbacks without ComfyUI, and the real ComfyUI calls when it is present (faked)."""
+
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+from posetransfer.nodes import bridge
+
+COMFY_MODULES = ("comfy", "comfy.model_management", "comfy.utils", "folder_paths")
+
+
+@pytest.fixture
+def no_comfy(monkeypatch):
+    """Hide any ComfyUI modules (None in sys.modules makes the import fail)."""
+    for name in COMFY_MODULES:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.fixture
+def fake_comfy(monkeypatch, tmp_path):
+    """Fake ``comfy`` and ``folder_paths`` modules that record what the bridge calls."""
+    calls = []
+    comfy = types.ModuleType("comfy")
+    mm = types.ModuleType("comfy.model_management")
+    mm.get_torch_device = lambda: calls.append("get_torch_device") or torch.device("meta")
+    mm.throw_exception_if_processing_interrupted = lambda: calls.append("interrupt")
+    utils = types.ModuleType("comfy.utils")
+
+    class FakeBar:
+        def __init__(self, total):
+            calls.append(("bar", total))
+
+        def update(self, n):
+            calls.append(("update", n))
+
+    utils.ProgressBar = FakeBar
+    comfy.model_management, comfy.utils = mm, utils
+
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(tmp_path / "models")
+    fp.folder_names_and_paths = {}
+    fp.get_input_directory = lambda: str(tmp_path / "comfy_input")
+
+    def add_model_folder_path(name, path, is_default=False):
+        calls.append(("add_model_folder_path", name, path))
+        fp.folder_names_and_paths.setdefault(name, ([], set()))[0].append(path)
+
+    def get_full_path(name, filename):
+        calls.append(("get_full_path", name, filename))
+        path = os.path.join(fp.folder_names_and_paths[name][0][0], filename)
+        return path if os.path.isfile(path) else None
+
+    fp.add_model_folder_path = add_model_folder_path
+    fp.get_full_path = get_full_path
+    fp.get_filename_list = lambda name: calls.append(("get_filename_list", name)) or ["b.onnx", "a.safetensors",
+                                                                                      "notes.txt"]
+    for name, mod in zip(COMFY_MODULES, (comfy, mm, utils, fp)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return types.SimpleNamespace(calls=calls, folder_paths=fp, root=tmp_path)
+
+
+def test_fallbacks_without_comfy(no_comfy, monkeypatch, tmp_path):
+    assert not bridge.comfy_available()
+    assert bridge.get_device().type in ("cpu", "cuda")
+    bar = bridge.ProgressBar(3)
+    bar.update()
+    bar.update(2)
+    assert (bar.current, bar.total) == (3, 3)
+    bridge.check_interrupt()  # nothing to do
+    monkeypatch.delenv("POSETRANSFER_INPUT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert bridge.input_directory() == str(tmp_path / "input")
+    monkeypatch.setenv("POSETRANSFER_INPUT_DIR", str(tmp_path / "elsewhere"))
+    assert bridge.input_directory() == str(tmp_path / "elsewhere")
+
+
+def test_model_files_fallback(no_comfy, monkeypatch, tmp_path):
+    monkeypatch.delenv("POSETRANSFER_MODELS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert bridge.register_model_folder() == str(tmp_path / "models" / "posetransfer")
+    assert bridge.list_model_files() == []  # folder missing: no files, no error
+    root = tmp_path / "weights"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.safetensors", "sub/b.PTH", "readme.txt"):
+        (root / name).write_bytes(b"x")
+    monkeypatch.setenv("POSETRANSFER_MODELS_DIR", str(root))
+    assert bridge.list_model_files() == ["a.safetensors", "sub/b.PTH"]
+    assert bridge.list_model_files(extensions={".pth"}) == ["sub/b.PTH"]
+    assert bridge.model_file_path("sub/b.PTH") == str(root / "sub/b.PTH")
+    with pytest.raises(FileNotFoundError, match=r"'missing.onnx'.*weights"):
+        bridge.model_file_path("missing.onnx")
+
+
+def test_interrupt_callback(no_comfy):
+    class Cancelled(Exception):
+        pass
+
+    def cancel():
+        raise Cancelled
+
+    bridge.set_interrupt_callback(cancel)
+    try:
+        with pytest.raises(Cancelled):
+            bridge.check_interrupt()
+    finally:
+        bridge.set_interrupt_callback(None)
+    bridge.check_interrupt()
+
+
+def test_calls_comfy_when_present(fake_comfy):
+    calls = fake_comfy.calls
+    assert bridge.comfy_available()
+    assert bridge.get_device() == torch.device("meta")
+    bridge.check_interrupt()
+    bar = bridge.ProgressBar(5)
+    bar.update(2)
+    assert bar.current == 2
+    assert bridge.input_directory() == str(fake_comfy.root / "comfy_input")
+    assert calls == ["get_torch_device", "interrupt", ("bar", 5), ("update", 2)]
+
+
+def test_model_folder_with_comfy(fake_comfy):
+    fp = fake_comfy.folder_paths
+    path = bridge.register_model_folder()
+    assert path == os.path.join(fp.models_dir, "posetransfer")
+    assert ("add_model_folder_path", "posetransfer", path) in fake_comfy.calls
+    paths, exts = fp.folder_names_and_paths["posetransfer"]
+    assert paths == [path] and exts >= {".safetensors", ".pt", ".pth", ".bin", ".onnx", ".json"}
+    assert bridge.list_model_files() == ["a.safetensors", "b.onnx"]
+    os.makedirs(path)
+    open(os.path.join(path, "a.safetensors"), "wb").close()
+    assert bridge.model_file_path("a.safetensors") == os.path.join(path, "a.safetensors")
+    with pytest.raises(FileNotFoundError, match="b.onnx"):
+        bridge.model_file_path("b.onnx")
+    assert ("get_full_path", "posetransfer", "b.onnx") in fake_comfy.calls
+
+
+def test_register_keeps_user_paths_and_old_comfy(fake_comfy):
+    fp = fake_comfy.folder_paths
+    fp.folder_names_and_paths["posetransfer"] = (["/from/extra_model_paths"], set())
+    path = bridge.register_model_folder()
+    assert fp.folder_names_and_paths["posetransfer"][0] == ["/from/extra_model_paths", path]
+    # Old ComfyUI: add_model_folder_path ignores folders it does not know yet.
+    fp.folder_names_and_paths.clear()
+    fp.add_model_folder_path = lambda name, path: None
+    assert fp.folder_names_and_paths == {}
+    path = bridge.register_model_folder()
+    assert fp.folder_names_and_paths["posetransfer"][0] == [path]
