@@ -125,6 +125,9 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         real = (mask < 0.5).float()
         background = real * img + (1 - real) * filled
     else:
+        value = {"keep": None, "black": 0.0, "white": 1.0}[options.background]
+        background = img.clone() if value is None else torch.full_like(img, value)
+        real = torch.ones(h, w)
     return PreparedSource(img, pose, person, mask, labels, background, real)
 
 

@@ -20,6 +20,7 @@ from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME
 
 SEGMENTATION_METHODS = ("grabcut", "skeleton")
 GRABCUT_SIDE = 192
+LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso
 CORE = 0.6  # normalised distance below which a pixel belongs to the part whatever the segmentation says
 
 
@@ -69,11 +70,14 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
     """Part label per pixel (``BodyPart.label``, 0 = background) of a person with soft ``mask`` ``(H, W)``.
 
     Where parts' cores (normalised distance < 1) overlap, the front-most in ``depth_order`` wins; other
-    person pixels (loose clothes, hair) go to the nearest part.
+    person pixels (loose clothes, hair) go to the nearest part if it is within ``LOOSE`` radii, else to the
+    torso (capes, long skirts and coats hang from the torso; a limb would swing them around).
     """
     names = [n for n in fields]
     stack = torch.stack([fields[n] for n in names])
     labels = torch.tensor([PART_BY_NAME[n].label for n in names])[stack.argmin(0)]
+    if "torso" in fields:
+        labels = torch.where(stack.amin(0) > LOOSE, torch.tensor(PART_BY_NAME["torso"].label), labels)
     for name in depth_order:  # back to front
         if name in fields:
             labels = torch.where(fields[name] < 1.0, torch.tensor(PART_BY_NAME[name].label), labels)
