@@ -122,7 +122,7 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         k = max(3, int(round(0.04 * max(h, w)))) | 1
         remove = cv2.dilate((mask.numpy() > 0.1).astype(np.uint8), np.ones((k, k), np.uint8))
         filled = fill_holes(img[None], torch.from_numpy(remove.astype(np.float32))[None, None], options.fill)[0]
-        real = (mask < 0.5).float()
+        real = (mask <= 0.5).float()  # the complement of part_label_map's person (mask > 0.5)
         background = real * img + (1 - real) * filled
     else:
         value = {"keep": None, "black": 0.0, "white": 1.0}[options.background]

@@ -6,8 +6,8 @@ map, fitted here directly to the part's joints instead of learned (:mod:`.part_t
 
 For every target pixel:
 
-1. Each part the target pose determines claims a generous region around its bone (``REGION`` radii:
-   clothes stick out of the nominal limb width) and proposes a source position through its affine map.
+1. Each part the target pose determines proposes a source position for every pixel through its affine
+   map.
    Near the joint it shares with its parent part, a child's map is blended into the parent's over one limb
    radius (angle and stretch blended separately), so elbows, knees, shoulders and hips bend without tearing.
 2. Parts are tried front to back (``depth_order``, reversed). A part keeps the pixel when its proposed
@@ -39,8 +39,8 @@ from .part_fields import normalised_distance, part_geometry
 from .part_transforms import fit_part_transforms
 from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME, PART_PARENT
 
-REGION = 6.0  # a part claims pixels this many nominal radii from its bone at most (its label map does the rest)
 JOINT_REACH = 1.5  # a neighbour's label is accepted this many radii around the shared joint
+BLEND = 0.5  # a child part fades in from its parent over this many of its radii past their joint
 _PARENTS_FIRST = ("torso", "head", "right_upper_arm", "left_upper_arm", "right_thigh", "left_thigh",
                   "right_forearm", "left_forearm", "right_shin", "left_shin")
 
@@ -69,61 +69,116 @@ def _smoothstep(x: torch.Tensor) -> torch.Tensor:
     return x * x * (3 - 2 * x)
 
 
+def _label_boxes(labels: torch.Tensor) -> dict[int, tuple[float, float, float, float]]:
+    """Pixel bounding box ``(x0, y0, x1, y1)`` of every label present in a label map."""
+    lab = labels.numpy()
+    out = {}
+    for value in np.unique(lab):
+        if value == 0:
+            continue
+        m = lab == value
+        ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        out[int(value)] = (float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1]))
+    return out
+
+
+def _preimage_box(matrix: np.ndarray, box) -> tuple[float, float, float, float]:
+    """Bounding box of the target pixels an affine (target -> source) sends into a source ``box``."""
+    x0, y0, x1, y1 = box
+    corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], float)
+    inv = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    pts = corners @ inv[:, :2].T + inv[:, 2]
+    return pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()
+
+
+def _window(boxes, h: int, w: int, margin: int = 2) -> tuple[slice, slice] | None:
+    """Union of boxes, grown by ``margin`` and clipped to the canvas, as (rows, cols) slices."""
+    boxes = [b for b in boxes if b is not None and np.all(np.isfinite(b))]
+    if not boxes:
+        return None
+    b = np.array(boxes)
+    x0 = max(int(np.floor(b[:, 0].min())) - margin, 0)
+    y0 = max(int(np.floor(b[:, 1].min())) - margin, 0)
+    x1 = min(int(np.ceil(b[:, 2].max())) + margin + 1, w)
+    y1 = min(int(np.ceil(b[:, 3].max())) + margin + 1, h)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return slice(y0, y1), slice(x0, x1)
+
+
 def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Tensor, target: Person,
               size: tuple[int, int], depth_order: tuple[str, ...] = DEFAULT_DEPTH_ORDER) -> PartFlow:
     """Part-based backward flow from ``source`` (with its label map and soft person mask on the source
-    grid, see :mod:`.segmentation`) to ``target`` on a target grid of ``size`` ``(H, W)``."""
+    grid, see :mod:`.segmentation`) to ``target`` on a target grid of ``size`` ``(H, W)``.
+
+    Each part is evaluated only inside the window where it can matter (the target pixels its map sends
+    onto its own or its neighbours' source labels, and its core region), so the cost grows with the
+    person's area, not the canvas's times the number of parts."""
     h, w = size
     xy = base_coords(h, w)[0]
     transforms = fit_part_transforms(source, target)
     t_geom = part_geometry(target)
     s_geom = part_geometry(source)
     hs, ws = source_labels.shape
-
-    rigid: dict[str, torch.Tensor] = {}  # where each part's own map sends every pixel: decides membership
-    coords: dict[str, torch.Tensor] = {}  # the same, blended into the parent's map at joints: gives colour
-    for name in _PARENTS_FIRST:
-        if name not in transforms:
-            continue
-        mt = torch.as_tensor(transforms[name], dtype=torch.float32)
-        rigid[name] = torch.einsum("ij,jhw->ihw", mt[:, :2], xy) + mt[:, 2, None, None]
-        parent = PART_PARENT.get(name)
-        if parent is not None and parent[0] in transforms and name in t_geom:
-            coords[name] = _blend_at_joint(transforms[parent[0]], transforms[name], t_geom[name], xy)
-        else:
-            coords[name] = rigid[name]
+    boxes = _label_boxes(source_labels)
 
     flow_coords = torch.zeros(2, h, w)
     person = torch.zeros(h, w)
     owner = torch.zeros(h, w, dtype=torch.long)
     taken = torch.zeros(h, w, dtype=torch.bool)
     hole = torch.zeros(h, w, dtype=torch.bool)
+    proposed = torch.zeros(h, w, dtype=torch.bool)  # a hole's flow: the front-most part's proposal
     for name in reversed(depth_order):
         if name not in t_geom:
             continue
-        field = normalised_distance(t_geom[name], xy)
-        core = field < 1.0
-        if name not in coords:  # the target shows this part, the source cannot supply it
-            hole |= core & ~taken
+        geom = t_geom[name]
+        core_box = (*(geom.points.min(0) - geom.radius), *(geom.points.max(0) + geom.radius))
+        m = transforms.get(name)
+        win_boxes = [core_box]
+        if m is not None:
+            label_k = PART_BY_NAME[name].label
+            src_boxes = [boxes.get(label_k)]
+            for other, joint in _neighbours(name):
+                if other in s_geom:
+                    reach = JOINT_REACH * s_geom[other].radius
+                    jx, jy = source.body[joint, :2]
+                    src_boxes.append((jx - reach, jy - reach, jx + reach, jy + reach))
+            win_boxes += [_preimage_box(m, b) for b in src_boxes if b is not None]
+        win = _window(win_boxes, h, w)
+        if win is None:
             continue
-        c, r = coords[name], rigid[name]
+        rows, cols = win
+        pxy = xy[:, rows, cols]
+        core = normalised_distance(geom, pxy) < 1.0
+        free = ~taken[rows, cols]
+        if m is None:  # the target shows this part, the source cannot supply it
+            hole[rows, cols] |= core & free
+            continue
+        mt = torch.as_tensor(m, dtype=torch.float32)
+        r = torch.einsum("ij,jhw->ihw", mt[:, :2], pxy) + mt[:, 2, None, None]
         label = _sample(source_labels, r, "nearest").round().long()
         inside = (r[0] >= -0.5) & (r[0] <= ws - 0.5) & (r[1] >= -0.5) & (r[1] <= hs - 0.5)
-        ok = label == PART_BY_NAME[name].label
+        ok = label == label_k
         for other, joint in _neighbours(name):
             if other in s_geom:
                 jx, jy = source.body[joint, :2]
                 near = torch.hypot(r[0] - float(jx), r[1] - float(jy)) < JOINT_REACH * s_geom[other].radius
                 ok |= (label == PART_BY_NAME[other].label) & near
-        keep = (field < REGION) & ok & inside & ~taken
-        flow_coords = torch.where(keep, c, flow_coords)
-        person = torch.where(keep, _sample(source_mask, r, "bilinear"), person)
-        owner = torch.where(keep, torch.tensor(PART_BY_NAME[name].label), owner)
-        hole |= core & ~ok & ((label > 0) | ~inside) & ~taken
-        # Holes keep the front-most proposal as their flow (the picture of the flow stays continuous).
-        flow_coords = torch.where(core & ~taken & ~keep & (owner == 0) & (flow_coords.abs().sum(0) == 0), c,
-                                  flow_coords)
-        taken |= keep
+        keep = ok & inside & free
+        parent = PART_PARENT.get(name)
+        if parent is not None and parent[0] in transforms:
+            c = _blend_at_joint(transforms[parent[0]], m, geom, pxy)
+        else:
+            c = r
+        fc = flow_coords[:, rows, cols]
+        new_hole = core & ~ok & ((label > 0) | ~inside) & free
+        propose = new_hole & ~proposed[rows, cols]
+        flow_coords[:, rows, cols] = torch.where(keep | propose, c, fc)
+        proposed[rows, cols] |= propose
+        person[rows, cols] = torch.where(keep, _sample(source_mask, r, "bilinear"), person[rows, cols])
+        owner[rows, cols] = torch.where(keep, torch.tensor(label_k), owner[rows, cols])
+        hole[rows, cols] |= new_hole
+        taken[rows, cols] |= keep
     hole &= ~taken
     person = torch.where(hole, torch.ones_like(person), person)
     return PartFlow(flow_coords, person, hole, owner)
@@ -139,7 +194,7 @@ def _polar(lin: np.ndarray) -> tuple[float, np.ndarray]:
 def _blend_at_joint(parent: np.ndarray, child: np.ndarray, geom, xy: torch.Tensor) -> torch.Tensor:
     """Source positions of a child part whose map fades into its parent's near their shared joint.
 
-    Along the child's bone, from the joint (its first point) over one part radius, the weight goes 0 -> 1
+    Along the child's bone, from the joint (its first point) over ``BLEND`` part radii, the weight goes 0 -> 1
     (smoothstep). The maps are blended about the joint as rotation angle and stretch separately (2-D polar
     decomposition), not as raw coordinates: a linear blend of two rotations folds a bent elbow or knee
     into thin stretched streaks, an angle blend does not.
@@ -147,7 +202,7 @@ def _blend_at_joint(parent: np.ndarray, child: np.ndarray, geom, xy: torch.Tenso
     a, b = geom.points
     u = (b - a) / max(np.linalg.norm(b - a), 1e-6)
     dx, dy = xy[0] - float(a[0]), xy[1] - float(a[1])
-    wgt = _smoothstep((dx * float(u[0]) + dy * float(u[1])) / max(geom.radius, 1e-6))
+    wgt = _smoothstep((dx * float(u[0]) + dy * float(u[1])) / max(BLEND * geom.radius, 1e-6))
     ang_p, s_p = _polar(parent[:, :2])
     ang_c, s_c = _polar(child[:, :2])
     dang = (ang_c - ang_p + np.pi) % (2 * np.pi) - np.pi

@@ -40,7 +40,10 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     if not fields:
         return np.zeros((h, w), np.float32)
     nearest = torch.stack(list(fields.values())).amin(0).numpy()
-    skeleton = np.clip(1.5 - nearest, 0, 1).astype(np.float32)  # 1 inside, 0.5 ramp over half a radius
+    radii = {name: g.radius for name, g in part_geometry(person).items()}
+    # Union of the part regions, with a one-pixel anti-aliased edge.
+    skeleton = torch.stack([((1 - f) * radii[n] + 0.5).clamp(0, 1) for n, f in fields.items()]).amax(0)
+    skeleton = skeleton.numpy().astype(np.float32)
     if method == "skeleton":
         return skeleton
     scale = min(1.0, GRABCUT_SIDE / max(h, w))

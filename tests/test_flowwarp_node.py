@@ -1,0 +1,231 @@
+"""The FlowWarp node on real (shrunk) samples: outputs, batching rules, flow models, progress, interrupt."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from posetransfer.core.geometry import resize
+from posetransfer.core.images import images_to_tensor, load_image
+from posetransfer.core.pose_io import dump_pose_keypoint, load_pose_keypoint
+from posetransfer.nodes import bridge
+from posetransfer.nodes.flowwarp_nodes import PoseTransferFlowWarp
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SIZE = 96  # small frames keep the tests fast
+
+
+def sample(name, size=SIZE):
+    """(image (H, W, 3), POSE_KEYPOINT frame) of a sample, resized to size x size."""
+    image = load_image(SAMPLES / f"{name}.png")
+    pose = load_pose_keypoint((SAMPLES / f"{name}.pose.json").read_text())[0]
+    image, pose = resize(image, pose, size, size, "area")
+    return image, dump_pose_keypoint(pose)[0]
+
+
+def pose_only(name, width=SIZE, height=SIZE):
+    pose = load_pose_keypoint((SAMPLES / f"{name}.pose.json").read_text())[0]
+    return dump_pose_keypoint(resize(None, pose, width, height)[1])[0]
+
+
+@pytest.fixture(autouse=True)
+def no_comfy(monkeypatch):
+    for name in ("comfy", "comfy.model_management", "comfy.utils", "folder_paths"):
+        monkeypatch.setitem(sys.modules, name, None)
+    yield
+    bridge.set_interrupt_callback(None)
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    """Every ProgressBar the node creates."""
+    made = []
+
+    class Recording(bridge.ProgressBar):
+        def __init__(self, total):
+            super().__init__(total)
+            made.append(self)
+
+    monkeypatch.setattr(bridge, "ProgressBar", Recording)
+    return made
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return sample("fashion_standing")
+
+
+def run(image, source, targets, **options):
+    return PoseTransferFlowWarp().warp(images_to_tensor(image), source, targets, **options)
+
+
+class IdentityFlow:
+    """A fake learned flow model: every output pixel comes from the same place (zero flow), all visible."""
+
+    def __init__(self):
+        self.calls = []
+
+    def estimate(self, source, source_pose, target_pose):
+        self.calls.append((tuple(source.shape), target_pose.width, target_pose.height))
+        h, w = target_pose.height, target_pose.width
+        return torch.zeros(1, 2, h, w), torch.ones(1, 1, h, w)
+
+
+# ------------------------------------------------------------------------------------------ declaration
+
+def test_declaration_and_defaults():
+    required = PoseTransferFlowWarp.INPUT_TYPES()["required"]
+    assert list(required) == ["image", "source_pose", "target_pose", "method", "segmentation", "background",
+                              "fill", "retarget", "anchor", "source_person", "target_person"]
+    defaults = {name: spec[1].get("default") for name, spec in required.items()}
+    assert defaults["method"] == "parts" and defaults["segmentation"] == "grabcut"
+    assert defaults["background"] == "inpaint" and defaults["fill"] == "pyramid"
+    assert defaults["retarget"] is True and defaults["anchor"] == "source"
+    for name in ("method", "segmentation", "background", "fill", "anchor"):
+        assert defaults[name] in required[name][0], name
+    assert PoseTransferFlowWarp.INPUT_TYPES()["optional"]["flow_model"][0] == "POSE_FLOW_MODEL"
+    assert PoseTransferFlowWarp.RETURN_TYPES == ("IMAGE", "MASK", "IMAGE", "MASK", "POSE_KEYPOINT")
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+def test_outputs_shapes_types_ranges(fashion, bars):
+    image, source = fashion
+    out_image, generate, flow_image, person, pose = run(image, source, pose_only("jumper"))
+    assert out_image.dtype == torch.float32 and tuple(out_image.shape) == (1, SIZE, SIZE, 3)
+    assert flow_image.dtype == torch.float32 and tuple(flow_image.shape) == (1, SIZE, SIZE, 3)
+    for mask in (generate, person):
+        assert mask.dtype == torch.float32 and tuple(mask.shape) == (1, SIZE, SIZE)
+    for t in (out_image, generate, flow_image, person):
+        assert torch.isfinite(t).all() and t.min() >= 0 and t.max() <= 1
+    assert set(generate.unique().tolist()) <= {0.0, 1.0}  # binary, as inpainting expects
+    assert 0 < generate.mean() < 0.5 and person.mean() > 0.05
+    # The person moved: the picture changed and the flow picture is not all white.
+    assert (out_image[0].numpy() - image).__abs__().mean() > 0.01
+    assert flow_image.min() < 0.9
+    # The pose used: retargeted onto the photo's canvas, in pixels, JSON-able.
+    assert len(pose) == 1 and (pose[0]["canvas_width"], pose[0]["canvas_height"]) == (SIZE, SIZE)
+    assert len(pose[0]["people"]) == 1 and max(pose[0]["people"][0]["pose_keypoints_2d"]) > 1.5
+    json.dumps(pose)
+    assert [(b.total, b.current) for b in bars] == [(1, 1)]
+
+
+def test_one_image_with_a_pose_sequence(fashion, bars):
+    image, source = fashion
+    targets = [pose_only("jumper"), pose_only("model_red_background"), source]
+    out_image, generate, flow_image, person, pose = run(image, source, targets, segmentation="skeleton")
+    assert tuple(out_image.shape) == (3, SIZE, SIZE, 3) and tuple(generate.shape) == (3, SIZE, SIZE)
+    assert tuple(flow_image.shape) == (3, SIZE, SIZE, 3) and tuple(person.shape) == (3, SIZE, SIZE)
+    assert len(pose) == 3
+    assert not torch.allclose(out_image[0], out_image[1])
+    assert [(b.total, b.current) for b in bars] == [(3, 3)]
+
+
+def test_n_images_with_n_poses(fashion, bars):
+    other = sample("model_red_background")
+    images = np.stack([fashion[0], other[0]])
+    sources = [fashion[1], other[1]]
+    targets = [pose_only("jumper"), pose_only("jumper")]
+    out_image, generate, _, _, pose = run(images, sources, targets, segmentation="skeleton", background="keep")
+    assert tuple(out_image.shape) == (2, SIZE, SIZE, 3) and len(pose) == 2
+    # Each frame is its own photo: the red backdrop of the second sample (top, left of the model) stays red.
+    corner = out_image[:, 2:10, 14:22].mean(dim=(1, 2))
+    assert corner[1, 0] > corner[1, 1] + 0.2 and abs(float(corner[0, 0] - corner[0, 1])) < 0.1
+    assert bars[0].current == 2
+
+
+def test_batch_mismatch_names_the_inputs(fashion):
+    image, source = fashion
+    images = np.stack([image, image])
+    targets = [pose_only("jumper")] * 3
+    with pytest.raises(ValueError, match=r"image / source_pose / target_pose.*2 image.*2 source_pose.*3 target_pose"):
+        run(images, [source, source], targets)
+    with pytest.raises(ValueError, match=r"image / source_pose / target_pose.*1 image.*2 source_pose"):
+        run(image, [source, source], targets)
+
+
+def test_without_retarget_target_canvases_must_agree(fashion):
+    image, source = fashion
+    targets = [pose_only("jumper"), pose_only("jumper", 80, 80)]
+    with pytest.raises(ValueError, match=r"target_pose\[1\].*80x80.*96x96"):
+        run(image, source, targets, retarget=False, segmentation="skeleton")
+    # With retarget on, every frame lands on the photo's canvas: fine.
+    out_image = run(image, source, targets, segmentation="skeleton")[0]
+    assert tuple(out_image.shape) == (2, SIZE, SIZE, 3)
+
+
+def test_without_retarget_the_target_canvas_is_the_output_canvas(fashion):
+    image, source = fashion
+    out_image, generate, _, _, pose = run(image, source, pose_only("jumper", 64, 80), retarget=False,
+                                          segmentation="skeleton")
+    assert tuple(out_image.shape) == (1, 80, 64, 3) and tuple(generate.shape) == (1, 80, 64)
+    assert (pose[0]["canvas_width"], pose[0]["canvas_height"]) == (64, 80)
+
+
+def test_source_pose_of_a_resized_photo(fashion):
+    image, _ = fashion
+    big = dump_pose_keypoint(load_pose_keypoint((SAMPLES / "fashion_standing.pose.json").read_text()))
+    out_image = run(image, big, pose_only("jumper"), segmentation="skeleton")[0]  # 350x350 pose, 96x96 photo
+    assert tuple(out_image.shape) == (1, SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match=r"source_pose\[0\].*aspect"):
+        run(image, pose_only("fashion_standing", 96, 120), pose_only("jumper"))
+
+
+# ------------------------------------------------------------------------------------------ flow models
+
+def test_model_method_uses_the_flow_model(fashion):
+    image, source = fashion
+    model = IdentityFlow()
+    out_image, generate, flow_image, _, _ = run(image, source, [pose_only("jumper")] * 2, method="model",
+                                                flow_model=model, segmentation="skeleton")
+    assert len(model.calls) == 2 and model.calls[0] == ((1, 3, SIZE, SIZE), SIZE, SIZE)
+    for frame in out_image:
+        np.testing.assert_allclose(frame.numpy(), image, atol=1e-5)
+    assert generate.max() == 0 and flow_image.min() > 0.999  # nothing made up; zero flow is white
+
+
+def test_model_method_needs_a_flow_model(fashion):
+    image, source = fashion
+    with pytest.raises(ValueError, match="flow_model.*method 'model'"):
+        run(image, source, pose_only("jumper"), method="model")
+    with pytest.raises(ValueError, match="flow_model.*estimate"):
+        run(image, source, pose_only("jumper"), method="model", flow_model=object())
+
+
+def test_parts_method_ignores_a_connected_flow_model(fashion):
+    image, source = fashion
+    model = IdentityFlow()
+    run(image, source, pose_only("jumper"), flow_model=model, segmentation="skeleton")
+    assert model.calls == []
+
+
+# ------------------------------------------------------------------------------------ progress, interrupt
+
+def test_interrupt_stops_the_batch(fashion, bars):
+    image, source = fashion
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) == 2:  # the check after the first frame
+            raise InterruptedError("cancelled")
+
+    bridge.set_interrupt_callback(interrupt)
+    with pytest.raises(InterruptedError):
+        run(image, source, [pose_only("jumper")] * 4, segmentation="skeleton")
+    assert len(calls) == 2 and bars[0].total == 4 and bars[0].current == 1
+
+
+def test_interrupt_checked_before_any_work(fashion, bars):
+    image, source = fashion
+
+    def interrupt():
+        raise InterruptedError("cancelled")
+
+    bridge.set_interrupt_callback(interrupt)
+    with pytest.raises(InterruptedError):
+        run(image, source, [pose_only("jumper")] * 2)
+    assert bars[0].current == 0
