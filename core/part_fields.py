@@ -3,7 +3,9 @@
 For a part with region half-width ``r`` the field is ``distance(pixel, part skeleton) / r``: below 1 inside
 the part's nominal region, 0 on its bone. Limbs use their bone segment, the torso its shoulder/hip polygon
 (0 inside), the head a capsule from the neck to the centre of the face joints. Radii come from
-:data:`~.render.PART_RADIUS` and :func:`~.parts.body_scale`.
+:data:`~.parts.PART_RADIUS` and :func:`~.parts.body_scale`. These regions are the project's one definition
+of where a part is: the part masks and labels of :mod:`.render`, the segmentation seeds and FlowWarp all
+use them.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import torch
 
 from .keypoints import Person
 from .part_transforms import HEAD_JOINTS, LHIP, LSH, NECK, RHIP, RSH, torso_points
-from .parts import BODY_PARTS, body_scale
-from .render import PART_RADIUS
+from .parts import BODY_PARTS, PART_RADIUS, body_scale
 
 _FACE = tuple(j for j in HEAD_JOINTS if j != NECK)
 HEAD_SPREAD = 1.6  # head radius >= this x the largest distance of a face joint from the face centre

@@ -11,6 +11,7 @@ Two levels:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .keypoints import JOINT_INDEX
@@ -116,3 +117,25 @@ PART_PARENT: dict[str, tuple[str, int]] = {
     "right_shin": ("right_thigh", JOINT_INDEX["right_knee"]),
     "left_shin": ("left_thigh", JOINT_INDEX["left_knee"]),
 }
+
+
+# Half-width of each part's region as a fraction of ``body_scale`` (torso length). Limbs: capsule radius
+# around the bone. Torso: how far the shoulder/hip polygon is dilated. Head: the least radius of the
+# capsule from the neck to the face centre (it grows with the face joints' spread, see ``part_fields``).
+PART_RADIUS: dict[str, float] = {
+    "head": 0.24,
+    "torso": 0.16,
+    "right_upper_arm": 0.16, "left_upper_arm": 0.16,
+    "right_forearm": 0.13, "left_forearm": 0.13,
+    "right_thigh": 0.22, "left_thigh": 0.22,
+    "right_shin": 0.17, "left_shin": 0.17,
+}
+
+
+def part_radius(part_name: str, scale: float) -> float:
+    """Region half-width in pixels of part ``part_name`` for a person of ``body_scale`` ``scale``."""
+    if part_name not in PART_RADIUS:
+        raise ValueError(f"part_name: unknown part {part_name!r}, expected one of {sorted(PART_RADIUS)}")
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale: expected a finite length >= 0 in pixels, got {scale!r}")
+    return PART_RADIUS[part_name] * float(scale)

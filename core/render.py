@@ -13,41 +13,18 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .flow import base_coords
 from .keypoints import COLORS, LIMBS, NUM_JOINTS, Person, Pose
-from .parts import BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME, body_scale
+from .part_fields import normalised_distance, part_geometry
+from .parts import BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME
 
 __all__ = [
-    "PART_RADIUS", "part_radius", "stick_scale", "render_skeleton", "render_skeleton_batch", "render_heatmaps",
+    "stick_scale", "render_skeleton", "render_skeleton_batch", "render_heatmaps",
     "render_pidm_pose_map", "render_part_masks", "render_part_labels",
 ]
 
 STICKWIDTH = 4      # half-width of a limb ellipse at scale 1 (OpenPose / controlnet_aux / PIDM)
 JOINT_RADIUS = 4
-
-# Half-width of each part's region as a fraction of ``body_scale`` (torso length). Limbs: capsule radius
-# around the bone. Torso: how far the shoulder/hip polygon is dilated. Head: the least radius of the circle
-# around the face joints (it grows with their spread, see ``render_part_masks``).
-PART_RADIUS: dict[str, float] = {
-    "head": 0.24,
-    "torso": 0.16,
-    "right_upper_arm": 0.16, "left_upper_arm": 0.16,
-    "right_forearm": 0.13, "left_forearm": 0.13,
-    "right_thigh": 0.22, "left_thigh": 0.22,
-    "right_shin": 0.17, "left_shin": 0.17,
-}
-_HEAD_SPREAD = 1.6  # head radius >= this x the largest distance of a face joint from the face centre
-_FACE_JOINTS = (0, 14, 15, 16, 17)  # nose, eyes, ears
-_TORSO_JOINTS = (1, 2, 5, 8, 11)    # neck, shoulders, hips
-
-
-def part_radius(part_name: str, scale: float) -> float:
-    """Region half-width in pixels of part ``part_name`` for a person of ``body_scale`` ``scale``."""
-    if part_name not in PART_RADIUS:
-        raise ValueError(f"part_name: unknown part {part_name!r}, expected one of {sorted(PART_RADIUS)}")
-    if not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"scale: expected a finite length >= 0 in pixels, got {scale!r}")
-    return PART_RADIUS[part_name] * float(scale)
-
 
 # --------------------------------------------------------------------------------------------- skeleton
 
@@ -181,72 +158,23 @@ def render_pidm_pose_map(pose: Pose, person: int = 0) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------- part masks
 
-def _near_hull(shape: tuple[int, int], points: np.ndarray, radius: float) -> np.ndarray:
-    """Bool mask of the pixels within ``radius`` of the convex hull of ``points`` ((N, 2) xy, N >= 1).
-
-    One point gives a disc, two a capsule, more the hull dilated by ``radius`` (round corners)."""
-    h, w = shape
-    mask = np.zeros(shape, bool)
-    x0, y0 = np.floor(points.min(axis=0) - radius).astype(int)
-    x1, y1 = np.ceil(points.max(axis=0) + radius).astype(int)
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w - 1), min(y1, h - 1)
-    if x0 > x1 or y0 > y1:
-        return mask
-    px, py = np.meshgrid(np.arange(x0, x1 + 1, dtype=np.float64), np.arange(y0, y1 + 1, dtype=np.float64))
-    hull = cv2.convexHull(points.astype(np.float32)).reshape(-1, 2).astype(np.float64) \
-        if len(points) > 2 else points
-    near = np.zeros(px.shape, bool)
-    edges = list(zip(hull, np.roll(hull, -1, axis=0))) if len(hull) > 1 else [(hull[0], hull[0])]
-    cross = []
-    for a, b in edges:
-        d = b - a
-        t = np.clip(((px - a[0]) * d[0] + (py - a[1]) * d[1]) / max(d @ d, 1e-12), 0.0, 1.0)
-        near |= (px - a[0] - t * d[0]) ** 2 + (py - a[1] - t * d[1]) ** 2 <= radius ** 2
-        cross.append(d[0] * (py - a[1]) - d[1] * (px - a[0]))
-    if len(hull) > 2:  # inside a convex polygon: on one side of every edge
-        cross = np.stack(cross)
-        near |= (cross >= 0).all(axis=0) | (cross <= 0).all(axis=0)
-    mask[y0:y1 + 1, x0:x1 + 1] = near
-    return mask
-
-
-def _part_points(body: np.ndarray, name: str) -> np.ndarray | None:
-    """The points whose neighbourhood is part ``name``'s region, or None when its joints are missing."""
-    present = body[:, 2] > 0
-    part = PART_BY_NAME[name]
-    if part.segment is not None:
-        return body[list(part.segment), :2] if present[list(part.segment)].all() else None
-    joints = _FACE_JOINTS if name == "head" else _TORSO_JOINTS
-    idx = [j for j in joints if present[j]]
-    if name == "torso" and not (present[[8, 11]].any() and present[[1, 2, 5]].any()):
-        return None  # a torso needs something at the shoulders and at the hips
-    return body[idx, :2] if idx else None
-
-
 def render_part_masks(pose: Pose, person: int = 0, radius_scale: float = 1.0) -> np.ndarray:
     """Region of each of ``BODY_PARTS`` (in that order), float32 ``(len(BODY_PARTS), H, W)`` in {0, 1}.
 
-    Limbs: capsules of radius ``part_radius`` around their bone. Torso: the convex hull of neck, shoulders
-    and hips, dilated by ``part_radius("torso")``; it needs a shoulder (or the neck) and a hip. Head: a disc
-    around the mean of the face joints (nose, eyes, ears), radius the larger of ``part_radius("head")`` and
-    1.6 x the face joints' largest distance from that centre. ``radius_scale`` multiplies every radius.
+    The regions of :mod:`.part_fields`: limbs are capsules of radius ``part_radius`` around their bone, the
+    torso the hull of neck, shoulders and hips (hips inferred when missing) dilated by the torso radius,
+    the head a capsule from the neck to the face joints' centre. ``radius_scale`` multiplies every radius.
     Parts whose joints are missing stay empty.
     """
-    body = _person(pose, person).body
+    body = _person(pose, person)
     if not (isinstance(radius_scale, (int, float)) and math.isfinite(radius_scale) and radius_scale > 0):
         raise ValueError(f"radius_scale: expected a positive number, got {radius_scale!r}")
-    scale = body_scale(body)
     out = np.zeros((len(BODY_PARTS), pose.height, pose.width), np.float32)
+    xy = base_coords(pose.height, pose.width)[0]
     for k, part in enumerate(BODY_PARTS):
-        points = _part_points(body, part.name)
-        if points is None:
-            continue
-        radius = part_radius(part.name, scale)
-        if part.name == "head":
-            centre = points.mean(axis=0)
-            radius = max(radius, _HEAD_SPREAD * float(np.hypot(*(points - centre).T).max()))
-            points = centre[None]
-        out[k] = _near_hull(pose.size, points, radius * radius_scale)
+        geom = part_geometry(body).get(part.name)
+        if geom is not None:
+            out[k] = (normalised_distance(geom, xy) <= radius_scale).numpy()
     return out
 
 

@@ -57,6 +57,7 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     if not (seeds == cv2.GC_BGD).any() or not ((seeds == cv2.GC_PR_BGD) | (seeds == cv2.GC_BGD)).any():
         return skeleton
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's global RNG: same photo, same mask
     try:
         cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seeds, None, bgd, fgd, 4, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # degenerate colour models (e.g. a flat image): fall back to the skeleton

@@ -12,7 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = "custom_pack_xyz"
-OUR_NODES = {"PoseTransferLoadPose", "PoseTransferRenderPose", "PoseTransferRetargetPose", "PoseTransferSelectPerson"}
+OUR_NODES = {"PoseTransferLoadPose", "PoseTransferRenderPose", "PoseTransferRetargetPose", "PoseTransferSelectPerson",
+             "PoseTransferFlowWarp"}
 
 
 def load_pack(name=PACK):

@@ -115,7 +115,7 @@ def test_rotated_forearm_lands_where_expected():
     rot = cv2.getRotationMatrix2D((float(e[0]), float(e[1])), -70, 1.0)
     want = cv2.warpAffine(src_forearm, rot, (256, 256), flags=cv2.INTER_NEAREST) > 0.5
     from posetransfer.core.parts import body_scale
-    from posetransfer.core.render import part_radius
+    from posetransfer.core.parts import part_radius
     yy, xx = np.mgrid[:256, :256]
     outside_joint = np.hypot(xx - e[0], yy - e[1]) > part_radius("right_forearm", body_scale(pose.people[0]))
     # Nor is the one-pixel band along the mask's edge (anti-aliasing and rasterisation differ there).

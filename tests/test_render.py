@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from posetransfer.core.keypoints import COLORS, JOINT_INDEX, LIMBS, Person, Pose
-from posetransfer.core.parts import BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME, PART_NAMES, body_scale
+from posetransfer.core.parts import (BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME, PART_NAMES, PART_RADIUS, body_scale,
+                                     part_radius)
 from posetransfer.core.render import (
-    PART_RADIUS, part_radius, render_heatmaps, render_part_labels, render_part_masks, render_pidm_pose_map,
+    render_heatmaps, render_part_labels, render_part_masks, render_pidm_pose_map,
     render_skeleton, render_skeleton_batch,
 )
 
