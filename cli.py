@@ -1,0 +1,320 @@
+"""Command line: ``posetransfer transfer | demo | render-pose`` (also ``python -m posetransfer``).
+
+Every expected failure (a missing file, bad JSON, sizes that do not match, ...) prints one line
+``posetransfer: error: ...`` on stderr and returns exit code 2; :func:`main` returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from . import __version__
+
+PROG = "posetransfer"
+SAMPLES = Path(__file__).resolve().parent / "samples"
+DEFAULT_DEMO_DIR = os.path.join("outputs", "demo")
+
+
+class CLIError(Exception):
+    """An input problem reported as one line and exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def _existing(path: str, flag: str) -> str:
+    if not os.path.isfile(path):
+        what = "no such file" if not os.path.exists(path) else "not a file"
+        raise CLIError(f"{flag}: {what}: {path}")
+    return path
+
+
+def _writable(path: str | None, flag: str) -> None:
+    """Fail early (before any work) on an output name OpenCV cannot encode."""
+    if path is None:
+        return
+    ext = os.path.splitext(path)[1]
+    if not ext or not cv2.haveImageWriter(path):
+        raise CLIError(f"{flag}: cannot write an image named {path!r}; expected an extension such as .png or .jpg")
+    if os.path.isdir(path):
+        raise CLIError(f"{flag}: {path} is a folder; expected an image file name")
+
+
+def _read_poses(path: str, flag: str, default_size: tuple[int, int] | None = None):
+    """OpenPose JSON (pixel or normalised, auto-detected) -> list of Pose; ``default_size=(h, w)`` is the
+    canvas of frames that do not say theirs."""
+    from .core.pose_io import read_openpose_json
+
+    _existing(path, flag)
+    try:
+        poses = read_openpose_json(path, default_size=default_size)
+    except UnicodeDecodeError:
+        raise CLIError(f"{flag}: {path}: expected OpenPose JSON text, got binary data") from None
+    if not poses:
+        raise CLIError(f"{flag}: {path}: expected at least one frame, got an empty list")
+    return poses
+
+
+def _numbered(path: str | None, index: int, count: int) -> str | None:
+    """``OUT.png`` for a single frame, ``OUT_0000.png``, ``OUT_0001.png``, ... for several."""
+    if path is None or count == 1:
+        return path
+    stem, ext = os.path.splitext(path)
+    return f"{stem}_{index:04d}{ext or '.png'}"
+
+
+def _save(path: str, image) -> str:
+    from .core.images import save_image
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    save_image(path, image)
+    return path
+
+
+def _chw_to_hwc(t) -> np.ndarray:
+    return t.detach().cpu().permute(1, 2, 0).numpy()
+
+
+def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    """uint8 / float RGB -> float32 RGB scaled to ``height`` (aspect kept)."""
+    img = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    h, w = img.shape[:2]
+    if h == height:
+        return img
+    new_w = max(1, int(round(w * height / h)))
+    interp = cv2.INTER_AREA if height < h else cv2.INTER_LINEAR
+    return cv2.resize(img, (new_w, height), interpolation=interp)
+
+
+def make_panel(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Side by side, all scaled to the height of the last image, separated by ``gap`` white pixels."""
+    height = images[-1].shape[0]
+    tiles = [_fit_height(im, height) for im in images]
+    spacer = np.ones((height, gap, 3), np.float32)
+    parts = []
+    for i, tile in enumerate(tiles):
+        if i:
+            parts.append(spacer)
+        parts.append(tile)
+    return np.concatenate(parts, axis=1)
+
+
+@dataclass
+class TransferOutputs:
+    out: str
+    mask_out: str | None = None
+    flow_out: str | None = None
+    panel_out: str | None = None
+
+
+def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs: TransferOutputs
+                 ) -> list[str]:
+    """FlowWarp ``source`` into each target pose; write the result (and the optional pictures).
+    Returns the paths written, in order."""
+    from .core.flow import flow_to_color
+    from .core.flowwarp import flow_warp
+    from .core.render import render_skeleton
+
+    results = flow_warp([source], [source_pose], list(target_poses), options)
+    written = []
+    n = len(results)
+    for i, r in enumerate(results):
+        image = _chw_to_hwc(r.image)
+        mask = (1.0 - r.visibility).detach().cpu().numpy().astype(np.float32)  # white = to generate
+        written.append(_save(_numbered(outputs.out, i, n), image))
+        if outputs.mask_out:
+            written.append(_save(_numbered(outputs.mask_out, i, n), mask))
+        if outputs.flow_out:
+            written.append(_save(_numbered(outputs.flow_out, i, n), _chw_to_hwc(flow_to_color(r.flow[None])[0])))
+        if outputs.panel_out:
+            skeleton = render_skeleton(r.target_pose)
+            panel = make_panel([source, skeleton, image, mask])
+            written.append(_save(_numbered(outputs.panel_out, i, n), panel))
+    return written
+
+
+# ------------------------------------------------------------------------------------------- subcommands
+
+def _cmd_transfer(args) -> int:
+    from .core.flowwarp import FlowWarpOptions
+    from .core.images import load_image
+
+    for flag in ("out", "mask_out", "flow_out", "panel_out"):
+        _writable(getattr(args, flag), "--" + flag.replace("_", "-"))
+    src_path = _existing(args.source, "--source")
+    _existing(args.source_pose, "--source-pose")
+    _existing(args.target_pose, "--target-pose")
+    source = load_image(src_path)
+    size = source.shape[:2]
+    source_poses = _read_poses(args.source_pose, "--source-pose", default_size=size)
+    if len(source_poses) != 1:
+        raise CLIError(f"--source-pose: {args.source_pose}: expected one frame (the source photo's pose), "
+                       f"got {len(source_poses)}")
+    target_poses = _read_poses(args.target_pose, "--target-pose", default_size=size)
+    options = FlowWarpOptions(method=args.method, segmentation=args.segmentation, background=args.background,
+                              fill=args.fill, retarget=args.retarget, anchor=args.anchor,
+                              source_person=args.source_person, target_person=args.target_person)
+    t0 = time.perf_counter()
+    written = run_transfer(source, source_poses[0], target_poses, options,
+                           TransferOutputs(args.out, args.mask_out, args.flow_out, args.panel_out))
+    for path in written:
+        print(path)
+    print(f"{len(target_poses)} frame(s) in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+    return 0
+
+
+@dataclass(frozen=True)
+class DemoCase:
+    name: str
+    source: str
+    target: str
+    retarget: bool
+
+
+DEMO_CASES = (
+    DemoCase("fashion_standing_to_jumper_retargeted", "fashion_standing", "jumper", True),
+    DemoCase("fashion_standing_to_jumper", "fashion_standing", "jumper", False),
+    DemoCase("fashion_standing_to_model_red_background", "fashion_standing", "model_red_background", False),
+    DemoCase("model_red_background_to_jumper_retargeted", "model_red_background", "jumper", True),
+)
+
+
+def _cmd_demo(args) -> int:
+    from .core.flowwarp import FlowWarpOptions
+    from .core.images import load_image
+
+    if not SAMPLES.is_dir():
+        raise CLIError(f"demo: the bundled samples are missing ({SAMPLES}); reinstall the package")
+    cases = DEMO_CASES[:args.only] if args.only else DEMO_CASES
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = time.perf_counter()
+    for case in cases:
+        t0 = time.perf_counter()
+        source = load_image(_existing(str(SAMPLES / f"{case.source}.png"), "demo"))
+        size = source.shape[:2]
+        source_pose = _read_poses(str(SAMPLES / f"{case.source}.pose.json"), "demo", size)[0]
+        target_poses = _read_poses(str(SAMPLES / f"{case.target}.pose.json"), "demo", size)[:1]
+        options = FlowWarpOptions(retarget=case.retarget)
+        base = out_dir / case.name
+        written = run_transfer(source, source_pose, target_poses, options,
+                               TransferOutputs(f"{base}.png", f"{base}_mask.png", f"{base}_flow.png",
+                                               f"{base}_panel.png"))
+        label = f"{case.source} -> {case.target}'s pose" + (" (retargeted)" if case.retarget else "")
+        print(f"{label}: {time.perf_counter() - t0:.2f} s")
+        for path in written:
+            print(f"  {path}")
+    print(f"demo: {len(cases)} transfer(s) in {time.perf_counter() - total:.2f} s; panels are "
+          f"source | target skeleton | result | mask (white = to generate)")
+    return 0
+
+
+def _cmd_render_pose(args) -> int:
+    from .core.render import render_skeleton
+
+    _writable(args.out, "--out")
+    poses = _read_poses(args.pose, "POSE")
+    for i, pose in enumerate(poses):
+        print(_save(_numbered(args.out, i, len(poses)), render_skeleton(pose)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    from .core.flowwarp import BACKGROUNDS
+    from .core.inpaint import INPAINT_METHODS
+    from .core.retarget import ANCHORS
+    from .core.segmentation import SEGMENTATION_METHODS
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Pose-guided person image synthesis (training-free FlowWarp) and pose tools.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser(
+        "transfer", help="move the person of a photo into a target pose (FlowWarp)",
+        description="Move the person of SRC into the pose of TGT by warping its pixels (training-free). "
+                    "Pose files are OpenPose JSON, pixel or normalised coordinates (auto-detected). A target "
+                    "JSON holding several frames gives OUT_0000.png, OUT_0001.png, ...")
+    t.add_argument("--source", required=True, metavar="SRC.png", help="source photo")
+    t.add_argument("--source-pose", required=True, metavar="SRC.json", help="OpenPose JSON of the source photo")
+    t.add_argument("--target-pose", required=True, metavar="TGT.json",
+                   help="OpenPose JSON of the target pose (one frame, or a list of frames)")
+    t.add_argument("--out", required=True, metavar="OUT.png", help="result image")
+    t.add_argument("--method", default="parts", choices=["parts"],
+                   help="flow estimator: 'parts' (training-free, per body part); learned models are not "
+                        "available yet (default: parts)")
+    t.add_argument("--retarget", action="store_true",
+                   help="keep the source person's bone lengths (the target's angles); the output then has the "
+                        "source photo's canvas")
+    t.add_argument("--anchor", default="source", choices=ANCHORS,
+                   help="with --retarget: where the retargeted pose stands (default: source)")
+    t.add_argument("--segmentation", default="grabcut", choices=SEGMENTATION_METHODS,
+                   help="how the source person is cut out (default: grabcut)")
+    t.add_argument("--background", default="inpaint", choices=BACKGROUNDS,
+                   help="inpaint: remove the source person from the background; keep: leave the photo; "
+                        "black/white: plain background (default: inpaint)")
+    t.add_argument("--fill", default="pyramid", choices=INPAINT_METHODS,
+                   help="how holes are filled (default: pyramid)")
+    t.add_argument("--source-person", type=int, default=0, metavar="I", help="person index in the source pose")
+    t.add_argument("--target-person", type=int, default=0, metavar="I", help="person index in the target pose")
+    t.add_argument("--mask-out", metavar="MASK.png",
+                   help="mask of the content FlowWarp had to make up (white = to generate, for inpainting)")
+    t.add_argument("--flow-out", metavar="FLOW.png", help="colour picture of the backward flow")
+    t.add_argument("--panel-out", metavar="PANEL.png",
+                   help="side-by-side picture: source | target skeleton | result | mask")
+    t.set_defaults(func=_cmd_transfer)
+
+    d = sub.add_parser("demo", help="run FlowWarp on the bundled sample photos",
+                       description="FlowWarp on the bundled sample photos; writes result, mask, flow and "
+                                   "panel PNGs for each transfer.")
+    d.add_argument("--out", default=DEFAULT_DEMO_DIR, metavar="DIR",
+                   help=f"output folder (default: {DEFAULT_DEMO_DIR})")
+    d.add_argument("--only", type=int, default=0, metavar="N",
+                   help=f"run only the first N of the {len(DEMO_CASES)} transfers")
+    d.set_defaults(func=_cmd_demo)
+
+    r = sub.add_parser("render-pose", help="draw an OpenPose JSON as a ControlNet skeleton picture",
+                       description="Draw the ControlNet (OpenPose) skeleton of every person. Several frames "
+                                   "give SKELETON_0000.png, ...")
+    r.add_argument("pose", metavar="POSE.json", help="OpenPose JSON (needs canvas_width / canvas_height)")
+    r.add_argument("--out", required=True, metavar="SKELETON.png", help="output picture")
+    r.set_defaults(func=_cmd_render_pose)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input or usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has printed its message
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        msg = str(exc)
+    except (ValueError, OSError, cv2.error) as exc:
+        msg = str(exc) or type(exc).__name__
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
