@@ -1,7 +1,8 @@
 """Where each body part lies on a pixel grid: normalised distance fields from keypoints.
 
 For a part with region half-width ``r`` the field is ``distance(pixel, part skeleton) / r``: below 1 inside
-the part's nominal region, 0 on its bone. Limbs use their bone segment, the torso its shoulder/hip polygon
+the part's nominal region, 0 on its bone. Limbs use their bone segment (forearms and shins lengthened past
+the wrist and ankle for the hand and foot, ``PART_EXTENSION``), the torso its shoulder/hip polygon
 (0 inside), the head a capsule from the neck to the centre of the face joints. Radii come from
 :data:`~.parts.PART_RADIUS` and :func:`~.parts.body_scale`. These regions are the project's one definition
 of where a part is: the part masks and labels of :mod:`.render`, the segmentation seeds and FlowWarp all
@@ -18,7 +19,7 @@ import torch
 
 from .keypoints import Person
 from .part_transforms import HEAD_JOINTS, LHIP, LSH, NECK, RHIP, RSH, torso_points
-from .parts import BODY_PARTS, PART_RADIUS, body_scale
+from .parts import BODY_PARTS, PART_EXTENSION, PART_RADIUS, body_scale
 
 _FACE = tuple(j for j in HEAD_JOINTS if j != NECK)
 HEAD_SPREAD = 1.6  # head radius >= this x the largest distance of a face joint from the face centre
@@ -45,7 +46,12 @@ def part_geometry(person: Person) -> dict[str, PartGeometry]:
         if part.segment is not None:
             a, b = part.segment
             if person.present[a] and person.present[b]:
-                out[part.name] = PartGeometry(part.name, "segment", person.body[[a, b], :2].copy(), r)
+                pts = person.body[[a, b], :2].copy()
+                bone = pts[1] - pts[0]
+                length = float(np.linalg.norm(bone))
+                if part.name in PART_EXTENSION and length > 1e-6:
+                    pts[1] += bone / length * PART_EXTENSION[part.name] * scale
+                out[part.name] = PartGeometry(part.name, "segment", pts, r)
         elif part.name == "torso":
             pts = torso_points(person, scale)
             order = [j for j in (RSH, LSH, LHIP, RHIP, NECK) if j in pts]

@@ -139,3 +139,10 @@ def part_radius(part_name: str, scale: float) -> float:
     if not math.isfinite(scale) or scale < 0:
         raise ValueError(f"scale: expected a finite length >= 0 in pixels, got {scale!r}")
     return PART_RADIUS[part_name] * float(scale)
+
+# Hands and feet lie beyond the wrist and ankle joints: the forearm and shin regions reach past their end
+# joint by this fraction of ``body_scale`` along the bone (hands hang, feet stand below the ankle).
+PART_EXTENSION: dict[str, float] = {
+    "right_forearm": 0.12, "left_forearm": 0.12,
+    "right_shin": 0.2, "left_shin": 0.2,
+}

@@ -21,7 +21,7 @@ from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME
 SEGMENTATION_METHODS = ("grabcut", "skeleton")
 GRABCUT_SIDE = 192
 LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso
-CORE = 0.6  # normalised distance below which a pixel belongs to the part whatever the segmentation says
+CORE = 1.0  # normalised distance below which a pixel belongs to the part whatever the segmentation says
 
 
 def part_distance_fields(person: Person, size: tuple[int, int]) -> dict[str, torch.Tensor]:
