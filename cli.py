@@ -1,4 +1,5 @@
-"""Command line: ``posetransfer transfer | demo | render-pose`` (also ``python -m posetransfer``).
+"""Command line: ``posetransfer transfer | demo | detect | render-pose | convert-pcdms`` (also
+``python -m posetransfer``).
 
 Every expected failure (a missing file, bad JSON, sizes that do not match, ...) prints one line
 ``posetransfer: error: ...`` on stderr and returns exit code 2; :func:`main` returns the exit code.
@@ -153,15 +154,25 @@ def _cmd_transfer(args) -> int:
     for flag in ("out", "mask_out", "flow_out", "panel_out"):
         _writable(getattr(args, flag), "--" + flag.replace("_", "-"))
     src_path = _existing(args.source, "--source")
-    _existing(args.source_pose, "--source-pose")
-    _existing(args.target_pose, "--target-pose")
+    if args.target_pose is None and args.target_image is None:
+        raise CLIError("--target-pose: required (or --target-image with --detector)")
+    if (args.source_pose is None or args.target_pose is None) and args.detector is None:
+        raise CLIError("--detector: a pose model is needed to detect the poses not given as files "
+                       "(--source-pose / --target-pose)")
     source = load_image(src_path)
     size = source.shape[:2]
-    source_poses = _read_poses(args.source_pose, "--source-pose", default_size=size)
+    detector = _build_detector(args) if args.detector else None
+    if args.source_pose is not None:
+        source_poses = _read_poses(args.source_pose, "--source-pose", default_size=size)
+    else:
+        source_poses = [detector.detect(source)]
     if len(source_poses) != 1:
         raise CLIError(f"--source-pose: {args.source_pose}: expected one frame (the source photo's pose), "
                        f"got {len(source_poses)}")
-    target_poses = _read_poses(args.target_pose, "--target-pose", default_size=size)
+    if args.target_pose is not None:
+        target_poses = _read_poses(args.target_pose, "--target-pose", default_size=size)
+    else:
+        target_poses = [detector.detect(load_image(_existing(args.target_image, "--target-image")))]
     options = FlowWarpOptions(method=args.method, segmentation=args.segmentation, background=args.background,
                               fill=args.fill, retarget=args.retarget, anchor=args.anchor,
                               source_person=args.source_person, target_person=args.target_person)
@@ -220,6 +231,49 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _build_detector(args):
+    from .core.detect import build_detector
+
+    if args.detector == "mediapipe":
+        return build_detector(None, None, args.threshold)
+    _existing(args.detector, "--detector")
+    if args.person_detector is not None:
+        _existing(args.person_detector, "--person-detector")
+    return build_detector(args.detector, args.person_detector, args.threshold)
+
+
+def _cmd_detect(args) -> int:
+    from .core.detect import detect_pose_file
+
+    _existing(args.image, "IMG")
+    pose = detect_pose_file(args.image, args.out, _build_detector(args), whole_image=args.person_detector is None)
+    print(f"{len(pose.people)} people -> {args.out}")
+    return 0
+
+
+def _add_detector_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detector", metavar="POSE.onnx",
+                   help="DWPose / RTMPose ONNX keypoint model (e.g. dw-ll_ucoco_384.onnx, as used by "
+                        "comfyui_controlnet_aux) to detect poses on photos, or 'mediapipe' (needs the extra "
+                        "posetransfer[mediapipe])")
+    p.add_argument("--person-detector", metavar="YOLOX.onnx",
+                   help="YOLOX ONNX person detector (e.g. yolox_l.onnx); without it the whole photo is one person")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="keypoint score below which a joint counts as missing (default 0.3)")
+
+
+def _cmd_convert_pcdms(args) -> int:
+    import torch
+
+    from .core.pcdms import convert_pcdms
+
+    if not os.path.exists(args.checkpoint):
+        raise CLIError(f"IN.pt: no such file or folder: {args.checkpoint}")
+    dtype = {"fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
+    print(convert_pcdms(args.checkpoint, args.out_dir, args.kind, dtype=dtype, single_file=args.single_file))
+    return 0
+
+
 def _cmd_render_pose(args) -> int:
     from .core.render import render_skeleton
 
@@ -250,9 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "Pose files are OpenPose JSON, pixel or normalised coordinates (auto-detected). A target "
                     "JSON holding several frames gives OUT_0000.png, OUT_0001.png, ...")
     t.add_argument("--source", required=True, metavar="SRC.png", help="source photo")
-    t.add_argument("--source-pose", required=True, metavar="SRC.json", help="OpenPose JSON of the source photo")
-    t.add_argument("--target-pose", required=True, metavar="TGT.json",
+    t.add_argument("--source-pose", metavar="SRC.json",
+                   help="OpenPose JSON of the source photo (omitted: detected with --detector)")
+    t.add_argument("--target-pose", metavar="TGT.json",
                    help="OpenPose JSON of the target pose (one frame, or a list of frames)")
+    t.add_argument("--target-image", metavar="TGT.png",
+                   help="instead of --target-pose: a photo whose pose is detected with --detector")
+    _add_detector_flags(t)
     t.add_argument("--out", required=True, metavar="OUT.png", help="result image")
     t.add_argument("--method", default="parts", choices=["parts"],
                    help="flow estimator: 'parts' (training-free, per body part); learned models are not "
@@ -286,6 +344,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--only", type=int, default=0, metavar="N",
                    help=f"run only the first N of the {len(DEMO_CASES)} transfers")
     d.set_defaults(func=_cmd_demo)
+
+    k = sub.add_parser("detect", help="detect the poses of the people in a photo -> OpenPose JSON (pixels)",
+                       description="Detect people and their COCO-18 keypoints (plus hands and face with a "
+                                   "whole-body model) with DWPose ONNX models; writes OpenPose JSON.")
+    k.add_argument("image", metavar="IMG", help="photo")
+    k.add_argument("--out", required=True, metavar="POSE.json", help="output OpenPose JSON")
+    _add_detector_flags(k)
+    k.set_defaults(func=_cmd_detect)
+
+    c = sub.add_parser("convert-pcdms", help="convert an official PCDMs checkpoint to safetensors + config",
+                       description="Read an official PCDMs checkpoint (DeepSpeed mp_rank_00_model_states.pt or "
+                                   "its folder, PCDMs_ckpt.pt, fp16 or fp32; loaded with weights_only) and "
+                                   "write a folder with config.json and safetensors weights.")
+    c.add_argument("checkpoint", metavar="IN.pt", help="official checkpoint file or DeepSpeed folder")
+    c.add_argument("out_dir", metavar="OUT_DIR", help="output folder")
+    c.add_argument("--kind", choices=("prior", "inpaint", "refine", "simplified"), default=None,
+                   help="checkpoint kind (default: worked out from the keys)")
+    c.add_argument("--dtype", choices=("fp16", "fp32"), default=None,
+                   help="weights' dtype in the output (default: as in the file)")
+    c.add_argument("--single-file", action="store_true",
+                   help="write one .safetensors file with the config in its metadata instead of a folder")
+    c.set_defaults(func=_cmd_convert_pcdms)
 
     r = sub.add_parser("render-pose", help="draw an OpenPose JSON as a ControlNet skeleton picture",
                        description="Draw the ControlNet (OpenPose) skeleton of every person. Several frames "

@@ -581,11 +581,12 @@ def build_detector(pose_model: PathLike | None = None, detector_model: PathLike 
         kwargs = {} if score_threshold is None else {"score_threshold": score_threshold}
         return PoseDetector(detector_model, pose_model, **kwargs)
     if detector_model is not None:
-        raise ValueError(f"--pose: a person detector ({os.fspath(detector_model)!r}) needs a pose model too; "
-                         f"expected --pose dw-ll_ucoco_384.onnx, got none")
+        raise ValueError(f"pose_model: a person detector ({os.fspath(detector_model)!r}) needs a pose model "
+                         f"too; expected e.g. dw-ll_ucoco_384.onnx, got none")
     if not mediapipe_available():
-        raise ValueError(f"--pose: expected a DWPose ONNX file (--pose dw-ll_ucoco_384.onnx [--det yolox_l.onnx]), "
-                         f"or MediaPipe installed with pip install '{MEDIAPIPE_EXTRA}'; got neither")
+        raise ValueError(f"pose_model: expected a DWPose ONNX file (e.g. dw-ll_ucoco_384.onnx, with yolox_l.onnx "
+                         f"as person detector), or MediaPipe installed with pip install '{MEDIAPIPE_EXTRA}'; "
+                         f"got neither")
     return MediaPipeDetector() if score_threshold is None else MediaPipeDetector(score_threshold)
 
 

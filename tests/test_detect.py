@@ -550,3 +550,35 @@ def test_node_interrupt(model_dir, bars):
     with pytest.raises(InterruptedError):
         PoseTransferPoseDetect().detect(images, "yolox_tiny.onnx", "dw-tiny.onnx", "detector", 0.3)
     assert bars[0].total == 3 and bars[0].current == 1
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def test_cli_detect_writes_the_detected_people(tmp_path, models):
+    from posetransfer.cli import main
+    from posetransfer.core.images import save_image
+    from posetransfer.core.pose_io import read_openpose_json
+
+    img = tmp_path / "scene.png"
+    save_image(img, scene_image())
+    out = tmp_path / "scene.json"
+    assert main(["detect", str(img), "--out", str(out), "--detector", str(models["pose"]),
+                 "--person-detector", str(models["det"])]) == 0
+    pose, = read_openpose_json(out)
+    assert len(pose.people) == 2 and (pose.width, pose.height) == (IMG_W, IMG_H)
+    bodies = sorted((p.body for p in pose.people), key=lambda b: b[0, 0])
+    assert np.allclose(bodies[0], expected_body(DOT_A, BODY_SCORES), atol=1e-4)
+
+
+def test_cli_transfer_without_pose_files_detects_them(tmp_path, models, capsys):
+    from posetransfer.cli import main
+
+    # No usable person in the scene: detection runs and the error is about the pose, not a crash.
+    img = tmp_path / "scene.png"
+    from posetransfer.core.images import save_image
+    save_image(img, scene_image())
+    code = main(["transfer", "--source", str(img), "--target-image", str(img), "--out", str(tmp_path / "o.png"),
+                 "--detector", str(models["pose"]), "--person-detector", str(models["det"])])
+    assert code == 2 and "pose" in capsys.readouterr().err
+    assert main(["transfer", "--source", str(img), "--out", str(tmp_path / "o.png")]) == 2
+    assert "--target-pose" in capsys.readouterr().err

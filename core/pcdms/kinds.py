@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .models import PCDMsInpaintModel, PCDMsRefineModel, PCDMsSimplifiedModel
 from .prior import PCDMsPriorTransformer
 
-__all__ = ["KindSpec", "KINDS", "canonical_kind", "model_class", "full_config", "tiny_config"]
+__all__ = ["KindSpec", "KINDS", "canonical_kind", "model_class", "tiny_config"]
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,6 @@ def canonical_kind(kind: str) -> str:
 def model_class(kind: str) -> type:
     return KINDS[canonical_kind(kind)].cls
 
-
-def full_config(kind: str) -> dict:
-    """The released model's config (the class defaults)."""
-    return {}
 
 
 _TINY_UNET = {

@@ -198,13 +198,14 @@ class PCDMsPriorTransformer(ModelMixin, ConfigMixin):
         t_emb = self.time_proj(timesteps).to(dtype=self.time_embedding.linear_1.weight.dtype)
         t_emb = self.time_embedding(t_emb)
 
+        x_t = self.proj_in(x_t)
         tokens = torch.cat(
             [
                 self.encoder_hidden_states_proj(self.pose_encoder(source_pose)),  # source pose
                 self.encoder_hidden_states_proj1(self.pose_encoder1(target_pose)),  # target pose
                 self.embedding_proj(source_embedding),  # source image (CLIP)
                 t_emb[:, None, :],  # time
-                self.proj_in(x_t),  # noisy target embedding
+                x_t,  # noisy target embedding
                 self.prd_embedding.to(x_t.dtype).expand(batch_size, -1, -1),  # prediction token
             ],
             dim=1,
