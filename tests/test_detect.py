@@ -444,10 +444,10 @@ def test_detect_pose_file_writes_openpose_json(tmp_path, models):
 
 
 def test_build_detector_needs_a_pose_model(models, monkeypatch):
-    with pytest.raises(ValueError, match=r"--pose: a person detector .* needs a pose model"):
+    with pytest.raises(ValueError, match=r"pose_model: a person detector .* needs a pose model"):
         D.build_detector(None, models["det"])
     monkeypatch.setitem(sys.modules, "mediapipe", None)
-    with pytest.raises(ValueError, match=r"--pose: expected a DWPose ONNX file.*posetransfer\[mediapipe\]"):
+    with pytest.raises(ValueError, match=r"pose_model: expected a DWPose ONNX file.*posetransfer\[mediapipe\]"):
         D.build_detector()
 
 
