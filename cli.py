@@ -1,5 +1,5 @@
-"""Command line: ``posetransfer transfer | demo | detect | render-pose | convert-pcdms`` (also
-``python -m posetransfer``).
+"""Command line: ``posetransfer transfer | demo | detect | evaluate | dataset | render-pose | convert-pcdms``
+(also ``python -m posetransfer``).
 
 Every expected failure (a missing file, bad JSON, sizes that do not match, ...) prints one line
 ``posetransfer: error: ...`` on stderr and returns exit code 2; :func:`main` returns the exit code.
@@ -274,6 +274,19 @@ def _cmd_convert_pcdms(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from .core.evaluation.evaluate import evaluate_main
+
+    return evaluate_main(args, detector=_build_detector(args) if args.detector else None) or 0
+
+
+def _cmd_dataset(args) -> int:
+    from .core.evaluation.datasets import dataset_main
+
+    detector = _build_detector(args) if getattr(args, "detector", None) else None
+    return dataset_main(args, detector=detector) or 0
+
+
 def _cmd_render_pose(args) -> int:
     from .core.render import render_skeleton
 
@@ -366,6 +379,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--single-file", action="store_true",
                    help="write one .safetensors file with the config in its metadata instead of a folder")
     c.set_defaults(func=_cmd_convert_pcdms)
+
+    from .core.evaluation.datasets import add_dataset_arguments
+    from .core.evaluation.evaluate import add_evaluate_arguments
+
+    e = sub.add_parser("evaluate", help="score generated images against the ground truth as a paper measured",
+                       description="SSIM, PSNR, L1, LPIPS, FID (and pose accuracy with --detector) with one "
+                                   "paper's conventions (--profile). Writes per_image.csv and summary.json.")
+    add_evaluate_arguments(e)
+    _add_detector_flags(e)
+    e.set_defaults(func=_cmd_evaluate)
+    ds = sub.add_parser("dataset", help="build GFLA/PIDM annotation + pairs files; convert to/from PCDMs layout")
+    add_dataset_arguments(ds, _add_detector_flags)
+    ds.set_defaults(func=_cmd_dataset)
 
     r = sub.add_parser("render-pose", help="draw an OpenPose JSON as a ControlNet skeleton picture",
                        description="Draw the ControlNet (OpenPose) skeleton of every person. Several frames "
