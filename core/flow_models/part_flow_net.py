@@ -224,9 +224,10 @@ class PartFlowNetOutput(BaseOutput):
 class PartFlowNet(ModelMixin, ConfigMixin):
     """The structure-aware part-flow generator (eqs 1-8). See the module doc for the layout and our choices.
 
-    Config: ``sub_poses`` (name -> joint indices, default :data:`~..parts.SUB_POSES`) and ``sub_pose_parts``
-    (name -> body-part names for the crop masks, default :data:`~..parts.SUB_POSE_PARTS`) are stored in the
-    config so a checkpoint does not depend on later edits of the part tables. ``image_size`` ``[H, W]`` is the
+    Config: ``sub_poses`` (name -> joint indices, default :data:`~..parts.SUB_POSES`), ``sub_pose_parts``
+    (name -> body-part names for the crop masks, default :data:`~..parts.SUB_POSE_PARTS`) and
+    ``part_names`` (their order: flows, masks and the fusion input follow it) are stored in the config so a
+    checkpoint does not depend on later edits of the part tables. ``image_size`` ``[H, W]`` is the
     training resolution (the adapter resizes to it); ``heatmap_sigma`` and ``part_mask_radius_scale`` say how
     pose inputs are rendered at that size. The rest are widths and depths; :data:`PART_FLOW_PAPER_CONFIG`
     (256x256) and :data:`PART_FLOW_TINY_CONFIG` (tests) are two points of the range.
@@ -238,6 +239,7 @@ class PartFlowNet(ModelMixin, ConfigMixin):
     def __init__(self, num_joints: int = NUM_JOINTS, image_channels: int = 3,
                  sub_poses: Mapping[str, Sequence[int]] | None = None,
                  sub_pose_parts: Mapping[str, Sequence[str]] | None = None,
+                 part_names: Sequence[str] | None = None,
                  image_size: Sequence[int] = (256, 256), heatmap_sigma: float = 6.0,
                  part_mask_radius_scale: float = 1.25,
                  base_channels: int = 64, feature_channels: int = 256, num_downsample: int = 2,
@@ -250,9 +252,15 @@ class PartFlowNet(ModelMixin, ConfigMixin):
         if sub_pose_parts is None:
             sub_pose_parts = {k: list(SUB_POSE_PARTS.get(k, ())) for k in sub_poses}
         sub_pose_parts = {k: [str(p) for p in v] for k, v in sub_pose_parts.items()}
-        if list(sub_pose_parts) != list(sub_poses):
+        if set(sub_pose_parts) != set(sub_poses):
             raise ValueError(f"sub_pose_parts: expected the keys of sub_poses {list(sub_poses)}, got "
                              f"{list(sub_pose_parts)}")
+        # The part order (of flows, masks and the fusion input) is explicit: JSON configs sort dict keys.
+        part_names = list(sub_poses) if part_names is None else [str(n) for n in part_names]
+        if sorted(part_names) != sorted(sub_poses):
+            raise ValueError(f"part_names: expected an order of the sub_poses {list(sub_poses)}, got {part_names}")
+        sub_poses = {n: sub_poses[n] for n in part_names}
+        sub_pose_parts = {n: sub_pose_parts[n] for n in part_names}
         for name, joints in sub_poses.items():
             if not joints or any(not 0 <= j < num_joints for j in joints):
                 raise ValueError(f"sub_poses[{name!r}]: expected joint indices in 0..{num_joints - 1}, got {joints}")
@@ -263,10 +271,11 @@ class PartFlowNet(ModelMixin, ConfigMixin):
         if len(image_size) != 2 or any(int(s) % 2 ** num_downsample for s in image_size):
             raise ValueError(f"image_size: expected [H, W] divisible by 2**num_downsample, got {list(image_size)}")
         # Store the resolved tables (not None) so saved configs are self-contained.
-        self.register_to_config(sub_poses=sub_poses, sub_pose_parts=sub_pose_parts,
+        self.register_to_config(sub_poses=sub_poses, sub_pose_parts=sub_pose_parts, part_names=part_names,
                                 image_size=[int(s) for s in image_size], hdc_rates=[int(r) for r in hdc_rates],
                                 pnb_scales=[int(s) for s in pnb_scales])
-        self.part_names = list(sub_poses)
+        self.part_names = part_names
+        self.sub_pose_parts = sub_pose_parts  # in part order
         for name, joints in sub_poses.items():
             self.register_buffer(f"_joints_{name}", torch.tensor(joints, dtype=torch.long), persistent=False)
         c, nd = feature_channels, num_downsample
@@ -321,10 +330,9 @@ class PartFlowNet(ModelMixin, ConfigMixin):
         return [x * source_part_masks[:, k:k + 1] for k in range(len(self.part_names))]
 
     def _check_size(self, t: torch.Tensor, what: str) -> None:
-        m = 2 ** self.config.flow_num_downsample
-        if t.ndim != 4 or t.shape[-2] % 2 ** self.config.num_downsample or t.shape[-1] % 2 ** self.config.num_downsample:
-            raise ValueError(f"{what}: expected (B, C, H, W) with H, W divisible by "
-                             f"{2 ** self.config.num_downsample}, got {tuple(t.shape)}")
+        m, d = 2 ** self.config.flow_num_downsample, 2 ** self.config.num_downsample
+        if t.ndim != 4 or t.shape[-2] % d or t.shape[-1] % d:
+            raise ValueError(f"{what}: expected (B, C, H, W) with H, W divisible by {d}, got {tuple(t.shape)}")
         if t.shape[-2] < m or t.shape[-1] < m:
             raise ValueError(f"{what}: {tuple(t.shape[-2:])} is smaller than the flow generator's {m}x{m} bottom")
 
@@ -363,7 +371,7 @@ class PartFlowNet(ModelMixin, ConfigMixin):
     def pose_inputs(self, pose: Pose, person: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps ``(18, H, W)`` and sub-pose masks ``(P, H, W)`` of one person, on the pose's canvas, with
         this model's ``heatmap_sigma`` and ``part_mask_radius_scale``."""
-        return pose_inputs(pose, self.config.sub_pose_parts, self.config.heatmap_sigma,
+        return pose_inputs(pose, self.sub_pose_parts, self.config.heatmap_sigma,
                            self.config.part_mask_radius_scale, person)
 
 
@@ -371,9 +379,9 @@ class PartFlowNet(ModelMixin, ConfigMixin):
 
 def sub_pose_masks(pose: Pose, sub_pose_parts: Mapping[str, Sequence[str]] | None = None,
                    radius_scale: float = 1.25, person: int = 0) -> np.ndarray:
-    """float32 ``(P, H, W)`` in {0, 1}: for each sub-pose the union of its body parts' regions
-    (:func:`~..render.render_part_masks`, radii times ``radius_scale``). A sub-pose whose joints are all
-    missing is empty."""
+    """float32 ``(P, H, W)`` in {0, 1}: for each sub-pose (in the mapping's order; a model's order is
+    ``model.sub_pose_parts``) the union of its body parts' regions (:func:`~..render.render_part_masks`,
+    radii times ``radius_scale``). A sub-pose whose joints are all missing is empty."""
     sub_pose_parts = SUB_POSE_PARTS if sub_pose_parts is None else sub_pose_parts
     masks = render_part_masks(pose, person, radius_scale)
     out = np.zeros((len(sub_pose_parts), pose.height, pose.width), np.float32)
@@ -390,18 +398,18 @@ def pose_inputs(pose: Pose, sub_pose_parts: Mapping[str, Sequence[str]] | None =
             torch.from_numpy(sub_pose_masks(pose, sub_pose_parts, radius_scale, person)))
 
 
-def make_pair(model_config, source_image: np.ndarray | torch.Tensor, source_pose: Pose,
+def make_pair(model: "PartFlowNet", source_image: np.ndarray | torch.Tensor, source_pose: Pose,
               target_image: np.ndarray | torch.Tensor, target_pose: Pose) -> dict[str, torch.Tensor]:
     """One training example (unbatched) for :mod:`.part_flow_losses`: images ``(3, H, W)`` in 0..1 (from
     ``(H, W, 3)`` arrays or ``(3, H, W)`` tensors), heatmaps and sub-pose masks of both poses rendered with
-    ``model_config``'s settings. Images and poses must already be at the training size."""
+    ``model``'s settings (:meth:`PartFlowNet.pose_inputs`). Images and poses must already be at the training
+    size."""
     def img(x):
         t = torch.as_tensor(np.asarray(x, np.float32)) if not torch.is_tensor(x) else x.float()
         return t.permute(2, 0, 1).contiguous() if t.ndim == 3 and t.shape[-1] == 3 and t.shape[0] != 3 else t
 
-    cfg = model_config
-    sp, sm = pose_inputs(source_pose, cfg.sub_pose_parts, cfg.heatmap_sigma, cfg.part_mask_radius_scale)
-    tp, tm = pose_inputs(target_pose, cfg.sub_pose_parts, cfg.heatmap_sigma, cfg.part_mask_radius_scale)
+    sp, sm = model.pose_inputs(source_pose)
+    tp, tm = model.pose_inputs(target_pose)
     return {"source_image": img(source_image), "target_image": img(target_image), "source_pose": sp,
             "target_pose": tp, "source_part_masks": sm, "target_part_masks": tm}
 
@@ -431,7 +439,8 @@ class PartFlowEstimator:
     wins at seams. Outside every part (background) the flow is the plain canvas-to-canvas scaling and the
     visibility is 0: that content is not the person's and is left for FlowWarp's later stages to generate.
     Inside, visibility is the combined ``V`` (binarised at 0.5 when ``binary_visibility``, as FlowWarp's
-    ``1 - visibility`` repaint mask expects). Returns CPU tensors.
+    ``1 - visibility`` repaint mask expects). Returns CPU tensors. The flows depend on the poses alone
+    (eq 1); the source image only fixes the source canvas size.
     """
 
     def __init__(self, model: PartFlowNet, binary_visibility: bool = True, source_person: int = 0,
@@ -456,7 +465,6 @@ class PartFlowEstimator:
         ht, wt = target_pose.height, target_pose.width
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
-        img = F.interpolate(source.float(), size=(hm, wm), mode="bilinear", align_corners=False, antialias=True)
         sp, sm = model.pose_inputs(_scale_pose(source_pose, hm, wm), self.source_person)
         tp, _ = model.pose_inputs(_scale_pose(target_pose, hm, wm), self.target_person)
         flows, vis = model.estimate_flows(sp[None].to(device, dtype), tp[None].to(device, dtype))
@@ -466,7 +474,7 @@ class PartFlowEstimator:
         part_flows = [resize_flow(flows[:, k], (ht, wt), source_scale=scale) for k in range(flows.shape[1])]
         part_vis = [F.interpolate(vis[:, k], size=(ht, wt), mode="bilinear", align_corners=False).clamp(0, 1)
                     for k in range(vis.shape[1])]
-        masks = torch.from_numpy(sub_pose_masks(target_pose, cfg.sub_pose_parts, cfg.part_mask_radius_scale,
+        masks = torch.from_numpy(sub_pose_masks(target_pose, model.sub_pose_parts, cfg.part_mask_radius_scale,
                                                 self.target_person))[None]  # (1, P, Ht, Wt)
         weights = torch.stack([masks[:, k:k + 1] * (v + 0.05) for k, v in enumerate(part_vis)])  # (P, 1, 1, H, W)
         total = weights.sum(0)
