@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .flow import base_coords, coords_to_flow, warp
 from .inpaint import INPAINT_METHODS, fill_holes
 from .keypoints import Person, Pose
-from .part_flow import part_flow
+from .part_flow import label_boxes, part_flow
 from .parts import DEFAULT_DEPTH_ORDER
 from .retarget import ANCHORS, retarget_pose
 from .segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label_map, person_mask
@@ -78,6 +78,7 @@ class PreparedSource:
     labels: torch.Tensor      # (H, W) part labels
     background: torch.Tensor  # (3, H, W)
     background_real: torch.Tensor  # (H, W) 1 where the background is the photo's, 0 where it was filled
+    boxes: dict = field(default_factory=dict)  # bounding box of each part label (part_flow.label_boxes)
 
 
 @dataclass
@@ -128,7 +129,7 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         value = {"keep": None, "black": 0.0, "white": 1.0}[options.background]
         background = img.clone() if value is None else torch.full_like(img, value)
         real = torch.ones(h, w)
-    return PreparedSource(img, pose, person, mask, labels, background, real)
+    return PreparedSource(img, pose, person, mask, labels, background, real, label_boxes(labels))
 
 
 def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
@@ -167,16 +168,17 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
         image = _sample(source.image, coords)
         return FlowWarpResult(image, flow[0], vis[0, 0], vis[0, 0], target_pose)
 
-    pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order)
+    pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes)
     body = (pf.person > 0) | pf.hole
     coords = torch.where(body, pf.coords, bg_coords)
     person_img = _sample(source.image, coords)
     alpha = pf.person
     # Holes inside the person take the colours of the visible body around them.
     known = ((pf.owner > 0) & (alpha > 0.5)).float()
-    if pf.hole.any():
-        filled = fill_holes(person_img[None], (1 - known)[None, None], options.fill)[0]
-        person_img = torch.where(pf.hole, filled, person_img)
+    if pf.hole.any():  # fill within the person's box (plus a margin): the fill only needs nearby colours
+        rows, cols = _box_slices(pf.hole | (known > 0), margin=8)
+        filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill)[0]
+        person_img[:, rows, cols] = torch.where(pf.hole[rows, cols], filled, person_img[:, rows, cols])
     # Content to generate: holes in the person, and background the source person hid that the moved
     # person does not cover. Binary, as inpainting stages expect.
     generate = pf.hole | ((alpha < 0.5) & (bg_real < 0.5))
@@ -184,6 +186,15 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
     image = alpha * person_img + (1 - alpha) * bg
     visibility = (~generate).float()
     return FlowWarpResult(image.clamp(0, 1), coords_to_flow(coords[None])[0], visibility, alpha, target_pose)
+
+
+def _box_slices(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:
+    """Rows and columns of the bounding box of ``mask`` (non-empty), grown by ``margin``."""
+    rows = torch.nonzero(mask.any(1)).flatten()
+    cols = torch.nonzero(mask.any(0)).flatten()
+    h, w = mask.shape
+    return (slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, h)),
+            slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, w)))
 
 
 def _feather(alpha: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from .flow import base_coords, coords_to_grid
 from .keypoints import Person
 from .part_fields import normalised_distance, part_geometry
 from .part_transforms import fit_part_transforms
-from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME, PART_PARENT
+from .parts import DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_PARENT
 
 JOINT_REACH = 1.5  # a neighbour's label is accepted this many radii around the shared joint
 BLEND = 0.5  # a child part fades in from its parent over this many of its radii past their joint
@@ -69,16 +69,16 @@ def _smoothstep(x: torch.Tensor) -> torch.Tensor:
     return x * x * (3 - 2 * x)
 
 
-def _label_boxes(labels: torch.Tensor) -> dict[int, tuple[float, float, float, float]]:
-    """Pixel bounding box ``(x0, y0, x1, y1)`` of every label present in a label map."""
+def label_boxes(labels: torch.Tensor) -> dict[int, tuple[float, float, float, float]]:
+    """Pixel bounding box ``(x0, y0, x1, y1)`` of every part label present in a label map."""
     lab = labels.numpy()
     out = {}
-    for value in np.unique(lab):
-        if value == 0:
-            continue
+    for value in range(1, NUM_PART_LABELS):
         m = lab == value
-        ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-        out[int(value)] = (float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1]))
+        rows = np.flatnonzero(m.any(1))
+        if len(rows):
+            cols = np.flatnonzero(m.any(0))
+            out[value] = (float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1]))
     return out
 
 
@@ -107,20 +107,22 @@ def _window(boxes, h: int, w: int, margin: int = 2) -> tuple[slice, slice] | Non
 
 
 def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Tensor, target: Person,
-              size: tuple[int, int], depth_order: tuple[str, ...] = DEFAULT_DEPTH_ORDER) -> PartFlow:
+              size: tuple[int, int], depth_order: tuple[str, ...] = DEFAULT_DEPTH_ORDER,
+              boxes: dict[int, tuple[float, float, float, float]] | None = None) -> PartFlow:
     """Part-based backward flow from ``source`` (with its label map and soft person mask on the source
     grid, see :mod:`.segmentation`) to ``target`` on a target grid of ``size`` ``(H, W)``.
 
     Each part is evaluated only inside the window where it can matter (the target pixels its map sends
     onto its own or its neighbours' source labels, and its core region), so the cost grows with the
-    person's area, not the canvas's times the number of parts."""
+    person's area, not the canvas's times the number of parts. ``boxes`` are the source's
+    :func:`label_boxes`, computed here when not given (pass them when warping one source many times)."""
     h, w = size
     xy = base_coords(h, w)[0]
     transforms = fit_part_transforms(source, target)
     t_geom = part_geometry(target)
     s_geom = part_geometry(source)
     hs, ws = source_labels.shape
-    boxes = _label_boxes(source_labels)
+    boxes = label_boxes(source_labels) if boxes is None else boxes
 
     flow_coords = torch.zeros(2, h, w)
     person = torch.zeros(h, w)
