@@ -124,7 +124,11 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         remove = cv2.dilate((mask.numpy() > 0.1).astype(np.uint8), np.ones((k, k), np.uint8))
         filled = fill_holes(img[None], torch.from_numpy(remove.astype(np.float32))[None, None], options.fill)[0]
         real = (mask <= 0.5).float()  # the complement of part_label_map's person (mask > 0.5)
-        background = real * img + (1 - real) * filled
+        # The silhouette's soft edge outside the person (0 < mask <= 0.5) still carries the person's colours:
+        # a ghost outline once the person moves away. Show the fill there too; it still counts as real.
+        edge = cv2.dilate((mask.numpy() > 0.02).astype(np.uint8), np.ones((5, 5), np.uint8))
+        keep = real * (1 - torch.from_numpy(edge.astype(np.float32)))
+        background = keep * img + (1 - keep) * filled
     else:
         value = {"keep": None, "black": 0.0, "white": 1.0}[options.background]
         background = img.clone() if value is None else torch.full_like(img, value)

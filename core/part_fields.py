@@ -3,10 +3,10 @@
 For a part with region half-width ``r`` the field is ``distance(pixel, part skeleton) / r``: below 1 inside
 the part's nominal region, 0 on its bone. Limbs use their bone segment (forearms and shins lengthened past
 the wrist and ankle for the hand and foot, ``PART_EXTENSION``), the torso its shoulder/hip polygon
-(0 inside), the head a capsule from the neck to the centre of the face joints. Radii come from
-:data:`~.parts.PART_RADIUS` and :func:`~.parts.body_scale`. These regions are the project's one definition
-of where a part is: the part masks and labels of :mod:`.render`, the segmentation seeds and FlowWarp all
-use them.
+(0 inside), the head a capsule from part-way up the neck (``HEAD_START``) to the centre of the face
+joints. Radii come from :data:`~.parts.PART_RADIUS` and :func:`~.parts.body_scale`. These regions are the
+project's one definition of where a part is: the part masks and labels of :mod:`.render`, the segmentation
+seeds and FlowWarp all use them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .parts import BODY_PARTS, PART_EXTENSION, PART_RADIUS, body_scale
 
 _FACE = tuple(j for j in HEAD_JOINTS if j != NECK)
 HEAD_SPREAD = 1.6  # head radius >= this x the largest distance of a face joint from the face centre
+HEAD_START = 0.4  # the head region starts this far from the neck joint towards the face centre
 
 
 @dataclass
@@ -63,7 +64,9 @@ def part_geometry(person: Person) -> dict[str, PartGeometry]:
                 centre = person.body[face, :2].mean(0)
                 spread = max(float(np.linalg.norm(person.body[face, :2] - centre, axis=1).max()), 0.0)
                 r = max(r, HEAD_SPREAD * spread)
-                start = person.body[NECK, :2] if person.present[NECK] else centre
+                # From part-way up the neck: below that the neck and collar move with the torso.
+                start = person.body[NECK, :2] + HEAD_START * (centre - person.body[NECK, :2]) \
+                    if person.present[NECK] else centre
                 out["head"] = PartGeometry("head", "segment", np.stack([start, centre]), r)
     return out
 

@@ -163,7 +163,8 @@ def render_part_masks(pose: Pose, person: int = 0, radius_scale: float = 1.0) ->
 
     The regions of :mod:`.part_fields`: limbs are capsules of radius ``part_radius`` around their bone, the
     torso the hull of neck, shoulders and hips (hips inferred when missing) dilated by the torso radius,
-    the head a capsule from the neck to the face joints' centre. ``radius_scale`` multiplies every radius.
+    the head a capsule from part-way up the neck to the face joints' centre. ``radius_scale`` multiplies
+    every radius.
     Parts whose joints are missing stay empty.
     """
     body = _person(pose, person)
