@@ -1,5 +1,5 @@
-"""Command line: ``posetransfer transfer | demo | detect | evaluate | dataset | render-pose | convert-pcdms``
-(also ``python -m posetransfer``).
+"""Command line: ``posetransfer transfer | demo | detect | evaluate | dataset | render-pose | convert-pcdms |
+train-flow`` (also ``python -m posetransfer``).
 
 Every expected failure (a missing file, bad JSON, sizes that do not match, ...) prints one line
 ``posetransfer: error: ...`` on stderr and returns exit code 2; :func:`main` returns the exit code.
@@ -119,15 +119,15 @@ class TransferOutputs:
     panel_out: str | None = None
 
 
-def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs: TransferOutputs
-                 ) -> list[str]:
+def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs: TransferOutputs,
+                 estimator=None) -> list[str]:
     """FlowWarp ``source`` into each target pose; write the result (and the optional pictures).
-    Returns the paths written, in order."""
+    ``estimator``: a learned flow model (with ``options.method == "model"``). Returns the paths written, in order."""
     from .core.flow import flow_to_color
     from .core.flowwarp import flow_warp
     from .core.render import render_skeleton
 
-    results = flow_warp([source], [source_pose], list(target_poses), options)
+    results = flow_warp([source], [source_pose], list(target_poses), options, estimator=estimator)
     written = []
     n = len(results)
     for i, r in enumerate(results):
@@ -147,6 +147,38 @@ def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs
 
 # ------------------------------------------------------------------------------------------- subcommands
 
+TRANSFER_METHODS = ("parts", "single")
+
+
+def _load_flow_model(method: str, model: str | None):
+    """``--method`` / ``--model`` -> None (training-free part warp) or a learned flow estimator. ``parts`` with
+    ``--model``: a trained part-flow model; ``single``: a trained single-transformation model (needs
+    ``--model``). The kind is read from the saved files and must match the method."""
+    if model is None:
+        if method == "single":
+            raise CLIError("--model: --method single needs a trained single-transformation model (a folder "
+                           "written by 'posetransfer train-flow --model single', e.g. OUT/model)")
+        return None
+    from .core.flow_models.model_files import detect_model_kind, load_flow_model
+
+    if not os.path.exists(model):
+        raise CLIError(f"--model: no such file or folder: {model}")
+    try:
+        kind = detect_model_kind(model)
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"--model: {exc}") from None
+    if kind != method:
+        names = {"single": "single-transformation", "parts": "part-flow"}
+        raise CLIError(f"--model: {model} holds a {names[kind]} model; use --method {kind} with it")
+    return load_flow_model(model, kind)
+
+
+def _cmd_train_flow(args) -> int:
+    from .training.train_flow import run
+
+    return run(args)
+
+
 def _cmd_transfer(args) -> int:
     from .core.flowwarp import FlowWarpOptions
     from .core.images import load_image
@@ -159,6 +191,7 @@ def _cmd_transfer(args) -> int:
     if (args.source_pose is None or args.target_pose is None) and args.detector is None:
         raise CLIError("--detector: a pose model is needed to detect the poses not given as files "
                        "(--source-pose / --target-pose)")
+    estimator = _load_flow_model(args.method, args.model)
     source = load_image(src_path)
     size = source.shape[:2]
     detector = _build_detector(args) if args.detector else None
@@ -173,12 +206,13 @@ def _cmd_transfer(args) -> int:
         target_poses = _read_poses(args.target_pose, "--target-pose", default_size=size)
     else:
         target_poses = [detector.detect(load_image(_existing(args.target_image, "--target-image")))]
-    options = FlowWarpOptions(method=args.method, segmentation=args.segmentation, background=args.background,
+    options = FlowWarpOptions(method="model" if estimator is not None else args.method,
+                              segmentation=args.segmentation, background=args.background,
                               fill=args.fill, retarget=args.retarget, anchor=args.anchor,
                               source_person=args.source_person, target_person=args.target_person)
     t0 = time.perf_counter()
     written = run_transfer(source, source_poses[0], target_poses, options,
-                           TransferOutputs(args.out, args.mask_out, args.flow_out, args.panel_out))
+                           TransferOutputs(args.out, args.mask_out, args.flow_out, args.panel_out), estimator)
     for path in written:
         print(path)
     print(f"{len(target_poses)} frame(s) in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
@@ -325,9 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of --target-pose: a photo whose pose is detected with --detector")
     _add_detector_flags(t)
     t.add_argument("--out", required=True, metavar="OUT.png", help="result image")
-    t.add_argument("--method", default="parts", choices=["parts"],
-                   help="flow estimator: 'parts' (training-free, per body part); learned models are not "
-                        "available yet (default: parts)")
+    t.add_argument("--method", default="parts", choices=TRANSFER_METHODS,
+                   help="flow estimator: 'parts' without --model: training-free, per body part; 'parts' with "
+                        "--model: a trained structure-aware part-flow model; 'single' (needs --model): a trained "
+                        "single-spatial-transformation model (default: parts)")
+    t.add_argument("--model", metavar="PATH", default=None,
+                   help="a learned flow model saved by 'posetransfer train-flow' (its OUT/model folder, a "
+                        "checkpoint's model/ folder, or a --single-file .safetensors)")
     t.add_argument("--retarget", action="store_true",
                    help="keep the source person's bone lengths (the target's angles); the output then has the "
                         "source photo's canvas")
@@ -399,6 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("pose", metavar="POSE.json", help="OpenPose JSON (needs canvas_width / canvas_height)")
     r.add_argument("--out", required=True, metavar="SKELETON.png", help="output picture")
     r.set_defaults(func=_cmd_render_pose)
+
+    from .training.train_flow import add_arguments as add_train_flow_arguments
+
+    tf = sub.add_parser("train-flow", help="train a learned flow model (single | parts) on accelerate",
+                        description="Train the single-spatial-transformation or the structure-aware part-flow "
+                                    "model (same options as python -m posetransfer.training.train_flow; use "
+                                    "'accelerate launch -m posetransfer.training.train_flow' for several GPUs).")
+    add_train_flow_arguments(tf)
+    tf.set_defaults(func=_cmd_train_flow)
     return parser
 
 

@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACK = "custom_pack_xyz"
 OUR_NODES = {"PoseTransferLoadPose", "PoseTransferRenderPose", "PoseTransferRetargetPose", "PoseTransferSelectPerson",
-             "PoseTransferFlowWarp", "PoseTransferPoseDetect"}
+             "PoseTransferFlowWarp", "PoseTransferPoseDetect", "PoseTransferFlowModelLoader"}
 
 
 def load_pack(name=PACK):

@@ -72,10 +72,10 @@ def _image_size(path: str) -> tuple[int, int]:
     return h, w
 
 
-def list_photos(folder: str) -> list[str]:
-    """Relative POSIX paths of every image below ``folder``, sorted."""
+def list_photos(folder: str, what: str = "--photos") -> list[str]:
+    """Relative POSIX paths of every image below ``folder``, sorted (hidden files and folders skipped)."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--photos: no such folder: {folder}")
+        raise FileNotFoundError(f"{what}: no such folder: {folder}")
     out = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))

@@ -1,0 +1,153 @@
+"""Flow model loader node: a learned flow model from ``models/posetransfer`` -> POSE_FLOW_MODEL for FlowWarp.
+
+Lists what ``posetransfer train-flow`` saves: model folders (``OUT/model`` copied or linked into the model
+folder: ``flow_net/`` + ``refiner/`` for the single-transformation model, a ``PartFlowNet`` folder for the part-flow
+model) and one-file exports (``--single-file``: ``flow_model.safetensors``, renamed as you like). Loading goes
+through :func:`..core.flow_models.model_files.load_flow_model`, as the CLI's ``transfer --model`` does.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from ..core.flow_models.model_files import FILE_KEY, KINDS, MARKER, load_flow_model
+from . import bridge
+from .flowwarp_nodes import FLOW_MODEL_TYPE
+
+CATEGORY = "posetransfer/warp"
+NO_MODEL = "(none)"
+KIND_CHOICES = ("auto",) + KINDS
+
+_CACHE: dict = {}  # (path, mtime, kind, device) -> estimator; holds the last one
+
+
+def _safetensors_kind(path: str) -> str | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            kind = (f.metadata() or {}).get(FILE_KEY)
+    except Exception:  # not a readable safetensors file: not ours
+        return None
+    return kind if kind in KINDS else None
+
+
+def _class_name(path: str) -> str | None:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _folder_candidates(name: str) -> tuple[str, ...]:
+    """Files that make ``name`` (a folder, relative to the model folder) a flow model, in the order tried."""
+    join = (lambda f: f) if name in ("", ".") else (lambda f: f"{name}/{f}")
+    return join(MARKER), join("flow_net/config.json"), join("config.json")
+
+
+def list_flow_models() -> list[str]:
+    """Flow model folders (relative, ``/``-separated) and one-file exports in the posetransfer model folder(s)."""
+    files = bridge.list_model_files({".json", ".safetensors"})
+    folders: set[str] = set()
+    for name in files:
+        base, parent = posixpath.basename(name), posixpath.dirname(name)
+        if base == MARKER:
+            folders.add(parent or ".")
+        elif base == "config.json":
+            try:
+                cls = _class_name(bridge.model_file_path(name))
+            except FileNotFoundError:
+                continue
+            if cls == "SingleTransformFlowNet" and posixpath.basename(parent) == "flow_net":
+                folders.add(posixpath.dirname(parent) or ".")
+            elif cls in ("SingleTransformFlowNet", "PartFlowNet"):
+                folders.add(parent or ".")
+    singles = []
+    for name in files:
+        if not name.lower().endswith(".safetensors"):
+            continue
+        if any(name.startswith(f + "/") for f in folders if f != "."):
+            continue  # weights inside a model folder
+        try:
+            if _safetensors_kind(bridge.model_file_path(name)) is not None:
+                singles.append(name)
+        except FileNotFoundError:
+            continue
+    return sorted(folders) + sorted(singles)
+
+
+def model_path(name: str) -> str:
+    """Full path of a listed flow model (folder or file); FileNotFoundError saying where it looked."""
+    if name.lower().endswith(".safetensors"):
+        return bridge.model_file_path(name)
+    for rel in _folder_candidates(name):
+        try:
+            path = bridge.model_file_path(rel)
+        except FileNotFoundError:
+            continue
+        folder = os.path.dirname(path)
+        return os.path.dirname(folder) if rel.endswith("flow_net/config.json") else folder
+    raise FileNotFoundError(f"flow model {name!r} not found in the posetransfer model folder(s); expected a folder "
+                            f"saved by 'posetransfer train-flow' (OUT/model) or its --single-file export there")
+
+
+def _stamp(path: str) -> tuple:
+    if os.path.isdir(path):
+        stamps = []
+        for root, _, files in os.walk(path):
+            for f in files:
+                st = os.stat(os.path.join(root, f))
+                stamps.append((f, st.st_mtime_ns, st.st_size))
+        return path, tuple(sorted(stamps))
+    st = os.stat(path)
+    return path, st.st_mtime_ns, st.st_size
+
+
+class PoseTransferFlowModelLoader:
+    """Load a learned flow model (single spatial transformation or structure-aware part flow) for FlowWarp."""
+
+    DESCRIPTION = ("Load a learned flow model trained with 'posetransfer train-flow' from models/posetransfer: the "
+                   "single-spatial-transformation model or the structure-aware part-flow model (copy the run's "
+                   "OUT/model folder, or its flow_model.safetensors file, there). Connect the output to FlowWarp's "
+                   "flow_model input and set FlowWarp's method to 'model'.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (FLOW_MODEL_TYPE,)
+    RETURN_NAMES = ("flow_model",)
+    OUTPUT_TOOLTIPS = ("The flow model; connect it to FlowWarp's flow_model input (method 'model').",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        models = list_flow_models()
+        return {"required": {
+            "model_name": (models or [NO_MODEL], {
+                "tooltip": "A flow model in models/posetransfer: a folder written by train-flow (OUT/model) or a "
+                           "one-file .safetensors export (--single-file)."}),
+            "kind": (list(KIND_CHOICES), {
+                "default": "auto",
+                "tooltip": "auto: read the model kind from its files. single / parts: also check that the model "
+                           "is of this kind (single spatial transformation / structure-aware part flow)."}),
+        }}
+
+    def load(self, model_name, kind="auto"):
+        if not model_name or model_name == NO_MODEL:
+            raise ValueError("model_name: no flow model found in the posetransfer model folder; train one with "
+                             "'posetransfer train-flow', copy its OUT/model folder there and refresh")
+        if kind not in KIND_CHOICES:
+            raise ValueError(f"kind: expected one of {KIND_CHOICES}, got {kind!r}")
+        path = model_path(model_name)
+        device = bridge.get_device()
+        key = (_stamp(path), kind, str(device))
+        if key not in _CACHE:
+            estimator = load_flow_model(path, None if kind == "auto" else kind, device=device)
+            _CACHE.clear()
+            _CACHE[key] = estimator
+        return (_CACHE[key],)
+
+
+NODE_CLASS_MAPPINGS = {"PoseTransferFlowModelLoader": PoseTransferFlowModelLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"PoseTransferFlowModelLoader": "Load Flow Model (posetransfer)"}

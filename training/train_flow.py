@@ -1,0 +1,812 @@
+"""Train the learned flow models on accelerate: ``--model single`` (single spatial transformation) or
+``--model parts`` (structure-aware part flow).
+
+Commands (also ``posetransfer train-flow ...``)::
+
+    # one process (CPU, or one GPU)
+    python -m posetransfer.training.train_flow --model parts --data DeepFashion --dataset deepfashion \\
+        --vgg vgg19-dcbb9e9d.pth --output-dir runs/parts --max-steps 200000 --checkpoint-every 5000
+    # several GPUs, mixed precision, gradient accumulation
+    accelerate launch --multi_gpu --num_processes 4 -m posetransfer.training.train_flow --model single \\
+        --data DeepFashion --vgg vgg19.pth --output-dir runs/single --mixed-precision bf16 \\
+        --gradient-accumulation-steps 2
+    # continue where it stopped (global step, weights, optimisers, schedulers, RNG states)
+    python -m posetransfer.training.train_flow ... --output-dir runs/parts --resume latest
+    # fine-tune on your own photos (OpenPose JSON next to each photo), from a trained model
+    python -m posetransfer.training.train_flow --model parts --dataset folder --data my_photos \\
+        --init runs/parts/model --vgg vgg19.pth --output-dir runs/mine
+    # use it
+    posetransfer transfer --method parts --model runs/parts/model --source a.png --source-pose a.json ...
+
+What one run writes in ``--output-dir``:
+
+* ``checkpoints/checkpoint-N/``: accelerate state every ``--checkpoint-every`` steps (models, optimisers, LR
+  schedulers, RNG states, the step counter) and ``model/``, the safetensors export of that step.
+* ``model/``: the export of the last step. Single: ``flow_net/`` and ``refiner/`` (``save_pretrained`` folders,
+  ``config.json`` + ``diffusion_pytorch_model.safetensors``); parts: the ``PartFlowNet`` folder. Both with
+  ``posetransfer_flow_model.json`` (kind, step). :func:`load_flow_model` reads them (the CLI's
+  ``transfer --model``, the ComfyUI loader node); ``--single-file`` also writes ``flow_model.safetensors`` (one
+  file, configs in its metadata) for ComfyUI's ``models/posetransfer``.
+* ``train_log.jsonl`` and ``train_log.csv``: the losses of every optimisation step (averaged over the
+  accumulated micro-batches and the processes); ``--log-with tensorboard|wandb|...`` adds accelerate trackers.
+
+Schedules. Single: tasks alternate step by step (even steps the affine task, odd the reconstruction;
+:mod:`..core.flow_models.train_single`), ``--schedule two_phase`` is the paper's appendix-B schedule. Parts:
+``--stage1-steps`` steps of stage 1 (the flow generators alone on the sampling-correctness loss), then stage 2
+(end to end, eq 10, with the discriminator) until ``--max-steps``; each stage has its own Adam.
+
+Losses need VGG-19 features: ``--vgg`` takes torchvision's ``vgg19`` weights (``vgg19-dcbb9e9d.pth`` or a
+safetensors copy); ``--vgg random`` runs with a random network, for smoke tests only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..core.flow_models.model_files import (FILE_KEY, KINDS, MARKER, MODEL_DIR, detect_model_kind,  # noqa: F401
+                                            export_model, load_flow_model, load_flow_modules, save_model_file)
+
+__all__ = ["KINDS", "MARKER", "detect_model_kind", "load_flow_model", "load_flow_modules", "export_model",
+           "save_model_file", "add_arguments", "parse_args", "train", "run", "main"]
+
+PROG = "posetransfer train-flow"
+CHECKPOINTS = "checkpoints"
+SINGLE_FILE = "flow_model.safetensors"
+LOG_JSONL, LOG_CSV = "train_log.jsonl", "train_log.csv"
+
+
+# =============================================================================================== models
+
+def _presets() -> dict:
+    from ..core.flow_models.part_flow_net import (PART_FLOW_MARKET_CONFIG, PART_FLOW_PAPER_CONFIG,
+                                                  PART_FLOW_TINY_CONFIG)
+    from ..core.flow_models.single_transform import (PAPER_FLOW_NET_CONFIG, PAPER_REFINER_CONFIG,
+                                                     TINY_FLOW_NET_CONFIG, TINY_REFINER_CONFIG)
+
+    return {
+        "single": {
+            "paper": {"flow_net": PAPER_FLOW_NET_CONFIG, "refiner": PAPER_REFINER_CONFIG, "discriminator": {}},
+            "tiny": {"flow_net": TINY_FLOW_NET_CONFIG, "refiner": TINY_REFINER_CONFIG,
+                     "discriminator": {"channels": [8, 16]}},
+        },
+        "parts": {
+            "paper": {"model": PART_FLOW_PAPER_CONFIG, "discriminator": {}},
+            "market": {"model": PART_FLOW_MARKET_CONFIG, "discriminator": {"num_layers": 3}},
+            "tiny": {"model": PART_FLOW_TINY_CONFIG,
+                     "discriminator": {"base_channels": 8, "max_channels": 16, "num_layers": 3}},
+        },
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def resolve_model_config(kind: str, spec: str | None, dataset: str) -> dict:
+    """A preset name (single: paper, tiny; parts: paper, market, tiny) or a JSON file with the same sections
+    (``flow_net``, ``refiner``, ``discriminator`` / ``model``, ``discriminator``)."""
+    presets = _presets()[kind]
+    if spec is None:
+        spec = "market" if (kind == "parts" and dataset == "market") else "paper"
+    if spec in presets:
+        return _jsonable(presets[spec])
+    if not os.path.isfile(spec):
+        raise ValueError(f"--model-config: expected one of {sorted(presets)} or a JSON file, got {spec!r}")
+    try:
+        cfg = json.loads(Path(spec).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ValueError(f"--model-config: {spec}: invalid JSON ({exc})") from None
+    need = ("flow_net", "refiner") if kind == "single" else ("model",)
+    if not isinstance(cfg, dict) or any(not isinstance(cfg.get(k), dict) for k in need):
+        raise ValueError(f"--model-config: {spec}: expected an object with sections {list(need)} "
+                         f"(+ optional 'discriminator')")
+    cfg.setdefault("discriminator", {})
+    return cfg
+
+
+def build_modules(kind: str, config: dict) -> dict[str, nn.Module]:
+    if kind == "single":
+        from ..core.flow_models.losses import PoseConditionedDiscriminator
+        from ..core.flow_models.single_transform import SingleTransformFlowNet, SingleTransformRefiner
+
+        return {"flow_net": SingleTransformFlowNet(**config["flow_net"]),
+                "refiner": SingleTransformRefiner(**config["refiner"]),
+                "discriminator": PoseConditionedDiscriminator(**config.get("discriminator", {}))}
+    from ..core.flow_models.part_flow_losses import PartFlowDiscriminator
+    from ..core.flow_models.part_flow_net import PartFlowNet
+
+    return {"model": PartFlowNet(**config["model"]),
+            "discriminator": PartFlowDiscriminator(**config.get("discriminator", {}))}
+
+
+def _module_config(module: nn.Module) -> dict:
+    return _jsonable(dict(module.config))
+
+
+def _layers(text: str | None, default: Sequence[str]) -> tuple[str, ...]:
+    if text is None:
+        return tuple(default)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise ValueError(f"expected comma-separated VGG-19 layer names such as relu3_1,relu4_1, got {text!r}")
+    return names
+
+
+def build_extractor(args, layers: Sequence[str]):
+    from ..core.flow_models.losses import VGG19Features
+
+    if args.vgg is None:
+        raise ValueError("--vgg: the losses need VGG-19 features; pass torchvision's vgg19 weights "
+                         "(vgg19-dcbb9e9d.pth or a .safetensors copy), or 'random' for a smoke test")
+    layers = tuple(dict.fromkeys(layers))
+    if args.vgg == "random":
+        g = torch.random.get_rng_state()
+        torch.manual_seed(args.seed + 12345)  # the same random network on every run and resume
+        try:
+            return VGG19Features(layers, width_divisor=args.vgg_width_divisor)
+        finally:
+            torch.random.set_rng_state(g)
+    if not os.path.isfile(args.vgg):
+        raise FileNotFoundError(f"--vgg: no such file: {args.vgg}")
+    return VGG19Features.from_torchvision_file(args.vgg, layers)
+
+
+# ============================================================================================= arguments
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, choices=KINDS,
+                   help="single: single spatial transformation (flow net + refiner); parts: structure-aware part "
+                        "flow")
+    g.add_argument("--model-config", metavar="NAME|JSON", default=None,
+                   help="preset (single: paper, tiny; parts: paper, market, tiny) or a JSON file with the sections "
+                        "flow_net/refiner/discriminator (single) or model/discriminator (parts). Default: paper "
+                        "(parts on Market-1501: market)")
+    g.add_argument("--init", metavar="MODEL", default=None,
+                   help="start from a saved model (a train-flow export folder or file) instead of random weights, "
+                        "e.g. to fine-tune on your own photos")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DIR", help="dataset folder (GFLA/PIDM layout) or, with --dataset folder, a "
+                                                 "folder of person photos")
+    g.add_argument("--dataset", default="deepfashion", choices=("deepfashion", "market", "folder"),
+                   help="deepfashion / market: annotation CSV + pairs CSV + images (targets are real photos of the "
+                        "target pose); folder: self-supervised pairs from single photos with OpenPose JSON (the "
+                        "target is the real photo, the source made from it; see training/datasets.py)")
+    g.add_argument("--split", default="train", help="split name in the CSV file names (default: train)")
+    g.add_argument("--annotations", metavar="CSV", help="annotation CSV (default: found in --data)")
+    g.add_argument("--pairs", metavar="CSV", help="pairs CSV (default: found in --data)")
+    g.add_argument("--images", metavar="DIR", help="image folder (default: found in --data)")
+    g.add_argument("--openpose-dir", metavar="DIR", help="folder mode: OpenPose JSON folder (default: --data)")
+    g.add_argument("--pair-modes", default="affine,parts",
+                   help="folder mode: which pairs to make, affine and/or parts (default: affine,parts)")
+    g.add_argument("--warp-segmentation", default="grabcut", choices=("grabcut", "skeleton"),
+                   help="folder mode: segmentation of the part warp (skeleton is faster)")
+    g.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default: 0)")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--output-dir", required=True, metavar="OUT", help="run folder (checkpoints, logs, model)")
+    g.add_argument("--max-steps", type=int, default=1000, help="optimisation steps in total (default: 1000)")
+    g.add_argument("--batch-size", type=int, default=4, help="per process and micro-batch (default: 4)")
+    g.add_argument("--gradient-accumulation-steps", type=int, default=1, metavar="N",
+                   help="micro-batches per optimisation step (default: 1)")
+    g.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"),
+                   help="autocast precision (default: no; fp16 needs a GPU)")
+    g.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is there")
+    g.add_argument("--lr", type=float, default=None,
+                   help="generator learning rate (default: single 1e-4, parts 1e-3 as the paper)")
+    g.add_argument("--d-lr", type=float, default=None, help="discriminator learning rate (default: --lr)")
+    g.add_argument("--lr-scheduler", default="constant",
+                   choices=("constant", "constant_with_warmup", "linear", "cosine"),
+                   help="learning-rate schedule over each stage (default: constant)")
+    g.add_argument("--lr-warmup-steps", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and random pairs")
+    g.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
+                   help="save accelerate state + a safetensors export every N steps (default: 500; 0: only at "
+                        "the end)")
+    g.add_argument("--checkpoints-total-limit", type=int, default=None, metavar="K",
+                   help="keep only the K newest checkpoints")
+    g.add_argument("--resume", metavar="latest|PATH", default=None,
+                   help="continue from the newest checkpoint of --output-dir (latest) or from a checkpoint "
+                        "folder: same step, weights, optimisers, schedulers and RNG states")
+    g.add_argument("--log-every", type=int, default=10, metavar="N",
+                   help="print the losses every N steps (the log files get every step)")
+    g.add_argument("--log-with", default=None,
+                   help="accelerate trackers too: tensorboard, wandb, ... or all (default: none)")
+    g.add_argument("--single-file", action="store_true",
+                   help="also write OUT/flow_model.safetensors (one file, for ComfyUI's models/posetransfer)")
+
+    g = p.add_argument_group("losses")
+    g.add_argument("--vgg", metavar="PATH|random", default=None,
+                   help="torchvision vgg19 weights for the feature losses; 'random' for smoke tests only")
+    g.add_argument("--vgg-width-divisor", type=int, default=1, help=argparse.SUPPRESS)
+    g.add_argument("--perceptual-layers", default=None,
+                   help="VGG layers of the perceptual loss (default: relu1_1,...,relu5_1)")
+    g.add_argument("--perceptual-scales", default="1,0.5,0.25,0.125",
+                   help="single: resolutions of the multi-scale perceptual loss (default: 1,0.5,0.25,0.125)")
+    g.add_argument("--lambda1", type=float, default=None, help="single: generative loss weight (default 0.1)")
+    g.add_argument("--lambda2", type=float, default=None, help="single: affine loss weight (default 0.001)")
+    g.add_argument("--schedule", default="alternate", choices=("alternate", "two_phase"),
+                   help="single: alternate tasks from the start, or the appendix-B two-phase schedule")
+    g.add_argument("--phase1-steps", type=int, default=0, help="single, two_phase: steps of phase 1")
+    g.add_argument("--gan-mode", default="paper", choices=("paper", "lsgan"), help="single: eq 6 form")
+    g.add_argument("--stage1-steps", type=int, default=None,
+                   help="parts: steps of stage 1 (flow generators alone); default: a third of --max-steps")
+    g.add_argument("--stage1-lr", type=float, default=None,
+                   help="parts: learning rate of stage 1 (default: --lr)")
+    g.add_argument("--correctness-layers", default=None,
+                   help="parts: VGG layers of the sampling-correctness loss (default: relu3_1,relu4_1)")
+    g.add_argument("--style-layers", default=None,
+                   help="parts: VGG layers of the style loss (default: relu2_2,relu3_4,relu4_4,relu5_2)")
+    g.add_argument("--loss-weights", default=None, metavar="sam=5,rec=5,adv=2,per=0.5,sty=500",
+                   help="parts: eq 10 weights (GFLA's by default)")
+    g.add_argument("--adversarial", default="nonsaturating", choices=("nonsaturating", "minimax"),
+                   help="parts: generator side of eq 12")
+    return p
+
+
+def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train a learned flow model (single spatial "
+                                "transformation or structure-aware part flow) on accelerate.")
+    return add_arguments(p)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_arg_parser().parse_args(argv)
+
+
+def _check_args(args) -> None:
+    for name in ("max_steps", "batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    if args.checkpoint_every < 0 or args.num_workers < 0 or args.lr_warmup_steps < 0:
+        raise ValueError("--checkpoint-every, --num-workers and --lr-warmup-steps must not be negative")
+    if args.data is None and not (args.dataset != "folder" and args.annotations and args.pairs and args.images):
+        raise ValueError("--data: required (the dataset folder, or the photo folder with --dataset folder)")
+    if args.stage1_steps is not None and not 0 <= args.stage1_steps <= args.max_steps:
+        raise ValueError(f"--stage1-steps: expected 0..--max-steps ({args.max_steps}), got {args.stage1_steps}")
+
+
+# ============================================================================================= helpers
+
+class _DeferredZeroGrad:
+    """The step functions zero gradients at their START; with gradient accumulation that would wipe the
+    micro-batches gathered so far on the step that syncs. This proxy ignores their ``zero_grad`` (the loop zeroes
+    after each optimisation step); ``step`` is the accelerate optimiser's (a no-op until gradients sync)."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self, *args, **kwargs):
+        return self.optimizer.step(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.optimizer, name)
+
+
+class _Inner:
+    """A DDP-wrapped model called through its wrapper, with the inner model's attributes (``part_names``)."""
+
+    def __init__(self, wrapped, inner):
+        self._wrapped, self._inner = wrapped, inner
+
+    def __call__(self, *args, **kwargs):
+        return self._wrapped(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _FlowsView(nn.Module):
+    """Stage 1 under DDP: ``estimate_flows`` as ``forward``, so the flow generators' gradients are synced."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, source_pose, target_pose):
+        return self.net.estimate_flows(source_pose, target_pose)
+
+
+class _FlowsOnly:
+    def __init__(self, view, inner):
+        self._view, self.part_names = view, inner.part_names
+
+    def estimate_flows(self, source_pose, target_pose):
+        return self._view(source_pose, target_pose)
+
+
+class _Float32(nn.Module):
+    """Runs a loss module in float32 with autocast off (the multi-scale perceptual loss's antialiased resize has
+    no bfloat16 kernel on the CPU); its feature extractor goes back to autocast through :class:`_Autocast`."""
+
+    def __init__(self, inner: nn.Module, accelerator):
+        super().__init__()
+        self.inner, self._device_type = inner, accelerator.device.type
+
+    def forward(self, *args):
+        with torch.autocast(self._device_type, enabled=False):
+            return self.inner(*[a.float() if torch.is_tensor(a) else a for a in args])
+
+
+class _Autocast(nn.Module):
+    def __init__(self, inner: nn.Module, accelerator):
+        super().__init__()
+        self.inner, self._accelerator = inner, accelerator
+
+    def forward(self, *args):
+        with self._accelerator.autocast():
+            return {k: v.float() for k, v in self.inner(*args).items()}
+
+
+def _plain_forward(accelerator, *models) -> None:
+    """Undo accelerate's per-model autocast + fp32-output wrapper (it rebuilds ``BaseOutput`` dataclasses
+    wrongly); the loop runs each whole step, losses included, under ``accelerator.autocast()`` instead."""
+    for m in models:
+        accelerator.unwrap_model(m, keep_fp32_wrapper=False)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A fresh permutation per epoch from ``(seed, epoch)``: resuming mid-epoch replays the same order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class TrainState:
+    """The step counter, saved with the accelerate state (``register_for_checkpointing``)."""
+
+    def __init__(self, kind: str):
+        self.kind, self.step = kind, 0
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"--resume: the checkpoint trained a {state.get('kind')!r} model, not {self.kind!r}")
+        self.step = int(state["step"])
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        return int(path.name.split("-", 1)[1]) if path.name.startswith("checkpoint-") else None
+    except ValueError:
+        return None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    root = out / CHECKPOINTS
+    found = [p for p in root.iterdir() if p.is_dir() and _checkpoint_step(p) is not None] if root.is_dir() else []
+    return sorted(found, key=_checkpoint_step)
+
+
+def _resolve_resume(args, out: Path) -> Path | None:
+    if args.resume is None:
+        return None
+    if args.resume == "latest":
+        found = _checkpoints(out)
+        return found[-1] if found else None
+    path = Path(args.resume)
+    if not (path / "train_config.json").is_file():
+        raise FileNotFoundError(f"--resume: {path} is not a train-flow checkpoint (no train_config.json); "
+                                f"expected OUT/{CHECKPOINTS}/checkpoint-N or 'latest'")
+    return path
+
+
+def _make_dataset(args, spec):
+    from .datasets import GFLAPairs, SelfSupervisedPairs
+
+    if args.dataset == "folder":
+        modes = [m.strip() for m in args.pair_modes.split(",") if m.strip()]
+        return SelfSupervisedPairs(args.data, spec, args.openpose_dir, modes=modes, seed=args.seed,
+                                   segmentation=args.warp_segmentation)
+    return GFLAPairs(args.data, spec, args.dataset, args.split, args.annotations, args.pairs, args.images)
+
+
+def _parse_weights(text: str | None):
+    from ..core.flow_models.part_flow_losses import PartFlowLossWeights
+
+    w = PartFlowLossWeights()
+    if not text:
+        return w
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if not hasattr(w, key) or not value:
+            raise ValueError(f"--loss-weights: expected items like sam=5,rec=5,adv=2,per=0.5,sty=500, got {item!r}")
+        setattr(w, key, float(value))
+    return w
+
+
+class _Logger:
+    """Losses -> console (every ``every`` steps), JSONL and CSV (every step), accelerate trackers."""
+
+    def __init__(self, out: Path, columns: list[str], every: int, accelerator, resume_step: int):
+        self.out, self.columns, self.every, self.acc = out, columns, max(1, every), accelerator
+        self.main = accelerator.is_main_process
+        if self.main:
+            self._truncate(resume_step)
+
+    def _truncate(self, step: int) -> None:
+        """Drop log rows after ``step`` (left by a run that went on past the checkpoint it resumes from)."""
+        jl, cv = self.out / LOG_JSONL, self.out / LOG_CSV
+        if step == 0:
+            for f in (jl, cv):
+                f.unlink(missing_ok=True)
+            return
+        if jl.is_file():
+            keep = [line for line in jl.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= step]
+            jl.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        if cv.is_file():
+            with open(cv, encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f))
+            with open(cv, "w", encoding="utf-8", newline="") as f:
+                w = csv.DictWriter(f, self.columns, extrasaction="ignore", restval="")
+                w.writeheader()
+                w.writerows(r for r in rows if r.get("step") and int(r["step"]) <= step)
+
+    def log(self, record: dict) -> None:
+        if not self.main:
+            return
+        with open(self.out / LOG_JSONL, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        path = self.out / LOG_CSV
+        new = not path.is_file()
+        with open(path, "a", encoding="utf-8", newline="") as f:
+            w = csv.DictWriter(f, self.columns, extrasaction="ignore", restval="")
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in record.items()})
+        if record["step"] % self.every == 0 or record["step"] == 1:
+            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                             if k not in ("time",) and not k.startswith("sam_"))
+            print(f"[train-flow] {shown}", flush=True)
+
+
+def _mean_logs(logs: list[dict], accelerator) -> dict:
+    keys = sorted({k for log in logs for k in log})
+    values = torch.tensor([[float(log.get(k, math.nan)) for k in keys] for log in logs], dtype=torch.float64)
+    mean = values.nanmean(0).to(accelerator.device)
+    if accelerator.num_processes > 1:
+        mean = accelerator.reduce(mean, reduction="mean")
+    return {k: float(v) for k, v in zip(keys, mean.cpu())}
+
+
+# =============================================================================================== training
+
+def train(args: argparse.Namespace) -> dict:
+    """Run (or resume) one training; returns ``{"step", "history", "output_dir", "model_dir"}`` (``history``:
+    the logged records of this call)."""
+    _check_args(args)
+    from accelerate import Accelerator
+    from accelerate.utils import (DistributedDataParallelKwargs, GradientAccumulationPlugin, ProjectConfiguration,
+                                  set_seed)
+    from diffusers.optimization import get_scheduler
+
+    from .datasets import InputSpec
+
+    out = Path(args.output_dir)
+    kind = args.model
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=args.log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    try:
+        return _train(args, accelerator, out, kind, get_scheduler, set_seed, InputSpec)
+    finally:
+        accelerator.end_training()
+        if accelerator.num_processes == 1:  # let a later in-process run build its own Accelerator
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+
+
+def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, InputSpec) -> dict:
+    resume = _resolve_resume(args, out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.resume == "latest" and resume is None:
+            print(f"[train-flow] --resume latest: no checkpoint in {out / CHECKPOINTS}; starting at step 0")
+    set_seed(args.seed)
+
+    # ---- models: from the checkpoint's config (resume), a saved model (--init) or a preset / JSON
+    init_modules: dict[str, nn.Module] = {}
+    saved: dict = {}
+    if resume is not None:
+        saved = json.loads((resume / "train_config.json").read_text(encoding="utf-8"))
+        if saved.get("kind") != kind:
+            raise ValueError(f"--resume: {resume} trained a {saved.get('kind')!r} model, not {kind!r} (--model)")
+        model_config = saved["model_config"]
+    else:
+        model_config = resolve_model_config(kind, args.model_config, args.dataset)
+        if args.init is not None:
+            _, init_modules = load_flow_modules(args.init, kind)
+            for name, module in init_modules.items():
+                model_config[name] = _module_config(module)
+    modules = build_modules(kind, model_config)
+    for name, module in init_modules.items():
+        modules[name].load_state_dict(module.state_dict())
+    model_config = {name: _module_config(m) for name, m in modules.items()}
+    main_net = modules["flow_net" if kind == "single" else "model"]
+    spec = InputSpec.for_model(main_net)
+
+    # ---- data
+    dataset = _make_dataset(args, spec)
+    if len(dataset) < args.batch_size:
+        raise ValueError(f"--batch-size {args.batch_size}: the dataset has only {len(dataset)} example(s)")
+    sampler = EpochSampler(len(dataset), args.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                                         num_workers=args.num_workers, pin_memory=torch.cuda.is_available())
+
+    # ---- optimisers, schedulers, losses
+    nproc = accelerator.num_processes
+
+    def scheduler(opt, steps):
+        return get_scheduler(args.lr_scheduler, opt, num_warmup_steps=args.lr_warmup_steps * nproc,
+                             num_training_steps=max(1, steps) * nproc)
+
+    stage1_steps = None
+    if kind == "single":
+        from ..core.flow_models.losses import MultiScalePerceptualLoss
+        from ..core.flow_models.train_single import (SingleTrainConfig, SingleTransformModels,
+                                                     SingleTransformOptimizers, make_optimizers, train_step)
+
+        lr = args.lr if args.lr is not None else 1e-4
+        cfg_kwargs = dict(lr=lr, discriminator_lr=args.d_lr if args.d_lr is not None else lr,
+                          gan_mode=args.gan_mode, schedule=args.schedule, phase1_steps=args.phase1_steps)
+        if args.lambda1 is not None:
+            cfg_kwargs["lambda1"] = args.lambda1
+        if args.lambda2 is not None:
+            cfg_kwargs["lambda2"] = args.lambda2
+        config = SingleTrainConfig(**cfg_kwargs)
+        raw = SingleTransformModels(modules["flow_net"], modules["refiner"], modules["discriminator"])
+        opts = make_optimizers(raw, config)
+        scheds = [scheduler(opts.generator, args.max_steps), scheduler(opts.discriminator, args.max_steps)]
+        layers = _layers(args.perceptual_layers, ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"))
+        scales = tuple(float(s) for s in args.perceptual_scales.split(","))
+        perceptual = MultiScalePerceptualLoss(_Autocast(build_extractor(args, layers), accelerator), scales=scales,
+                                              layers=layers)
+        perceptual = _Float32(perceptual.to(accelerator.device), accelerator)
+        (flow_net, refiner, disc, opt_g, opt_d, sched_g, sched_d, loader) = accelerator.prepare(
+            modules["flow_net"], modules["refiner"], modules["discriminator"], opts.generator, opts.discriminator,
+            scheds[0], scheds[1], loader)
+        _plain_forward(accelerator, flow_net, refiner, disc)
+        models = SingleTransformModels(flow_net, refiner, disc).train()
+        step_opts = SingleTransformOptimizers(_DeferredZeroGrad(opt_g), _DeferredZeroGrad(opt_d))
+        optimizers = [opt_g, opt_d]
+        train_modules = [flow_net, refiner, disc]
+        columns = ["step", "task", "phase", "loss", "affine", "perceptual", "generative", "discriminator", "lr",
+                   "time"]
+
+        def one_step(batch, step):
+            gen = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
+            return train_step(models, step_opts, perceptual, batch, step, config, backward=accelerator.backward,
+                              generator=gen)
+
+        def step_schedulers(step, logs):
+            sched_g.step()
+            if "discriminator" in logs[-1]:  # D steps only in task 2 with the generative loss on
+                sched_d.step()
+
+        def current_lr(step):
+            return float(opt_g.param_groups[0]["lr"])
+    else:
+        from ..core.flow_models.part_flow_losses import (CORRECTNESS_LAYERS, PERCEPTUAL_LAYERS, STYLE_LAYERS,
+                                                         make_optimizer, stage1_step, stage2_step)
+
+        lr = args.lr if args.lr is not None else 1e-3
+        d_lr = args.d_lr if args.d_lr is not None else lr
+        stage1_steps = args.stage1_steps  # given, else the resumed run's, else a third of the steps
+        if stage1_steps is None:
+            stage1_steps = saved.get("stage1_steps", args.max_steps // 3)
+        weights = _parse_weights(args.loss_weights)
+        corr = _layers(args.correctness_layers, CORRECTNESS_LAYERS)
+        perc = _layers(args.perceptual_layers, PERCEPTUAL_LAYERS)
+        sty = _layers(args.style_layers, STYLE_LAYERS)
+        extractor = build_extractor(args, corr + perc + sty).to(accelerator.device)
+        net, disc_raw = modules["model"], modules["discriminator"]
+        lr1 = args.stage1_lr if args.stage1_lr is not None else lr
+        opt1 = make_optimizer(net.flow_generator_parameters(), lr1)
+        opt_g_raw, opt_d_raw = make_optimizer(net.parameters(), lr), make_optimizer(disc_raw.parameters(), d_lr)
+        s1 = scheduler(opt1, stage1_steps)
+        s2g, s2d = scheduler(opt_g_raw, args.max_steps - stage1_steps), scheduler(opt_d_raw, args.max_steps -
+                                                                                  stage1_steps)
+        (net_p, disc, opt1, opt_g, opt_d, s1, s2g, s2d, loader) = accelerator.prepare(
+            net, disc_raw, opt1, opt_g_raw, opt_d_raw, s1, s2g, s2d, loader)
+        _plain_forward(accelerator, net_p, disc)
+        inner = accelerator.unwrap_model(net_p)
+        if nproc > 1:  # wrapped by hand: accelerate would save it as one more model (checkpoints stay nproc-free)
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [accelerator.local_process_index] if accelerator.device.type == "cuda" else None
+            view = DistributedDataParallel(_FlowsView(inner), device_ids=ids, output_device=ids and ids[0],
+                                           find_unused_parameters=True)
+            stage1_model, stage2_model = _FlowsOnly(view, inner), _Inner(net_p, inner)
+        else:
+            stage1_model = stage2_model = inner
+        net_p.train()
+        disc.train()
+        optimizers = [opt1, opt_g, opt_d]
+        train_modules = [net_p, disc]
+        columns = (["step", "stage", "loss", "sam", "rec", "adv", "per", "sty", "d_loss"]
+                   + [f"sam_{n}" for n in inner.part_names] + ["lr", "time"])
+        d1, d2 = _DeferredZeroGrad(opt1), (_DeferredZeroGrad(opt_g), _DeferredZeroGrad(opt_d))
+
+        def one_step(batch, step):
+            if step < stage1_steps:
+                log = stage1_step(stage1_model, batch, d1, extractor, backward=accelerator.backward, layers=corr)
+                log["stage"] = 1.0
+                return log
+            log = stage2_step(stage2_model, disc, batch, d2[0], d2[1], extractor, weights,
+                              backward=accelerator.backward, correctness_layers=corr, perceptual_layers=perc,
+                              style_layers=sty, adversarial=args.adversarial)
+            log["stage"] = 2.0
+            return log
+
+        def step_schedulers(step, logs):
+            if step < stage1_steps:
+                s1.step()
+            else:
+                s2g.step()
+                s2d.step()
+
+        def current_lr(step):
+            return float((opt1 if step < stage1_steps else opt_g).param_groups[0]["lr"])
+
+    if accelerator.is_main_process:
+        print(f"[train-flow] {kind}: {len(dataset)} examples, {nproc} process(es) on {accelerator.device.type}, "
+              f"mixed precision {accelerator.mixed_precision}, {args.batch_size} x {args.gradient_accumulation_steps} "
+              f"(accumulation) x {nproc} examples per step", flush=True)
+    state = TrainState(kind)
+    accelerator.register_for_checkpointing(state)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        if accelerator.is_main_process:
+            print(f"[train-flow] resumed from {resume} at step {state.step}")
+
+    def export(folder: Path, step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        mods = {n: accelerator.unwrap_model(m) for n, m in
+                zip(("flow_net", "refiner") if kind == "single" else ("model",), train_modules)}
+        info = {"step": step, "model_config": args.model_config, "dataset": args.dataset}
+        export_model(kind, mods, folder, info)
+
+    def save_checkpoint(step: int) -> Path:
+        path = out / CHECKPOINTS / f"checkpoint-{step}"
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(path))
+        if accelerator.is_main_process:
+            (path / "train_config.json").write_text(json.dumps(
+                {"kind": kind, "step": step, "model_config": model_config, "stage1_steps": stage1_steps,
+                 "args": {k: v for k, v in vars(args).items() if k != "func"}}, indent=2, default=str) + "\n",
+                encoding="utf-8")
+            export(path / MODEL_DIR, step)
+            limit = args.checkpoints_total_limit
+            if limit is not None and limit > 0:
+                for old in _checkpoints(out)[:-limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return path
+
+    if args.log_with:
+        accelerator.init_trackers("posetransfer_flow", config={k: v for k, v in vars(args).items()
+                                                              if isinstance(v, (int, float, str, bool))})
+    logger = _Logger(out, columns, args.log_every, accelerator, state.step)
+    accum = args.gradient_accumulation_steps
+    per_epoch = len(loader)
+    if per_epoch == 0:
+        raise ValueError(f"--batch-size {args.batch_size}: no full batch per process")
+
+    def batches(consumed: int):
+        epoch, offset = divmod(consumed, per_epoch)
+        while True:
+            dl = accelerator.skip_first_batches(loader, offset) if offset else loader
+            dl.set_epoch(epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            yield from dl
+            epoch, offset = epoch + 1, 0
+
+    stream = batches(state.step * accum)
+    history = []
+    t0 = time.perf_counter()
+    while state.step < args.max_steps:
+        step = state.step
+        logs = []
+        for _ in range(accum):
+            batch = next(stream)
+            with accelerator.accumulate(*train_modules), accelerator.autocast():
+                logs.append(one_step(batch, step))
+        for opt in optimizers:
+            opt.optimizer.zero_grad(set_to_none=True)
+        step_schedulers(step, logs)
+        state.step = step + 1
+        record = {"step": state.step, **_mean_logs(logs, accelerator), "lr": current_lr(step),
+                  "time": round(time.perf_counter() - t0, 3)}
+        for key in ("task", "phase", "stage"):
+            if key in record:
+                record[key] = int(record[key])
+        history.append(record)
+        logger.log(record)
+        if args.log_with:
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+        if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
+            save_checkpoint(state.step)
+
+    latest = _checkpoints(out)
+    if not latest or _checkpoint_step(latest[-1]) != state.step:
+        save_checkpoint(state.step)
+    model_dir = out / MODEL_DIR
+    export(model_dir, state.step)
+    if args.single_file and accelerator.is_main_process:
+        mods = {n: accelerator.unwrap_model(m) for n, m in
+                zip(("flow_net", "refiner") if kind == "single" else ("model",), train_modules)}
+        save_model_file(kind, mods, out / SINGLE_FILE, {"step": state.step})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        print(f"[train-flow] step {state.step}: model in {model_dir}")
+    return {"step": state.step, "history": history, "output_dir": str(out), "model_dir": str(model_dir)}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train from parsed arguments (the CLI's ``train-flow`` subcommand); exit code 0."""
+    train(args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m posetransfer.training.train_flow`` / ``accelerate launch -m ...``; returns the exit code
+    (2 with one ``error:`` line for bad input)."""
+    parser = build_arg_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return run(args)
+    except (ValueError, OSError, TypeError) as exc:
+        msg = str(exc) or type(exc).__name__
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
