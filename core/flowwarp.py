@@ -161,8 +161,11 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
     size = (target_pose.height, target_pose.width)
     hs, ws = source.mask.shape
     bg_coords = _cover_coords(size, (hs, ws))
-    bg = _sample(source.background, bg_coords)
-    bg_real = _sample(source.background_real[None], bg_coords)[0]
+    if size == (hs, ws):  # same canvas: the cover fit is the identity, no resampling needed
+        bg, bg_real = source.background, source.background_real
+    else:
+        bg = _sample(source.background, bg_coords)
+        bg_real = _sample(source.background_real[None], bg_coords)[0]
 
     if options.method == "model":
         if estimator is None:

@@ -151,13 +151,12 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
             continue
         rows, cols = win
         pxy = xy[:, rows, cols]
-        core = normalised_distance(geom, pxy) < 1.0
+        core = _core(geom, core_box, rows, cols, xy)
         free = ~taken[rows, cols]
         if m is None:  # the target shows this part, the source cannot supply it
             hole[rows, cols] |= core & free
             continue
-        mt = torch.as_tensor(m, dtype=torch.float32)
-        r = torch.einsum("ij,jhw->ihw", mt[:, :2], pxy) + mt[:, 2, None, None]
+        r = _affine(m, pxy)
         label = _sample(source_labels, r, "nearest").round().long()
         inside = (r[0] >= -0.5) & (r[0] <= ws - 0.5) & (r[1] >= -0.5) & (r[1] <= hs - 0.5)
         ok = label == label_k
@@ -184,6 +183,25 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     hole &= ~taken
     person = torch.where(hole, torch.ones_like(person), person)
     return PartFlow(flow_coords, person, hole, owner)
+
+
+def _affine(m: np.ndarray, xy: torch.Tensor) -> torch.Tensor:
+    """``m`` (2, 3) applied to grid points ``xy`` (2, h, w)."""
+    x, y = xy[0], xy[1]
+    return torch.stack((float(m[0, 0]) * x + float(m[0, 1]) * y + float(m[0, 2]),
+                        float(m[1, 0]) * x + float(m[1, 1]) * y + float(m[1, 2])))
+
+
+def _core(geom, box, rows: slice, cols: slice, xy: torch.Tensor) -> torch.Tensor:
+    """``normalised_distance < 1`` on the window ``rows, cols``, computed only inside the part's own
+    ``box`` (it is False outside it)."""
+    core = torch.zeros(rows.stop - rows.start, cols.stop - cols.start, dtype=torch.bool)
+    y0, y1 = max(int(np.floor(box[1])), rows.start), min(int(np.ceil(box[3])) + 1, rows.stop)
+    x0, x1 = max(int(np.floor(box[0])), cols.start), min(int(np.ceil(box[2])) + 1, cols.stop)
+    if y0 < y1 and x0 < x1:
+        core[y0 - rows.start:y1 - rows.start, x0 - cols.start:x1 - cols.start] = \
+            normalised_distance(geom, xy[:, y0:y1, x0:x1]) < 1.0
+    return core
 
 
 def _polar(lin: np.ndarray) -> tuple[float, np.ndarray]:
