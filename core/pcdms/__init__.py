@@ -1,7 +1,8 @@
 """PCDMs (Shen et al., ICLR 2024, "Advancing Pose-Guided Image Synthesis with Progressive Conditional Diffusion
 Models"): the prior, inpainting, refining and simplified models, and loaders for the released checkpoints.
 
-Facts about the official code: ``../shared/reference/pcdms/README.md``. Pipelines live elsewhere.
+Facts about the official code: ``../shared/reference/pcdms/README.md``. Sampling: :mod:`.pipelines`
+(prior -> inpaint -> refine, and the simplified release); encoders and VAE adapters: :mod:`.encoders`.
 """
 
 from .checkpoints import (
