@@ -7,6 +7,14 @@ validated against them; their behaviour is a minimal stand-in that runs on the C
 * ``LoadImage`` reads the named file from the repository's ``samples/`` folder (not ComfyUI's input folder).
 * ``SaveImage`` / ``PreviewImage`` record what they received in :data:`RECORDS` (nothing is written).
 * ``MaskToImage`` turns a MASK into a grey IMAGE, as ComfyUI does.
+* ``CLIPVisionLoader`` / ``VAELoader`` return tiny stand-ins (:class:`TinyClipVision`, :class:`TinyVAE`) with the
+  interface of ComfyUI's CLIP_VISION (``encode_image`` -> ``.image_embeds`` / ``.last_hidden_state``) and VAE
+  (BHWC 0..1 images <-> unscaled latents), sized for the tiny PCDMs models of :func:`prepare_model_folder`.
+
+Models for workflows: :func:`prepare_model_folder` writes tiny models under the file names the workflows load
+(the workflow tests point POSETRANSFER_MODELS_DIR at that folder); :data:`CPU_RUN_OVERRIDES` replaces some
+widget values (steps, resolution) in every API graph before the CPU run, so that the shipped settings stay
+realistic while the test stays fast.
 
 To use another core node in a workflow under ``workflows/``, add a double here (and to :data:`CORE_NODES`).
 """
@@ -122,7 +130,150 @@ class MaskToImage:
         return (mask[..., None].expand(-1, -1, -1, 3).contiguous(),)
 
 
-CORE_NODES = {cls.__name__: cls for cls in (LoadImage, SaveImage, PreviewImage, MaskToImage)}
+class _Output:
+    """ComfyUI's ``clip_vision.Output``: attribute and item access."""
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def __setitem__(self, key, item):
+        setattr(self, key, item)
+
+
+class TinyClipVision:
+    """A CLIP_VISION stand-in: a fixed random function of the image (pooled to 4 x 4). image_embeds (B, 32) fits
+    the tiny prior / inpaint models, last_hidden_state (B, 5, 24) the tiny DINOv2 width."""
+
+    EMBED_DIM, TOKENS, WIDTH = 32, 5, 24
+
+    def __init__(self, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.w_embed = torch.randn(48, self.EMBED_DIM, generator=g) / 48 ** 0.5
+        self.w_tokens = torch.randn(48, self.TOKENS * self.WIDTH, generator=g) / 48 ** 0.5
+        self.calls = 0
+
+    def encode_image(self, image):
+        self.calls += 1
+        x = torch.nn.functional.adaptive_avg_pool2d(image.float().movedim(-1, 1), 4).flatten(1) * 2 - 1
+        out = _Output()
+        out["image_embeds"] = x @ self.w_embed
+        out["last_hidden_state"] = (x @ self.w_tokens).reshape(-1, self.TOKENS, self.WIDTH)
+        out["penultimate_hidden_states"] = out["last_hidden_state"] * 0.5
+        return out
+
+
+class TinyVAE:
+    """A ComfyUI VAE stand-in around a tiny diffusers AutoencoderKL (factor 8, 4 channels): ``encode`` BHWC 0..1
+    -> unscaled posterior mean (B, 4, h, w); ``decode`` -> BHWC 0..1."""
+
+    downscale_ratio = 8
+    latent_channels = 4
+
+    def __init__(self, seed: int = 0):
+        from diffusers import AutoencoderKL
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * 4,
+                                     up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 16, 16],
+                                     layers_per_block=1, norm_num_groups=4, sample_size=64).eval()
+
+    @torch.no_grad()
+    def encode(self, pixels):
+        return self.vae.encode(pixels[..., :3].movedim(-1, 1) * 2 - 1).latent_dist.mean
+
+    @torch.no_grad()
+    def decode(self, latents):
+        return (self.vae.decode(latents).sample / 2 + 0.5).clamp(0, 1).movedim(1, -1)
+
+
+CLIP_VISION_FILES = ["CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "dinov2-giant.safetensors"]
+VAE_FILES = ["vae-ft-mse-840000-ema-pruned.safetensors"]
+
+
+class CLIPVisionLoader:
+    """ComfyUI ``nodes.CLIPVisionLoader``: clip_name (files of models/clip_vision) -> CLIP_VISION."""
+
+    CATEGORY = "loaders"
+    FUNCTION = "load_clip"
+    RETURN_TYPES = ("CLIP_VISION",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"clip_name": (list(CLIP_VISION_FILES),)}}
+
+    def load_clip(self, clip_name):
+        return (TinyClipVision(CLIP_VISION_FILES.index(clip_name)),)
+
+
+class VAELoader:
+    """ComfyUI ``nodes.VAELoader``: vae_name (files of models/vae) -> VAE."""
+
+    CATEGORY = "loaders"
+    FUNCTION = "load_vae"
+    RETURN_TYPES = ("VAE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae_name": (list(VAE_FILES),)}}
+
+    def load_vae(self, vae_name):
+        return (TinyVAE(),)
+
+
+CORE_NODES = {cls.__name__: cls for cls in (LoadImage, SaveImage, PreviewImage, MaskToImage, CLIPVisionLoader,
+                                            VAELoader)}
+
+# ------------------------------------------------------------------------------------------ tiny models
+PCDMS_FILES = {"prior": "pcdms_prior.safetensors", "inpaint": "pcdms_inpaint.safetensors",
+               "refine": "pcdms_refine.safetensors", "simplified": "pcdms_simplified.safetensors"}
+
+# Input values replaced in every API graph (per class_type) before the CPU run of the workflow tests.
+CPU_RUN_OVERRIDES = {
+    "PoseTransferPriorEmbed": {"steps": 2, "resolution": 64},
+    "PoseTransferPCDMsInpaint": {"steps": 2, "resolution": 64},
+    "PoseTransferPCDMsRefine": {"steps": 2, "resolution": 64},
+}
+
+
+def tiny_pcdms(kind: str, seed: int = 0):
+    """A tiny PCDMs model of ``kind`` (core's tiny config; the prior 32 wide to match TinyClipVision) with seeded
+    random weights everywhere (diffusers zero-initialises some output layers)."""
+    from posetransfer.core.pcdms import model_class, tiny_config
+
+    overrides = {"embedding_dim": TinyClipVision.EMBED_DIM} if kind == "prior" else {}
+    model = model_class(kind)(**{**tiny_config(kind), **overrides})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.25)
+    return model.eval()
+
+
+def prepare_model_folder(folder: Path) -> Path:
+    """Write the tiny models under the names the shipped workflows load (:data:`PCDMS_FILES`)."""
+    from posetransfer.core.pcdms import save_pcdms_safetensors
+
+    folder = Path(folder)
+    for i, (kind, name) in enumerate(PCDMS_FILES.items()):
+        if not (folder / name).is_file():
+            save_pcdms_safetensors(tiny_pcdms(kind, i + 1), folder / name)
+    return folder
+
+
+def apply_overrides(api: dict, overrides: dict = CPU_RUN_OVERRIDES) -> dict:
+    """A copy of the API graph with :data:`CPU_RUN_OVERRIDES` applied to the (widget) inputs present."""
+    out = {}
+    for node_id, entry in api.items():
+        inputs = dict(entry["inputs"])
+        for name, value in overrides.get(entry["class_type"], {}).items():
+            if name in inputs and not isinstance(inputs[name], list):
+                inputs[name] = value
+        out[node_id] = {**entry, "inputs": inputs}
+    return out
 
 
 def output_names(cls) -> tuple[str, ...]:

@@ -13,7 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACK = "custom_pack_xyz"
 OUR_NODES = {"PoseTransferLoadPose", "PoseTransferRenderPose", "PoseTransferRetargetPose", "PoseTransferSelectPerson",
-             "PoseTransferFlowWarp", "PoseTransferPoseDetect", "PoseTransferFlowModelLoader"}
+             "PoseTransferFlowWarp", "PoseTransferPoseDetect", "PoseTransferFlowModelLoader",
+             "PoseTransferPCDMsLoader", "PoseTransferPCDMsEncoders", "PoseTransferPriorEmbed",
+             "PoseTransferPCDMsInpaint", "PoseTransferPCDMsRefine"}
 
 
 def load_pack(name=PACK):

@@ -29,6 +29,9 @@ CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 EXPECTED_SIZES = {
     "flowwarp_basic": {"6": (1, 350, 350, 3), "7": (1, 350, 350, 3), "9": (1, 350, 350, 3),
                        "10": (1, 350, 350, 3), "12": (1, 350, 350, 3)},
+    # PCDMs: the output has the target pose's canvas size (jumper.pose.json: 400 x 400)
+    "pcdms_full": {"14": (1, 400, 400, 3), "15": (1, 400, 400, 3)},
+    "pcdms_simplified": {"9": (1, 400, 400, 3)},
 }
 
 ids = [p.stem for p in WORKFLOWS]
@@ -43,8 +46,10 @@ def test_workflows_exist():
 @pytest.fixture(scope="module")
 def input_dir(tmp_path_factory):
     """ComfyUI hidden; the input folder (POSETRANSFER_INPUT_DIR) holds the sample pose files and photos,
-    as the workflow notes tell the user to copy them."""
+    as the workflow notes tell the user to copy them. The model folder (POSETRANSFER_MODELS_DIR) holds the tiny
+    models of ``comfy_doubles.prepare_model_folder``."""
     folder = tmp_path_factory.mktemp("comfy_input")
+    models = comfy_doubles.prepare_model_folder(tmp_path_factory.mktemp("comfy_models"))
     for path in SAMPLES.iterdir():
         if path.suffix in (".json", ".png"):
             shutil.copy(path, folder / path.name)
@@ -52,7 +57,13 @@ def input_dir(tmp_path_factory):
         for name in ("comfy", "comfy.model_management", "comfy.utils", "folder_paths"):
             mp.setitem(sys.modules, name, None)
         mp.setenv("POSETRANSFER_INPUT_DIR", str(folder))
-        yield folder
+        mp.setenv("POSETRANSFER_MODELS_DIR", str(models))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny models: threads only contend on a shared CPU
+        try:
+            yield folder
+        finally:
+            torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +348,7 @@ def run_api(api, classes) -> dict[str, tuple]:
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=ids)
 def test_api_graph_runs(path, classes):
-    api = load(api_path(path))
+    api = comfy_doubles.apply_overrides(load(api_path(path)))
     comfy_doubles.RECORDS.clear()
     run_api(api, classes)
     output_ids = {k for k, e in api.items() if getattr(classes[e["class_type"]], "OUTPUT_NODE", False)}

@@ -1,0 +1,512 @@
+"""PCDMs nodes: loader, encoders, and the three stages (prior embedding -> inpaint -> refine; the simplified
+release skips the prior). Thin wrappers over :mod:`..core.pcdms` (pipelines, checkpoints, encoders).
+
+ComfyUI objects are adapted here: a CLIP_VISION (``encode_image(images)`` -> ``.image_embeds`` /
+``.last_hidden_state``) becomes an image encoder, a VAE (BHWC 0..1 images, unscaled latents) becomes the
+pipelines' latent codec through :class:`..core.pcdms.encoders.CallableLatentCodec` (0.18215 scale).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.pcdms import KINDS, load_pcdms
+from ..core.pcdms.encoders import CLIP_MEAN, CLIP_STD, CallableLatentCodec
+from ..core.pcdms.image_layout import LAYOUT_MODES
+from ..core.pcdms.kinds import _CLASS_TO_KIND
+from ..core.pcdms.pipelines import (
+    SCHEDULER_NAMES,
+    InpaintPipeline,
+    PriorPipeline,
+    RefinePipeline,
+    SimplifiedPipeline,
+)
+from ..core.pose_io import pcdms_pose_vector
+from ..core.render import render_skeleton_batch
+from . import bridge
+from .flowwarp_nodes import _fit_source_pose, _poses
+
+CATEGORY = "posetransfer/pcdms"
+MODEL_TYPE = "PCDMS_MODEL"
+ENCODERS_TYPE = "PCDMS_ENCODERS"
+EMBED_TYPE = "PCDMS_EMBED"
+NO_MODEL = "(none)"
+KIND_CHOICES = ("auto",) + tuple(KINDS)
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SCHEDULER_CHOICES = ("default",) + SCHEDULER_NAMES
+DINO_OUTPUTS = ("last_hidden_state", "penultimate_hidden_states")
+_WEIGHT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
+_PCDMS_CLASSES = {spec.cls.__name__ for spec in KINDS.values()}
+_SAVE_PRETRAINED_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+log = logging.getLogger(__name__)
+_CACHE: dict = {}  # (path stamp, kind, dtype) -> PCDMsModel; holds the last few
+
+
+# ----------------------------------------------------------------------------------------- the objects
+@dataclass
+class PCDMsModel:
+    """PCDMS_MODEL: a loaded PCDMs model and its kind ('prior' | 'inpaint' | 'refine' | 'simplified')."""
+
+    model: torch.nn.Module
+    kind: str
+    name: str = ""
+
+
+@dataclass
+class PCDMsEncoders:
+    """PCDMS_ENCODERS: CLIP image embeddings (prior, inpaint without a prior) and DINOv2 tokens (inpaint,
+    refine, simplified); either may be None."""
+
+    clip: object | None = None
+    dino: object | None = None
+
+
+@dataclass
+class PCDMsEmbed:
+    """PCDMS_EMBED: predicted target CLIP image embeddings, (N, D)."""
+
+    embeddings: torch.Tensor
+
+
+class ComfyVisionEncoder:
+    """A ComfyUI CLIP_VISION as the pipelines' image encoder (``encode(images)`` / ``encode_pixels``).
+
+    ComfyUI preprocesses by itself (torch bicubic + its model's mean / std), so ``encode`` passes the raw
+    (B, H, W, 3) 0..1 images; ``encode_pixels`` (CLIP-normalised 224 x 224 pixels, e.g. all-zero for the prior's
+    unconditional branch) maps the pixels back to an image that ComfyUI's preprocessing turns into them again."""
+
+    def __init__(self, clip_vision, output: str, ndim: int, what: str):
+        if not callable(getattr(clip_vision, "encode_image", None)):
+            raise ValueError(f"{what}: expected a ComfyUI CLIP_VISION model (with encode_image), got "
+                             f"{type(clip_vision).__name__}")
+        self.clip_vision, self.output, self.ndim, self.what = clip_vision, output, ndim, what
+
+    @torch.no_grad()
+    def encode(self, images) -> torch.Tensor:
+        images = torch.as_tensor(images)
+        out = self.clip_vision.encode_image(images[..., :3])
+        value = getattr(out, self.output, None)
+        if value is None and hasattr(out, "__getitem__"):
+            try:
+                value = out[self.output]
+            except (KeyError, AttributeError, TypeError):
+                value = None
+        if value is None:
+            raise ValueError(f"{self.what}: the CLIP_VISION output has no {self.output!r}")
+        value = torch.as_tensor(value).float()
+        if value.ndim != self.ndim:
+            raise ValueError(f"{self.what}: expected {self.output} with {self.ndim} dimensions, got "
+                             f"{tuple(value.shape)}")
+        return value
+
+    @torch.no_grad()
+    def encode_pixels(self, pixel_values) -> torch.Tensor:
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        images = (torch.as_tensor(pixel_values).float().cpu() * std + mean).clamp(0, 1)
+        return self.encode(images.permute(0, 2, 3, 1).contiguous())
+
+
+def comfy_latent_codec(vae) -> CallableLatentCodec:
+    """A ComfyUI VAE (``encode`` BHWC 0..1 -> unscaled latents, ``decode`` back) as the pipelines' codec."""
+    if not (callable(getattr(vae, "encode", None)) and callable(getattr(vae, "decode", None))):
+        raise ValueError(f"vae: expected a ComfyUI VAE (with encode / decode), got {type(vae).__name__}")
+    factor = getattr(vae, "downscale_ratio", 8)
+    channels = getattr(vae, "latent_channels", 4)
+    return CallableLatentCodec(lambda images: torch.as_tensor(vae.encode(images[..., :3])),
+                               lambda latents: torch.as_tensor(vae.decode(latents)),
+                               downscale_factor=factor if isinstance(factor, int) else 8,
+                               latent_channels=channels if isinstance(channels, int) else 4)
+
+
+# ---------------------------------------------------------------------------------------------- loader
+def _config_class(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def list_pcdms_models() -> list[str]:
+    """Checkpoint files (.pt / .safetensors / ...) and save_pretrained folders in the posetransfer model
+    folder(s); the weights inside a listed folder are not listed again."""
+    files = bridge.list_model_files(set(_WEIGHT_EXTS) | {".json"})
+    folders = set()
+    for name in files:
+        if posixpath.basename(name) == "config.json" and posixpath.dirname(name):
+            try:
+                if _config_class(bridge.model_file_path(name)) in _PCDMS_CLASSES:
+                    folders.add(posixpath.dirname(name))
+            except FileNotFoundError:
+                continue
+    singles = [n for n in files if n.lower().endswith(_WEIGHT_EXTS)
+               and not (posixpath.basename(n) in _SAVE_PRETRAINED_WEIGHTS and posixpath.dirname(n) in folders)]
+    return sorted(folders) + sorted(singles)
+
+
+def model_path(name: str) -> str:
+    """Full path of a listed checkpoint (file or save_pretrained folder)."""
+    if name.lower().endswith(_WEIGHT_EXTS):
+        return bridge.model_file_path(name)
+    try:
+        return os.path.dirname(bridge.model_file_path(f"{name}/config.json"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"PCDMs model {name!r} not found in the posetransfer model folder(s); expected an "
+                                f"official .pt, a converted .safetensors file or a converted folder there") from None
+
+
+def _stamp(path: str) -> tuple:
+    if os.path.isdir(path):
+        return path, tuple(sorted((f, os.stat(os.path.join(path, f)).st_mtime_ns) for f in os.listdir(path)))
+    st = os.stat(path)
+    return path, st.st_mtime_ns, st.st_size
+
+
+def _resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    return torch.float16 if bridge.get_device().type == "cuda" else torch.float32
+
+
+class PoseTransferPCDMsLoader:
+    """Load a PCDMs checkpoint (prior, inpaint, refine or the simplified single-stage model)."""
+
+    DESCRIPTION = ("Load a PCDMs checkpoint from models/posetransfer: the released DeepSpeed .pt files (stage 1 "
+                   "prior, stage 2 inpaint, stage 3 refine, or the simplified single-stage PCDMs_ckpt.pt), a "
+                   "converted .safetensors file ('posetransfer convert-pcdms --single-file') or a converted "
+                   "folder. The kind is read from the file; a file of the wrong kind or size is reported with its "
+                   "missing / unexpected keys.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("pcdms_model",)
+    OUTPUT_TOOLTIPS = ("The PCDMs model and its kind; connect it to the PCDMs stage node of that kind.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (list_pcdms_models() or [NO_MODEL], {
+                "tooltip": "A PCDMs checkpoint in models/posetransfer: an official .pt file, a converted "
+                           ".safetensors file, or a converted folder (config.json + weights)."}),
+            "kind": (list(KIND_CHOICES), {
+                "default": "auto",
+                "tooltip": "auto: tell the kind from the file. prior / inpaint / refine / simplified: load as "
+                           "this kind (and check the file is of this kind)."}),
+            "dtype": (list(DTYPES), {
+                "default": "auto",
+                "tooltip": "Weights' precision. auto: float16 on a CUDA GPU, float32 otherwise."}),
+        }}
+
+    def load(self, model_name, kind="auto", dtype="auto"):
+        if not model_name or model_name == NO_MODEL:
+            raise ValueError("model_name: no PCDMs checkpoint found in the posetransfer model folder; put the "
+                             "released .pt files (or converted .safetensors) there and refresh")
+        if kind not in KIND_CHOICES:
+            raise ValueError(f"kind: expected one of {KIND_CHOICES}, got {kind!r}")
+        torch_dtype = _resolve_dtype(dtype)
+        path = model_path(model_name)
+        key = (_stamp(path), kind, str(torch_dtype))
+        if key not in _CACHE:
+            model = load_pcdms(path, None if kind == "auto" else kind, dtype=torch_dtype, device="cpu")
+            if len(_CACHE) >= 3:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = PCDMsModel(model, _CLASS_TO_KIND[type(model).__name__], model_name)
+        return (_CACHE[key],)
+
+
+# -------------------------------------------------------------------------------------------- encoders
+class PoseTransferPCDMsEncoders:
+    """Bundle ComfyUI CLIP_VISION models as PCDMs' image encoders (CLIP embedding, DINOv2 tokens)."""
+
+    DESCRIPTION = ("The image encoders PCDMs uses, from ComfyUI's 'Load CLIP Vision' nodes: CLIP ViT-H/14 "
+                   "(image embedding: the prior's input, and the inpaint stage's global condition without a "
+                   "prior) and DINOv2-giant (patch tokens: inpaint, refine and the simplified model).")
+    CATEGORY = CATEGORY
+    FUNCTION = "bundle"
+    RETURN_TYPES = (ENCODERS_TYPE,)
+    RETURN_NAMES = ("pcdms_encoders",)
+    OUTPUT_TOOLTIPS = ("The encoders; connect to the PCDMs stage nodes.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dino_output": (list(DINO_OUTPUTS), {
+                "default": "last_hidden_state",
+                "tooltip": "Which DINOv2 tokens to use. last_hidden_state (after the final LayerNorm) is what "
+                           "PCDMs was trained with."}),
+        }, "optional": {
+            "clip_vision": ("CLIP_VISION", {
+                "tooltip": "CLIP ViT-H/14 (e.g. CLIP-ViT-H-14-laion2B-s32B-b79K): its image embedding. Needed by "
+                           "the prior, and by the inpaint stage when no prior embedding is connected."}),
+            "dino_vision": ("CLIP_VISION", {
+                "tooltip": "DINOv2-giant loaded with 'Load CLIP Vision': its tokens condition the inpaint, refine "
+                           "and simplified models."}),
+        }}
+
+    def bundle(self, dino_output="last_hidden_state", clip_vision=None, dino_vision=None):
+        if dino_output not in DINO_OUTPUTS:
+            raise ValueError(f"dino_output: expected one of {DINO_OUTPUTS}, got {dino_output!r}")
+        if clip_vision is None and dino_vision is None:
+            raise ValueError("clip_vision / dino_vision: connect at least one CLIP_VISION model")
+        clip = None if clip_vision is None else ComfyVisionEncoder(clip_vision, "image_embeds", 2, "clip_vision")
+        dino = None if dino_vision is None else ComfyVisionEncoder(dino_vision, dino_output, 3, "dino_vision")
+        return (PCDMsEncoders(clip, dino),)
+
+
+# ----------------------------------------------------------------------------------------- shared glue
+def _require(pcdms_model, kinds: tuple[str, ...], node: str) -> PCDMsModel:
+    if not isinstance(pcdms_model, PCDMsModel):
+        raise ValueError(f"pcdms_model: expected a PCDMS_MODEL from the PCDMs loader, got {type(pcdms_model).__name__}")
+    if pcdms_model.kind not in kinds:
+        raise ValueError(f"pcdms_model: {node} needs a PCDMs {' or '.join(kinds)} model, but "
+                         f"{pcdms_model.name or 'the connected model'!r} is a '{pcdms_model.kind}' model; connect "
+                         f"the {' or '.join(kinds)} checkpoint here")
+    return pcdms_model
+
+
+def _encoder(encoders, which: str, needed_for: str):
+    if not isinstance(encoders, PCDMsEncoders):
+        raise ValueError(f"pcdms_encoders: expected PCDMS_ENCODERS, got {type(encoders).__name__}")
+    enc = getattr(encoders, which)
+    if enc is None:
+        name = "clip_vision" if which == "clip" else "dino_vision"
+        raise ValueError(f"pcdms_encoders: {needed_for} needs the {name} input of the PCDMs encoders node")
+    return enc
+
+
+class _Run:
+    """Model on the compute device during a run (back to the CPU after), progress bar and interrupt."""
+
+    def __init__(self, model: torch.nn.Module, steps: int):
+        self.model, self.bar = model, bridge.ProgressBar(steps)
+
+    def __enter__(self):
+        bridge.check_interrupt()
+        self.model.to(bridge.get_device())
+        return self
+
+    def __exit__(self, *exc):
+        if next(self.model.parameters()).device.type != "cpu":
+            self.model.to("cpu")
+        return False
+
+    def callback(self, info):
+        self.bar.update(1)
+        bridge.check_interrupt()
+
+
+def _images(images, what: str) -> torch.Tensor:
+    images = torch.as_tensor(images)
+    if images.ndim != 4 or images.shape[-1] < 3:
+        raise ValueError(f"{what}: expected an IMAGE (B, H, W, 3), got {tuple(images.shape)}")
+    return images[..., :3].float()
+
+
+def _render(poses) -> torch.Tensor:
+    return torch.from_numpy(render_skeleton_batch(poses).astype(np.float32) / 255.0)
+
+
+def _source_poses(source_pose, image: torch.Tensor):
+    h, w = image.shape[1:3]
+    return [_fit_source_pose(p, w, h, "source_pose") for p in _poses(source_pose, "source_pose")]
+
+
+def _scheduler(name: str, default):
+    if name not in SCHEDULER_CHOICES:
+        raise ValueError(f"scheduler: expected one of {SCHEDULER_CHOICES}, got {name!r}")
+    return default if name == "default" else name
+
+
+def _common_inputs(default_steps: int, default_cfg: float, scheduler: bool = True, layout: bool = True) -> dict:
+    inputs = {
+        "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED,
+                         "tooltip": "Random seed (a CPU generator: the same seed gives the same result anywhere)."}),
+        "steps": ("INT", {"default": default_steps, "min": 1, "max": 1000,
+                          "tooltip": "Denoising steps (official: 20; 50 for the simplified model)."}),
+        "cfg": ("FLOAT", {"default": default_cfg, "min": 0.0, "max": 30.0, "step": 0.1,
+                          "tooltip": "Classifier-free guidance scale; 1 or less turns guidance off."}),
+    }
+    if scheduler:
+        inputs["scheduler"] = (list(SCHEDULER_CHOICES), {
+            "default": "default",
+            "tooltip": "default: the official one (UniPC for inpaint / refine, DDIM for the simplified model)."})
+    if layout:
+        inputs["layout"] = (list(LAYOUT_MODES), {
+            "default": "pad",
+            "tooltip": "pad: keep the aspect ratio (pad to a square, crop back). squash: stretch to a square as "
+                       "the official code does."})
+        inputs["resolution"] = ("INT", {
+            "default": 512, "min": 64, "max": 2048, "step": 64,
+            "tooltip": "Side of the square frame the model works in (the released models: 512)."})
+    return inputs
+
+
+# ------------------------------------------------------------------------------------------------ prior
+class PoseTransferPriorEmbed:
+    """Stage 1: predict the target person's CLIP image embedding from the source photo and both poses."""
+
+    DESCRIPTION = ("PCDMs stage 1 (prior): predicts the CLIP image embedding of the person in the target pose, "
+                   "from the source photo's CLIP embedding and the source / target keypoints. Connect the result "
+                   "to the PCDMs Inpaint node's prior_embed. One embedding per target pose frame.")
+    CATEGORY = CATEGORY
+    FUNCTION = "embed"
+    RETURN_TYPES = (EMBED_TYPE,)
+    RETURN_NAMES = ("prior_embed",)
+    OUTPUT_TOOLTIPS = ("Predicted target CLIP embedding(s); connect to PCDMs Inpaint's prior_embed.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = {
+            "pcdms_model": (MODEL_TYPE, {"tooltip": "The PCDMs prior (stage 1) checkpoint."}),
+            "pcdms_encoders": (ENCODERS_TYPE, {"tooltip": "PCDMs encoders with clip_vision connected."}),
+            "source_image": ("IMAGE", {"tooltip": "The photo of the person (1 image, or one per target pose)."}),
+            "source_pose": ("POSE_KEYPOINT", {"tooltip": "Keypoints detected on source_image (first person)."}),
+            "target_pose": ("POSE_KEYPOINT", {"tooltip": "The pose(s) to move the person into (first person of "
+                                                         "each frame)."}),
+        }
+        inputs.update(_common_inputs(20, 0.0, scheduler=False))
+        inputs["layout"][1]["tooltip"] = "How the source photo is framed before CLIP sees it (official: squash)."
+        return {"required": inputs}
+
+    def embed(self, pcdms_model, pcdms_encoders, source_image, source_pose, target_pose, seed=42, steps=20, cfg=0.0,
+              layout="pad", resolution=512):
+        model = _require(pcdms_model, ("prior",), "PCDMs Prior Embed").model
+        clip = _encoder(pcdms_encoders, "clip", "the prior")
+        image = _images(source_image, "source_image")
+        sp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "source_pose")
+                                        for p in _source_poses(source_pose, image)]))
+        tp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "target_pose")
+                                        for p in _poses(target_pose, "target_pose")]))
+        pipe = PriorPipeline(model, clip, size=resolution, layout=layout)
+        with _Run(model, steps) as run:
+            out = pipe(sp, tp, source_image=image, steps=steps, guidance_scale=cfg, seed=seed,
+                       callback=run.callback)
+        return (PCDMsEmbed(out.embeddings.float().cpu()),)
+
+
+# ---------------------------------------------------------------------------------------------- inpaint
+class PoseTransferPCDMsInpaint:
+    """Stage 2 (or the simplified model): the person of the source photo in the target pose."""
+
+    DESCRIPTION = ("PCDMs stage 2 (inpaint) or the simplified single-stage model: generates the person of the "
+                   "source photo in the target pose. The source image and both skeletons (rendered from the "
+                   "keypoints) are placed side by side; the model paints the target half. For stage 2 connect "
+                   "the prior's embedding (without it the source photo's CLIP embedding stands in). Output at "
+                   "the target pose's canvas size; refine it with PCDMs Refine.")
+    CATEGORY = CATEGORY
+    FUNCTION = "generate"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The generated person in the target pose(s), at the target pose's canvas size.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = {
+            "pcdms_model": (MODEL_TYPE, {"tooltip": "The PCDMs inpaint (stage 2) or simplified checkpoint."}),
+            "pcdms_encoders": (ENCODERS_TYPE, {"tooltip": "PCDMs encoders with dino_vision connected (and "
+                                                          "clip_vision for stage 2 without a prior)."}),
+            "vae": ("VAE", {"tooltip": "The Stable Diffusion 2.1 VAE (the SD 1.x / 2.x VAE)."}),
+            "source_image": ("IMAGE", {"tooltip": "The photo of the person (1 image, or one per target pose)."}),
+            "source_pose": ("POSE_KEYPOINT", {"tooltip": "Keypoints detected on source_image; rendered as the "
+                                                         "source skeleton."}),
+            "target_pose": ("POSE_KEYPOINT", {"tooltip": "The pose(s) to generate; one output image per frame, at "
+                                                         "the frame's canvas size."}),
+        }
+        inputs.update(_common_inputs(20, 2.0))
+        return {"required": inputs, "optional": {
+            "prior_embed": (EMBED_TYPE, {"tooltip": "Stage 2 only: the PCDMs Prior Embed output (the predicted "
+                                                    "target CLIP embedding). Ignored by the simplified model."})}}
+
+    def generate(self, pcdms_model, pcdms_encoders, vae, source_image, source_pose, target_pose, seed=42, steps=20,
+                 cfg=2.0, scheduler="default", layout="pad", resolution=512, prior_embed=None):
+        pm = _require(pcdms_model, ("inpaint", "simplified"), "PCDMs Inpaint")
+        dino = _encoder(pcdms_encoders, "dino", "PCDMs Inpaint")
+        image = _images(source_image, "source_image")
+        source_pose_image = _render(_source_poses(source_pose, image))
+        target_pose_image = _render(_poses(target_pose, "target_pose"))
+        codec = comfy_latent_codec(vae)
+        kwargs = dict(steps=steps, guidance_scale=cfg, seed=seed)
+        if pm.kind == "simplified":
+            if prior_embed is not None:
+                log.warning("PCDMs Inpaint: the simplified model takes no prior embedding; prior_embed ignored")
+            pipe = SimplifiedPipeline(pm.model, codec, dino, _scheduler(scheduler, None), resolution, layout)
+            args = ()
+        else:
+            pipe = InpaintPipeline(pm.model, codec, dino, _scheduler(scheduler, "unipc"), resolution, layout)
+            if prior_embed is not None:
+                if not isinstance(prior_embed, PCDMsEmbed):
+                    raise ValueError(f"prior_embed: expected PCDMS_EMBED, got {type(prior_embed).__name__}")
+                embedding = prior_embed.embeddings
+            else:  # the source photo's CLIP embedding stands in for the target's
+                clip = _encoder(pcdms_encoders, "clip", "PCDMs Inpaint without prior_embed")
+                embedding = PriorPipeline(None, clip, size=resolution, layout=layout).encode_source(image)
+            args = (embedding,)
+        with _Run(pm.model, steps) as run:
+            out = pipe(image, source_pose_image, target_pose_image, *args, callback=run.callback, **kwargs)
+        return (out.images.float().clamp(0, 1).cpu(),)
+
+
+# ----------------------------------------------------------------------------------------------- refine
+class PoseTransferPCDMsRefine:
+    """Stage 3: refine the coarse result with the source photo's texture (DINOv2 tokens)."""
+
+    DESCRIPTION = ("PCDMs stage 3 (refine): sharpens the coarse image from PCDMs Inpaint, restoring clothing "
+                   "texture and face detail from the source photo. Output at the coarse image's size.")
+    CATEGORY = CATEGORY
+    FUNCTION = "refine"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The refined image(s), same size as coarse_image.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        inputs = {
+            "pcdms_model": (MODEL_TYPE, {"tooltip": "The PCDMs refine (stage 3) checkpoint."}),
+            "pcdms_encoders": (ENCODERS_TYPE, {"tooltip": "PCDMs encoders with dino_vision connected."}),
+            "vae": ("VAE", {"tooltip": "The Stable Diffusion 2.1 VAE (the SD 1.x / 2.x VAE)."}),
+            "coarse_image": ("IMAGE", {"tooltip": "The PCDMs Inpaint output (or any image of the person in the "
+                                                  "target pose)."}),
+            "source_image": ("IMAGE", {"tooltip": "The source photo (1 image, or one per coarse image)."}),
+        }
+        inputs.update(_common_inputs(20, 2.0))
+        return {"required": inputs}
+
+    def refine(self, pcdms_model, pcdms_encoders, vae, coarse_image, source_image, seed=42, steps=20, cfg=2.0,
+               scheduler="default", layout="pad", resolution=512):
+        pm = _require(pcdms_model, ("refine",), "PCDMs Refine")
+        dino = _encoder(pcdms_encoders, "dino", "PCDMs Refine")
+        pipe = RefinePipeline(pm.model, comfy_latent_codec(vae), dino, _scheduler(scheduler, "unipc"), resolution,
+                              layout)
+        coarse = _images(coarse_image, "coarse_image")
+        source = _images(source_image, "source_image")
+        with _Run(pm.model, steps) as run:
+            out = pipe(coarse, source, steps=steps, guidance_scale=cfg, seed=seed, callback=run.callback)
+        return (out.images.float().clamp(0, 1).cpu(),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "PoseTransferPCDMsLoader": PoseTransferPCDMsLoader,
+    "PoseTransferPCDMsEncoders": PoseTransferPCDMsEncoders,
+    "PoseTransferPriorEmbed": PoseTransferPriorEmbed,
+    "PoseTransferPCDMsInpaint": PoseTransferPCDMsInpaint,
+    "PoseTransferPCDMsRefine": PoseTransferPCDMsRefine,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PoseTransferPCDMsLoader": "Load PCDMs Model (posetransfer)",
+    "PoseTransferPCDMsEncoders": "PCDMs Encoders (posetransfer)",
+    "PoseTransferPriorEmbed": "PCDMs Prior Embed (posetransfer)",
+    "PoseTransferPCDMsInpaint": "PCDMs Inpaint (posetransfer)",
+    "PoseTransferPCDMsRefine": "PCDMs Refine (posetransfer)",
+}

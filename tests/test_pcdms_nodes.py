@@ -1,0 +1,203 @@
+"""PCDMs nodes end to end on tiny models (CPU): loader, encoders, prior embed, inpaint / simplified, refine.
+
+Tiny models, CLIP_VISION and VAE stand-ins come from ``comfy_doubles`` (shared with the workflow tests)."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+import comfy_doubles
+from comfy_doubles import PCDMS_FILES, SAMPLES, TinyClipVision, TinyVAE
+
+from posetransfer.core.images import load_image
+from posetransfer.nodes import bridge, pcdms_nodes as pn
+
+FAST = {"steps": 2, "resolution": 64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    folder = comfy_doubles.prepare_model_folder(tmp_path_factory.mktemp("pcdms_models"))
+    comfy_doubles.tiny_pcdms("refine", 7).save_pretrained(str(folder / "refine_folder"), safe_serialization=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("comfy", "comfy.model_management", "comfy.utils", "folder_paths"):
+            mp.setitem(sys.modules, name, None)
+        mp.setenv("POSETRANSFER_MODELS_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def m(models_dir):
+    load = pn.PoseTransferPCDMsLoader().load
+    return {kind: load(name)[0] for kind, name in PCDMS_FILES.items()}
+
+
+@pytest.fixture(scope="module")
+def enc():
+    clip_vision, dino_vision = TinyClipVision(0), TinyClipVision(1)
+    encoders = pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", clip_vision, dino_vision)[0]
+    return {"both": encoders, "clip_vision": clip_vision, "dino_vision": dino_vision,
+            "dino_only": pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", None, dino_vision)[0],
+            "clip_only": pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", clip_vision, None)[0]}
+
+
+@pytest.fixture(scope="module")
+def data():
+    def pose(name):
+        with open(SAMPLES / name, encoding="utf-8") as f:
+            return json.load(f)
+
+    image = torch.from_numpy(load_image(SAMPLES / "fashion_standing.png"))[None]
+    return {"image": image, "source_pose": pose("fashion_standing.pose.json"), "target_pose": pose("jumper.pose.json"),
+            "vae": TinyVAE()}
+
+
+class CountingBar(bridge.ProgressBar):
+    made: list = []
+
+    def __init__(self, total):
+        super().__init__(total)
+        CountingBar.made.append(self)
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    CountingBar.made = []
+    monkeypatch.setattr(bridge, "ProgressBar", CountingBar)
+    return CountingBar.made
+
+
+def inpaint(m, enc, data, kind="inpaint", encoders="both", **kw):
+    args = dict(FAST, seed=1, cfg=2.0, scheduler="default", layout="pad")
+    args.update(kw)
+    return pn.PoseTransferPCDMsInpaint().generate(m[kind], enc[encoders], data["vae"], data["image"],
+                                                  data["source_pose"], data["target_pose"], **args)[0]
+
+
+def check_image(images, shape):
+    assert tuple(images.shape) == shape and images.dtype == torch.float32
+    assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+
+
+# ------------------------------------------------------------------------------------------------ loader
+def test_loader_lists_files_and_folders_and_detects_kinds(models_dir, m):
+    choices = pn.PoseTransferPCDMsLoader.INPUT_TYPES()["required"]["model_name"][0]
+    assert set(PCDMS_FILES.values()) | {"refine_folder"} <= set(choices)
+    assert not any(c.startswith("refine_folder/") for c in choices)  # weights inside a folder are not listed
+    assert {k: v.kind for k, v in m.items()} == {k: k for k in PCDMS_FILES}
+    folder = pn.PoseTransferPCDMsLoader().load("refine_folder", "refine", "float32")[0]
+    assert folder.kind == "refine" and next(folder.model.parameters()).dtype == torch.float32
+    assert pn.PoseTransferPCDMsLoader().load("refine_folder", "refine", "float32")[0] is folder  # cached
+
+
+def test_loader_errors(models_dir):
+    with pytest.raises(ValueError, match="not 'prior'"):
+        pn.PoseTransferPCDMsLoader().load(PCDMS_FILES["inpaint"], "prior")
+    with pytest.raises(ValueError, match="no PCDMs checkpoint"):
+        pn.PoseTransferPCDMsLoader().load(pn.NO_MODEL)
+    with pytest.raises(FileNotFoundError, match="posetransfer model folder"):
+        pn.PoseTransferPCDMsLoader().load("missing.safetensors")
+
+
+def test_encoders_node(enc):
+    e = enc["both"]
+    images = torch.rand(2, 40, 30, 3)
+    assert tuple(e.clip.encode(images).shape) == (2, TinyClipVision.EMBED_DIM)
+    assert tuple(e.dino.encode(images).shape) == (2, TinyClipVision.TOKENS, TinyClipVision.WIDTH)
+    # normalised pixels -> the image ComfyUI's preprocessing turns back into them (zeros = CLIP mean colour)
+    assert tuple(e.clip.encode_pixels(torch.zeros(1, 3, 224, 224)).shape) == (1, TinyClipVision.EMBED_DIM)
+    with pytest.raises(ValueError, match="at least one"):
+        pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state")
+    with pytest.raises(ValueError, match="CLIP_VISION"):
+        pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", object())
+
+
+# -------------------------------------------------------------------------------------------- the stages
+def test_prior_embed(m, enc, data, bars):
+    node = pn.PoseTransferPriorEmbed()
+    args = (m["prior"], enc["both"], data["image"], data["source_pose"], data["target_pose"])
+    a = node.embed(*args, seed=3, **FAST, cfg=0.0)[0]
+    b = node.embed(*args, seed=3, **FAST, cfg=0.0)[0]
+    c = node.embed(*args, seed=4, **FAST, cfg=0.0)[0]
+    assert tuple(a.embeddings.shape) == (1, TinyClipVision.EMBED_DIM) and torch.isfinite(a.embeddings).all()
+    torch.testing.assert_close(a.embeddings, b.embeddings, rtol=0, atol=0)
+    assert not torch.allclose(a.embeddings, c.embeddings)
+    guided = node.embed(*args, seed=3, **FAST, cfg=3.0)[0]  # the unconditional branch encodes zero pixels
+    assert torch.isfinite(guided.embeddings).all()
+    assert [(bar.total, bar.current) for bar in bars] == [(2, 2)] * 4
+
+
+def test_inpaint_with_and_without_prior(m, enc, data, bars):
+    embed = pn.PoseTransferPriorEmbed().embed(m["prior"], enc["both"], data["image"], data["source_pose"],
+                                              data["target_pose"], seed=0, **FAST, cfg=0.0)[0]
+    a = inpaint(m, enc, data, prior_embed=embed)
+    b = inpaint(m, enc, data, prior_embed=embed)
+    check_image(a, (1, 400, 400, 3))  # the target pose's canvas
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, inpaint(m, enc, data, prior_embed=embed, seed=2))
+    without = inpaint(m, enc, data, scheduler="ddim", layout="squash")  # the photo's CLIP embedding stands in
+    check_image(without, (1, 400, 400, 3))
+    assert [(bar.total, bar.current) for bar in bars] == [(2, 2)] * 5
+    with pytest.raises(ValueError, match="clip_vision"):
+        inpaint(m, enc, data, encoders="dino_only")
+
+
+def test_inpaint_batch_of_target_poses(m, enc, data):
+    two = dict(data, target_pose=[data["target_pose"]] * 2)
+    out = inpaint(m, enc, two)
+    check_image(out, (2, 400, 400, 3))
+
+
+def test_simplified_and_refine(m, enc, data, bars):
+    coarse = inpaint(m, enc, data, kind="simplified", encoders="dino_only", steps=3)
+    check_image(coarse, (1, 400, 400, 3))
+    node = pn.PoseTransferPCDMsRefine()
+    args = (m["refine"], enc["dino_only"], data["vae"], coarse, data["image"])
+    a = node.refine(*args, seed=5, **FAST, cfg=2.0)[0]
+    check_image(a, tuple(coarse.shape))
+    torch.testing.assert_close(a, node.refine(*args, seed=5, **FAST, cfg=2.0)[0], rtol=0, atol=0)
+    assert [(bar.total, bar.current) for bar in bars] == [(3, 3), (2, 2), (2, 2)]
+    with pytest.raises(ValueError, match="dino_vision"):
+        node.refine(m["refine"], enc["clip_only"], data["vae"], coarse, data["image"], **FAST)
+
+
+@pytest.mark.parametrize("node, kind", [("prior", "inpaint"), ("inpaint", "refine"), ("inpaint", "prior"),
+                                        ("refine", "simplified")])
+def test_wrong_kind_is_a_clear_error(m, enc, data, node, kind):
+    with pytest.raises(ValueError, match=f"is a '{kind}' model"):
+        if node == "prior":
+            pn.PoseTransferPriorEmbed().embed(m[kind], enc["both"], data["image"], data["source_pose"],
+                                              data["target_pose"], **FAST)
+        elif node == "inpaint":
+            inpaint(m, enc, data, kind=kind)
+        else:
+            pn.PoseTransferPCDMsRefine().refine(m[kind], enc["both"], data["vae"], data["image"], data["image"],
+                                                **FAST)
+
+
+def test_interrupt_stops_sampling(m, enc, data, bars):
+    class Stop(Exception):
+        pass
+
+    def interrupt():
+        if bars and bars[-1].current >= 1:
+            raise Stop
+
+    bridge.set_interrupt_callback(interrupt)
+    try:
+        with pytest.raises(Stop):
+            inpaint(m, enc, data, steps=5)
+    finally:
+        bridge.set_interrupt_callback(None)
+    assert bars[-1].total == 5 and bars[-1].current == 1
+    assert next(m["inpaint"].model.parameters()).device.type == "cpu"
