@@ -6,9 +6,10 @@ from . import flow_model_nodes
 from . import flowwarp_nodes
 from . import pcdms_nodes
 from . import pose_nodes
+from . import repose_nodes
 
 # Add new node modules here (e.g. ``flowwarp_nodes``): import them above and list them in _MODULES.
-_MODULES = (pose_nodes, flowwarp_nodes, flow_model_nodes, detect_nodes, pcdms_nodes)
+_MODULES = (pose_nodes, flowwarp_nodes, flow_model_nodes, detect_nodes, pcdms_nodes, repose_nodes)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

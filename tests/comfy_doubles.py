@@ -177,6 +177,7 @@ class TinyVAE:
             self.vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * 4,
                                      up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 16, 16],
                                      layers_per_block=1, norm_num_groups=4, sample_size=64).eval()
+        self.first_stage_model = self.vae  # ComfyUI's VAE exposes its decoder module (differentiable) here
 
     @torch.no_grad()
     def encode(self, pixels):
@@ -233,7 +234,14 @@ CPU_RUN_OVERRIDES = {
     "PoseTransferPriorEmbed": {"steps": 2, "resolution": 64},
     "PoseTransferPCDMsInpaint": {"steps": 2, "resolution": 64},
     "PoseTransferPCDMsRefine": {"steps": 2, "resolution": 64},
+    "PoseTransferPoseAlign": {"resolution": 32},
+    "PoseTransferRePoseSampler": {"steps": 2},
 }
+
+REPOSE_MODEL_DIR = "repose_deepfashion_256"
+HRNET_FILE = "pose_higher_hrnet_w32_512.pth"
+TINY_HRNET_CONFIG = dict(stem_channels=8, stage_channels=[4, 8, 8, 8], stage_modules=[1, 1, 1], blocks_per_branch=1,
+                         layer1_blocks=1, deconv_channels=[4], deconv_basic_blocks=1)
 
 
 def tiny_pcdms(kind: str, seed: int = 0):
@@ -261,6 +269,32 @@ def prepare_model_folder(folder: Path) -> Path:
     for i, (kind, name) in enumerate(PCDMS_FILES.items()):
         if not (folder / name).is_file():
             save_pcdms_safetensors(tiny_pcdms(kind, i + 1), folder / name)
+    prepare_repose_files(folder)
+    return folder
+
+
+def prepare_repose_files(folder: Path) -> Path:
+    """A tiny RePose model folder (:data:`REPOSE_MODEL_DIR`) and a tiny HigherHRNet checkpoint (:data:`HRNET_FILE`,
+    with its config in a JSON file beside it) for the RePose workflow."""
+    from posetransfer.core.repose import (TINY_POSE_ALIGN_CONFIG, TINY_UNET_CONFIG, HigherHRNet, PoseAlign,
+                                          RePoseDenoiser)
+    from posetransfer.core.repose.model_files import save_repose_model
+
+    folder = Path(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        if not (folder / REPOSE_MODEL_DIR).is_dir():
+            align = PoseAlign(**TINY_POSE_ALIGN_CONFIG)
+            with torch.no_grad():
+                for agg in align.aggregators:  # not the identity warp of an untrained PoseAlign
+                    agg.head.weight.normal_(0, 0.05)
+            save_repose_model(folder / REPOSE_MODEL_DIR, RePoseDenoiser(unet_config=TINY_UNET_CONFIG), align,
+                              {"note": "tiny test model"})
+        if not (folder / HRNET_FILE).is_file():
+            import json
+
+            torch.save(HigherHRNet(**TINY_HRNET_CONFIG).state_dict(), folder / HRNET_FILE)
+            (folder / HRNET_FILE).with_suffix(".json").write_text(json.dumps(TINY_HRNET_CONFIG), encoding="utf-8")
     return folder
 
 

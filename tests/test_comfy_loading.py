@@ -15,7 +15,8 @@ PACK = "custom_pack_xyz"
 OUR_NODES = {"PoseTransferLoadPose", "PoseTransferRenderPose", "PoseTransferRetargetPose", "PoseTransferSelectPerson",
              "PoseTransferFlowWarp", "PoseTransferPoseDetect", "PoseTransferFlowModelLoader",
              "PoseTransferPCDMsLoader", "PoseTransferPCDMsEncoders", "PoseTransferPriorEmbed",
-             "PoseTransferPCDMsInpaint", "PoseTransferPCDMsRefine"}
+             "PoseTransferPCDMsInpaint", "PoseTransferPCDMsRefine", "PoseTransferRePoseLoader",
+             "PoseTransferPoseAlign", "PoseTransferPoseGuidance", "PoseTransferRePoseSampler"}
 
 
 def load_pack(name=PACK):

@@ -1,0 +1,535 @@
+"""RePoseDM nodes: model loader, PoseAlign (aligned source features + warped-source preview), PoseGuidance (a
+pose estimator as GUIDANCE) and the RePose sampler. Thin wrappers over :mod:`..core.repose`.
+
+Frames: the target pose is re-scaled to a working frame ``resolution`` pixels high (the width follows the pose
+canvas' aspect ratio; both multiples of the VAE factor) and rendered there as the OpenPose skeleton the model was
+trained on (``training/train_repose.py`` renders the same way); the source photo is resized (stretched) to that
+frame. Outputs are resized back to the target pose's canvas.
+
+A ComfyUI VAE (BHWC 0..1 images <-> unscaled latents) becomes the core's codec (images in [-1, 1], latents scaled
+by 0.18215, the SD VAE factor the models are trained with). Guidance differentiates through the VAE decoder: it
+uses the VAE's ``first_stage_model`` (ComfyUI's decoder module; plain tensors are cloned from inference tensors
+once) and runs outside ComfyUI's inference mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.geometry import resize
+from ..core.render import render_skeleton
+from ..core.repose.denoiser import RePoseDenoiser, repose_noise_scheduler
+from ..core.repose.guidance import PoseGuidance
+from ..core.repose.model_files import MARKER, load_repose_model
+from ..core.repose.pose_align import PoseAlign
+from ..core.repose.pose_estimator import HIGHER_HRNET_W32_CONFIG, HIGHER_HRNET_W48_CONFIG, load_higher_hrnet
+from ..core.repose.sampler import RePoseSampler, VaeCodec
+from . import bridge
+from .flowwarp_nodes import _poses
+
+CATEGORY = "posetransfer/repose"
+MODEL_TYPE = "REPOSE_MODEL"
+FEATURES_TYPE = "REPOSE_FEATURES"
+GUIDANCE_TYPE = "GUIDANCE"
+NO_MODEL = "(none)"
+SCALING_FACTOR = 0.18215
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "unipc")
+MASK_FROM = ("generated", "target", "union")
+ESTIMATOR_EXTS = (".pth", ".pt")
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+_CACHE: dict = {}  # (kind, path stamp, options) -> loaded object; holds the last few
+
+
+def _cached(key, build):
+    if key not in _CACHE:
+        value = build()
+        if len(_CACHE) >= 4:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = value
+    return _CACHE[key]
+
+
+def _stamp(path: str) -> tuple:
+    if os.path.isdir(path):
+        stamps = []
+        for root, _, files in os.walk(path):
+            for f in files:
+                st = os.stat(os.path.join(root, f))
+                stamps.append((os.path.relpath(os.path.join(root, f), path), st.st_mtime_ns, st.st_size))
+        return path, tuple(sorted(stamps))
+    st = os.stat(path)
+    return path, st.st_mtime_ns, st.st_size
+
+
+# ---------------------------------------------------------------------------------------------- objects
+@dataclass
+class RePoseModel:
+    """REPOSE_MODEL: the denoiser and PoseAlign of one saved RePose model."""
+
+    denoiser: RePoseDenoiser
+    pose_align: PoseAlign
+    name: str = ""
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class RePoseFeatures:
+    """REPOSE_FEATURES: PoseAlign's output (``F_S^N`` and the flow, on the CPU) for the working frame ``size``
+    (H, W), with the source images (B, 3, H, W, 0..1) and the target pose canvas (W, H) it was computed for."""
+
+    aligned: object
+    source_images: torch.Tensor
+    size: tuple[int, int]
+    canvas: tuple[int, int]
+    frames: int
+
+
+@dataclass
+class PoseGuidanceFactory:
+    """GUIDANCE: makes a core :class:`~..core.repose.guidance.PoseGuidance` (eq 11-16) around one pose estimator.
+
+    ``make(target_image=None, **overrides)`` returns a fresh guidance object (without a target, a sampler
+    compares with its own target pose image). Usable by any epsilon-prediction latent sampler."""
+
+    estimator: torch.nn.Module
+    scale: float = 1.0
+    threshold: float = 0.1
+    mask_from: str = "generated"
+    name: str = ""
+
+    def make(self, target_image: torch.Tensor | None = None, **overrides) -> PoseGuidance:
+        kwargs = dict(scale=self.scale, threshold=self.threshold, mask_from=self.mask_from)
+        kwargs.update(overrides)
+        return PoseGuidance(self.estimator, target_image, **kwargs)
+
+    __call__ = make
+
+
+def _plain_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` itself, or (when it holds inference-mode tensors, as ComfyUI's loaders make) a copy with plain
+    tensors that autograd can save for backward."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    if not any(t.is_inference() for t in tensors):
+        return module
+    import copy
+
+    with torch.inference_mode(False):
+        clone = copy.deepcopy(module)
+        for p in clone.parameters():
+            p.data = p.data.clone()
+        for mod in clone.modules():
+            for name, b in list(mod._buffers.items()):
+                if b is not None:
+                    mod._buffers[name] = b.clone()
+    return clone
+
+
+class ComfyVaeCodec(VaeCodec):
+    """A ComfyUI VAE as the core's codec: ``encode`` [-1, 1] BCHW -> scaled latents, ``decode`` back.
+
+    Decoding latents that require grad (PoseGuidance) goes through ``vae.first_stage_model.decode`` (a module that
+    autograd can differentiate); everything else through the VAE's own encode / decode."""
+
+    def __init__(self, vae, scaling_factor: float = SCALING_FACTOR):
+        if not (callable(getattr(vae, "encode", None)) and callable(getattr(vae, "decode", None))):
+            raise ValueError(f"vae: expected a ComfyUI VAE (with encode / decode), got {type(vae).__name__}")
+        self.comfy_vae = vae
+        self.vae = None
+        self.scaling_factor = float(scaling_factor)
+        factor = getattr(vae, "downscale_ratio", 8)
+        self.factor = factor if isinstance(factor, int) else 8
+        self._grad_decoder = None
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = ((image.float() + 1) / 2).clamp(0, 1).movedim(1, -1).cpu()
+        latents = torch.as_tensor(self.comfy_vae.encode(pixels))
+        return latents.to(image.device) * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        z = latents / self.scaling_factor
+        if scale != 1.0:
+            z = F.interpolate(z, scale_factor=scale, mode="bilinear", align_corners=False)
+        if latents.requires_grad:
+            fsm = getattr(self.comfy_vae, "first_stage_model", None)
+            if fsm is None or not callable(getattr(fsm, "decode", None)):
+                raise ValueError("guidance: the VAE has no first_stage_model to differentiate through")
+            if self._grad_decoder is None:
+                self._grad_decoder = _plain_copy(fsm)
+            p = next(self._grad_decoder.parameters())
+            out = self._grad_decoder.decode(z.to(p.device, p.dtype))
+            out = getattr(out, "sample", out)
+            return out.to(latents.device, latents.dtype)
+        images = torch.as_tensor(self.comfy_vae.decode(z.float().cpu()))
+        images = images.reshape(-1, *images.shape[-3:])[..., :3]
+        return (images.movedim(-1, 1).float() * 2 - 1).to(latents.device, latents.dtype)
+
+    __call__ = encode
+
+
+# ------------------------------------------------------------------------------------------------ frames
+def _working_size(canvas_w: int, canvas_h: int, resolution: int, factor: int) -> tuple[int, int]:
+    """(H, W): ``resolution`` high (a multiple of ``factor``), the width from the canvas' aspect ratio."""
+    h = max(factor, int(round(resolution / factor)) * factor)
+    w = max(factor, int(round(resolution * canvas_w / canvas_h / factor)) * factor)
+    return h, w
+
+
+def _pose_images(target_pose, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The target skeleton(s) rendered on the working frame: (B, 3, H, W) 0..1 and the canvas (W, H)."""
+    poses = _poses(target_pose, "target_pose")
+    canvas = (poses[0].width, poses[0].height)
+    if any((p.width, p.height) != canvas for p in poses):
+        raise ValueError("target_pose: all frames must share one canvas size")
+    h, w = size
+    images = [render_skeleton(resize(None, p, w, h)[1]) for p in poses]
+    return torch.from_numpy(np.stack(images).astype(np.float32) / 255.0).permute(0, 3, 1, 2), canvas
+
+
+def _to_frame(images, size: tuple[int, int], what: str) -> torch.Tensor:
+    images = torch.as_tensor(images)
+    if images.ndim != 4 or images.shape[-1] < 3:
+        raise ValueError(f"{what}: expected an IMAGE (B, H, W, 3), got {tuple(images.shape)}")
+    x = images[..., :3].float().movedim(-1, 1)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0, 1)
+
+
+def _to_canvas(images: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, H, W) 0..1 -> IMAGE (B, h, w, 3) at the canvas (w, h)."""
+    w, h = canvas
+    x = images.float()
+    if tuple(x.shape[-2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0, 1).movedim(1, -1).contiguous().cpu()
+
+
+def _require_model(repose_model) -> RePoseModel:
+    if not isinstance(repose_model, RePoseModel):
+        raise ValueError(f"repose_model: expected a REPOSE_MODEL from the RePose loader, got "
+                         f"{type(repose_model).__name__}")
+    return repose_model
+
+
+class _OnDevice:
+    """Modules on the compute device during a run, back on the CPU after."""
+
+    def __init__(self, *modules):
+        self.modules = [m for m in modules if m is not None]
+
+    def __enter__(self):
+        device = bridge.get_device()
+        for m in self.modules:
+            m.to(device)
+        return device
+
+    def __exit__(self, *exc):
+        for m in self.modules:
+            m.to("cpu")
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- loader
+def list_repose_models() -> list[str]:
+    """RePose model folders (relative, ``/``-separated; a marker file inside) in the posetransfer model folder."""
+    names = bridge.list_model_files({".json"})
+    return sorted({posixpath.dirname(n) or "." for n in names if posixpath.basename(n) == MARKER})
+
+
+def _resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    return torch.float16 if bridge.get_device().type == "cuda" else torch.float32
+
+
+class PoseTransferRePoseLoader:
+    """Load a RePose model (denoiser + PoseAlign) saved by train_repose."""
+
+    DESCRIPTION = ("Load a RePoseDM model from models/posetransfer: a folder written by 'training/train_repose.py' "
+                   "(its OUT/model folder: denoiser/ + pose_align/ + posetransfer_repose_model.json), copied or "
+                   "linked there. Connect it to RePose PoseAlign and RePose Sampler.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("repose_model",)
+    OUTPUT_TOOLTIPS = ("The RePose denoiser and PoseAlign; connect to RePose PoseAlign and RePose Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (list_repose_models() or [NO_MODEL], {
+                "tooltip": "A RePose model folder in models/posetransfer (the OUT/model folder of a train_repose "
+                           "run)."}),
+            "dtype": (list(DTYPES), {
+                "default": "auto",
+                "tooltip": "Weights' precision. auto: float16 on a CUDA GPU, float32 otherwise."}),
+        }}
+
+    def load(self, model_name, dtype="auto"):
+        if not model_name or model_name == NO_MODEL:
+            raise ValueError("model_name: no RePose model found in the posetransfer model folder; train one with "
+                             "training/train_repose.py, copy its OUT/model folder there and refresh")
+        torch_dtype = _resolve_dtype(dtype)
+        try:
+            marker = bridge.model_file_path(MARKER if model_name == "." else f"{model_name}/{MARKER}")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"RePose model {model_name!r} not found in the posetransfer model folder(s); "
+                                    f"expected a folder with {MARKER}") from None
+        path = os.path.dirname(marker)
+
+        def build():
+            with torch.inference_mode(False):
+                denoiser, pose_align, info = load_repose_model(path, device="cpu", dtype=torch_dtype)
+            return RePoseModel(denoiser, pose_align, model_name, info)
+
+        return (_cached(("model", _stamp(path), str(torch_dtype)), build),)
+
+
+# ------------------------------------------------------------------------------------------- PoseAlign
+class PoseTransferPoseAlign:
+    """RePose PoseAlign: align the source photo's latent features to the target pose (run once per pose)."""
+
+    DESCRIPTION = ("RePoseDM's recurrent pose alignment: warps the source photo towards the target pose in N "
+                   "refinement steps (global, then ever more local attention) and re-encodes it; the aligned "
+                   "features condition RePose Sampler. The preview shows the warped source photo. The target pose "
+                   "is rendered on a frame 'resolution' pixels high (the pose canvas' aspect ratio); the source "
+                   "photo is resized to that frame.")
+    CATEGORY = CATEGORY
+    FUNCTION = "align"
+    RETURN_TYPES = (FEATURES_TYPE, "IMAGE")
+    RETURN_NAMES = ("repose_features", "warped_source")
+    OUTPUT_TOOLTIPS = ("Aligned source features; connect to RePose Sampler's repose_features.",
+                       "The source photo warped to the target pose (preview), at the target pose's canvas size.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "repose_model": (MODEL_TYPE, {"tooltip": "The RePose model (its PoseAlign is used)."}),
+            "vae": ("VAE", {"tooltip": "The VAE the model was trained with (the SD 1.x / 2.x VAE for the paper "
+                                       "setting)."}),
+            "source_image": ("IMAGE", {"tooltip": "The photo of the person (1 image, or one per target pose)."}),
+            "target_pose": ("POSE_KEYPOINT", {"tooltip": "The pose(s) to move the person into; one result per "
+                                                         "frame."}),
+            "resolution": ("INT", {"default": 256, "min": 16, "max": 2048, "step": 8,
+                                   "tooltip": "Height of the working frame in pixels (rounded to the VAE factor); "
+                                              "use the resolution the model was trained at (e.g. 256 for "
+                                              "256x176 DeepFashion)."}),
+            "iterations": ("INT", {"default": 0, "min": 0, "max": 20,
+                                   "tooltip": "Recurrent refinement steps N; 0 uses the model's own (paper: 5)."}),
+        }}
+
+    def align(self, repose_model, vae, source_image, target_pose, resolution=256, iterations=0):
+        model = _require_model(repose_model)
+        codec = ComfyVaeCodec(vae)
+        poses = _poses(target_pose, "target_pose")
+        size = _working_size(poses[0].width, poses[0].height, int(resolution), codec.factor)
+        pose_images, canvas = _pose_images(target_pose, size)
+        source = _to_frame(source_image, size, "source_image")
+        b = pose_images.shape[0]
+        if source.shape[0] not in (1, b):
+            raise ValueError(f"source_image: expected 1 image or one per target pose frame ({b}), got "
+                             f"{source.shape[0]}")
+        source = source.expand(b, -1, -1, -1)
+        bridge.check_interrupt()
+        pa = model.pose_align
+        with _OnDevice(pa) as device, torch.no_grad():
+            dtype = next(pa.parameters()).dtype
+            pose_latents = codec.encode(pose_images.to(device) * 2 - 1).to(dtype)
+            out = pa((source.to(device) * 2 - 1).to(dtype), pose_latents, lambda x: codec.encode(x).to(dtype),
+                     num_iterations=int(iterations) or None)
+        aligned = type(out)(features=out.features.float().cpu(), flow=out.flow.float().cpu(),
+                            image_flow=out.image_flow.float().cpu(), warped_image=out.warped_image.float().cpu())
+        preview = _to_canvas((aligned.warped_image + 1) / 2, canvas)
+        return (RePoseFeatures(aligned, source.cpu(), size, canvas, b), preview)
+
+
+# -------------------------------------------------------------------------------------------- guidance
+def list_estimators() -> list[str]:
+    return bridge.list_model_files(set(ESTIMATOR_EXTS))
+
+
+def _load_estimator(path: str):
+    """HigherHRNet from an official checkpoint: W32, else W48; a ``<name>.json`` beside it gives another
+    HigherHRNet config (keyword arguments of HigherHRNet)."""
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if os.path.isfile(sidecar):
+        with open(sidecar, encoding="utf-8") as f:
+            config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()}
+        return load_higher_hrnet(path, config)
+    try:
+        return load_higher_hrnet(path, HIGHER_HRNET_W32_CONFIG)
+    except ValueError as first:
+        try:
+            return load_higher_hrnet(path, HIGHER_HRNET_W48_CONFIG)
+        except ValueError:
+            raise first from None
+
+
+class PoseTransferPoseGuidance:
+    """RePose PoseGuidance: a pose estimator that steers sampling towards the target pose (eq 11-16)."""
+
+    DESCRIPTION = ("Pose gradient guidance (RePoseDM eq 11-16): at every step the current clean-image estimate is "
+                   "decoded, a HigherHRNet pose estimator compares it with the target pose, and the gradient of "
+                   "that pose error steers the noise prediction. Load the official HigherHRNet checkpoint "
+                   "(pose_higher_hrnet_w32_512.pth, or W48) from models/posetransfer. Costs one VAE decode and one "
+                   "estimator pass (forward and backward) per step.")
+    CATEGORY = CATEGORY
+    FUNCTION = "make"
+    RETURN_TYPES = (GUIDANCE_TYPE,)
+    RETURN_NAMES = ("guidance",)
+    OUTPUT_TOOLTIPS = ("The pose guidance; connect to RePose Sampler's guidance input.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "estimator_name": (list_estimators() or [NO_MODEL], {
+                "tooltip": "A HigherHRNet checkpoint (.pth) in models/posetransfer (W32 or W48; a NAME.json beside "
+                           "it may give another HigherHRNet config)."}),
+            "scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                                "tooltip": "eta: strength of the guidance (1 = the paper's eq 15; 0 turns it "
+                                           "off)."}),
+            "threshold": ("FLOAT", {"default": 0.1, "min": -1.0, "max": 10.0, "step": 0.01,
+                                    "tooltip": "Joint-heatmap threshold of the weight W_h: only where the summed "
+                                               "heatmaps exceed it is the pose compared (paper: 0.1)."}),
+            "mask_from": (list(MASK_FROM), {
+                "default": "generated",
+                "tooltip": "Whose heatmaps make W_h: the generated image's (paper), the target's, or both."}),
+        }}
+
+    def make(self, estimator_name, scale=1.0, threshold=0.1, mask_from="generated"):
+        if not estimator_name or estimator_name == NO_MODEL:
+            raise ValueError("estimator_name: no pose estimator (.pth) in the posetransfer model folder; put the "
+                             "HigherHRNet checkpoint there and refresh")
+        if mask_from not in MASK_FROM:
+            raise ValueError(f"mask_from: expected one of {MASK_FROM}, got {mask_from!r}")
+        path = bridge.model_file_path(estimator_name)
+
+        def build():
+            with torch.inference_mode(False):
+                return _load_estimator(path)
+
+        estimator = _cached(("estimator", _stamp(path)), build)
+        factory = PoseGuidanceFactory(estimator, float(scale), float(threshold), mask_from, estimator_name)
+        factory.make()  # validates the settings now rather than at sampling time
+        return (factory,)
+
+
+# --------------------------------------------------------------------------------------------- sampler
+def make_scheduler(name: str):
+    """A diffusers scheduler with RePose's training noise schedule (T = 1000, linear); ``ddpm`` uses the learned
+    variance."""
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                           UniPCMultistepScheduler)
+
+    base = repose_noise_scheduler()
+    if name == "ddpm":
+        return base
+    classes = {"ddim": DDIMScheduler, "dpmpp_2m": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
+               "unipc": UniPCMultistepScheduler}
+    if name not in classes:
+        raise ValueError(f"scheduler: expected one of {SCHEDULERS}, got {name!r}")
+    config = {k: v for k, v in dict(base.config).items() if k != "variance_type"}
+    return classes[name].from_config(config)
+
+
+class PoseTransferRePoseSampler:
+    """RePose Sampler: generate the person in the target pose from the aligned features."""
+
+    DESCRIPTION = ("RePoseDM sampling: denoises from noise, conditioned on the target pose (encoded skeleton) and "
+                   "the aligned source features of RePose PoseAlign, with classifier-free guidance w_c (eq 16) and "
+                   "optional pose gradient guidance. Output at the target pose's canvas size.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The generated person in the target pose(s), at the target pose's canvas size.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "repose_model": (MODEL_TYPE, {"tooltip": "The RePose model (the same one PoseAlign used)."}),
+            "repose_features": (FEATURES_TYPE, {"tooltip": "The RePose PoseAlign output for this target pose."}),
+            "vae": ("VAE", {"tooltip": "The VAE the model was trained with (the same one PoseAlign used)."}),
+            "target_pose": ("POSE_KEYPOINT", {"tooltip": "The target pose(s), as given to PoseAlign."}),
+            "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED,
+                             "tooltip": "Random seed (a CPU generator: the same seed gives the same result "
+                                        "anywhere)."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
+                              "tooltip": "Denoising steps (DDPM with learned variance needs more than DDIM / "
+                                         "DPM++ / UniPC)."}),
+            "w_c": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "Classifier-free guidance scale w_c of eq 16 (1 turns it off)."}),
+            "scheduler": (list(SCHEDULERS), {
+                "default": "ddpm",
+                "tooltip": "ddpm: ancestral with the learned variance (as trained). ddim / dpmpp_2m / euler / "
+                           "unipc: faster samplers on the same noise schedule."}),
+        }, "optional": {
+            "guidance": (GUIDANCE_TYPE, {"tooltip": "Optional pose gradient guidance (RePose PoseGuidance)."}),
+        }}
+
+    def sample(self, repose_model, repose_features, vae, target_pose, seed=42, steps=50, w_c=2.0, scheduler="ddpm",
+               guidance=None):
+        model = _require_model(repose_model)
+        if not isinstance(repose_features, RePoseFeatures):
+            raise ValueError(f"repose_features: expected REPOSE_FEATURES from RePose PoseAlign, got "
+                             f"{type(repose_features).__name__}")
+        if guidance is not None and not isinstance(guidance, PoseGuidanceFactory):
+            raise ValueError(f"guidance: expected GUIDANCE from RePose PoseGuidance, got {type(guidance).__name__}")
+        feats = repose_features
+        codec = ComfyVaeCodec(vae)
+        pose_images, canvas = _pose_images(target_pose, feats.size)
+        if pose_images.shape[0] != feats.frames:
+            raise ValueError(f"target_pose: {pose_images.shape[0]} frame(s), but repose_features were computed for "
+                             f"{feats.frames}; connect the same target_pose to PoseAlign and the sampler")
+        latent_grid = (feats.size[0] // codec.factor, feats.size[1] // codec.factor)
+        if tuple(feats.aligned.features.shape[-2:]) != latent_grid:
+            raise ValueError("repose_features: computed with another VAE (latent grid mismatch)")
+        bar = bridge.ProgressBar(int(steps))
+
+        def callback(info):
+            bar.update(1)
+            bridge.check_interrupt()
+
+        bridge.check_interrupt()
+        with torch.inference_mode(False), _OnDevice(model.denoiser) as device:
+            pose_guidance = None
+            if guidance is not None and guidance.scale != 0:
+                guidance.estimator.to(device)
+                pose_guidance = guidance.make()
+            sampler = RePoseSampler(model.denoiser, None, codec, make_scheduler(scheduler))
+            out = sampler(feats.source_images.clone(), pose_images, num_inference_steps=int(steps),
+                          guidance_scale=float(w_c), pose_guidance=pose_guidance, seed=int(seed),
+                          callback=callback, aligned=_clone_aligned(feats.aligned))
+            if guidance is not None:
+                guidance.estimator.to("cpu")
+        return (_to_canvas(out.images, canvas),)
+
+
+def _clone_aligned(aligned):
+    return type(aligned)(features=aligned.features.clone(), flow=aligned.flow.clone(),
+                         image_flow=aligned.image_flow.clone(), warped_image=aligned.warped_image.clone())
+
+
+NODE_CLASS_MAPPINGS = {
+    "PoseTransferRePoseLoader": PoseTransferRePoseLoader,
+    "PoseTransferPoseAlign": PoseTransferPoseAlign,
+    "PoseTransferPoseGuidance": PoseTransferPoseGuidance,
+    "PoseTransferRePoseSampler": PoseTransferRePoseSampler,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PoseTransferRePoseLoader": "Load RePose Model (posetransfer)",
+    "PoseTransferPoseAlign": "RePose PoseAlign (posetransfer)",
+    "PoseTransferPoseGuidance": "RePose PoseGuidance (posetransfer)",
+    "PoseTransferRePoseSampler": "RePose Sampler (posetransfer)",
+}

@@ -1,0 +1,199 @@
+"""RePose nodes end to end on tiny models (loader -> PoseAlign -> PoseGuidance -> sampler), the RePose model
+files, and training/train_repose.py: a short CPU run lowers the loss and a resumed run continues exactly."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import comfy_doubles
+from comfy_doubles import SAMPLES
+from posetransfer.core.repose import TINY_POSE_ALIGN_CONFIG, TINY_UNET_CONFIG, PoseAlign, PoseGuidance, RePoseDenoiser
+from posetransfer.core.repose.model_files import MARKER, is_repose_model, load_repose_model, save_repose_model
+from posetransfer.nodes import bridge, repose_nodes
+from posetransfer.training import train_repose
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return comfy_doubles.prepare_repose_files(tmp_path_factory.mktemp("repose_models"))
+
+
+@pytest.fixture
+def comfy_free(models_dir, monkeypatch):
+    for name in ("comfy", "comfy.model_management", "comfy.utils", "folder_paths"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setenv("POSETRANSFER_MODELS_DIR", str(models_dir))
+    repose_nodes._CACHE.clear()
+    yield models_dir
+    bridge.set_interrupt_callback(None)
+
+
+def target_pose(name="jumper.pose.json"):
+    return json.loads((SAMPLES / name).read_text())
+
+
+def source_image():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, 48, 40, 3, generator=g)
+
+
+def align_and_sample(vae, guidance=None, seed=1, scheduler="ddpm", steps=2):
+    (model,) = repose_nodes.PoseTransferRePoseLoader().load(comfy_doubles.REPOSE_MODEL_DIR)
+    feats, preview = repose_nodes.PoseTransferPoseAlign().align(model, vae, source_image(), target_pose(),
+                                                                resolution=32)
+    (image,) = repose_nodes.PoseTransferRePoseSampler().sample(model, feats, vae, target_pose(), seed=seed,
+                                                               steps=steps, w_c=2.0, scheduler=scheduler,
+                                                               guidance=guidance)
+    return feats, preview, image
+
+
+def test_nodes_end_to_end(comfy_free, monkeypatch):
+    vae = comfy_doubles.TinyVAE()
+    assert comfy_doubles.REPOSE_MODEL_DIR in repose_nodes.PoseTransferRePoseLoader.INPUT_TYPES()["required"][
+        "model_name"][0]
+    bars = []
+
+    class Bar(bridge.ProgressBar):
+        def __init__(self, total):
+            super().__init__(total)
+            bars.append(self)
+
+    monkeypatch.setattr(repose_nodes.bridge, "ProgressBar", Bar)
+    feats, preview, image = align_and_sample(vae)
+    pose = repose_nodes._poses(target_pose(), "target_pose")[0]
+    canvas = (pose.height, pose.width)
+    assert preview.shape == (1, *canvas, 3) and image.shape == (1, *canvas, 3)
+    for x in (preview, image):
+        assert x.dtype == torch.float32 and torch.isfinite(x).all() and 0 <= x.min() and x.max() <= 1
+    assert feats.aligned.features.shape == (1, 4, 4, 4) and feats.size == (32, 32)
+    assert [(b.current, b.total) for b in bars] == [(2, 2)]
+    # Seeds: reproducible, and another seed differs.
+    assert torch.equal(align_and_sample(vae)[2], image)
+    assert not torch.allclose(align_and_sample(vae, seed=2)[2], image)
+    # The other schedulers run.
+    for name in ("ddim", "dpmpp_2m", "euler", "unipc"):
+        out = align_and_sample(vae, scheduler=name)[2]
+        assert out.shape == image.shape and torch.isfinite(out).all()
+
+
+def test_guidance_node_steers_and_is_a_pose_guidance_factory(comfy_free):
+    vae = comfy_doubles.TinyVAE()
+    names = repose_nodes.PoseTransferPoseGuidance.INPUT_TYPES()["required"]["estimator_name"][0]
+    assert comfy_doubles.HRNET_FILE in names
+    (guidance,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=50.0,
+                                                              threshold=-1.0)
+    made = guidance.make(torch.rand(1, 3, 32, 32))
+    assert isinstance(made, PoseGuidance) and made.has_target and made.scale == 50.0 and made.threshold == -1.0
+    plain = align_and_sample(vae)[2]
+    guided = align_and_sample(vae, guidance=guidance)[2]
+    assert guided.shape == plain.shape and torch.isfinite(guided).all()
+    assert (guided - plain).abs().max() > 1e-4
+    (off,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=0.0)
+    assert torch.equal(align_and_sample(vae, guidance=off)[2], plain)
+    with pytest.raises(ValueError, match="mask_from"):
+        repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, mask_from="nowhere")
+    with pytest.raises(ValueError, match="estimator_name"):
+        repose_nodes.PoseTransferPoseGuidance().make(repose_nodes.NO_MODEL)
+
+
+def test_interrupt_and_bad_inputs(comfy_free):
+    vae = comfy_doubles.TinyVAE()
+    (model,) = repose_nodes.PoseTransferRePoseLoader().load(comfy_doubles.REPOSE_MODEL_DIR)
+    feats, _ = repose_nodes.PoseTransferPoseAlign().align(model, vae, source_image(), target_pose(), resolution=32)
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("interrupted by the user")
+
+    bridge.set_interrupt_callback(interrupt)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        repose_nodes.PoseTransferRePoseSampler().sample(model, feats, vae, target_pose(), steps=5)
+    assert len(calls) == 3                                                 # stopped after the second step
+    bridge.set_interrupt_callback(None)
+    with pytest.raises(ValueError, match="model_name"):
+        repose_nodes.PoseTransferRePoseLoader().load(repose_nodes.NO_MODEL)
+    with pytest.raises(ValueError, match="repose_features"):
+        repose_nodes.PoseTransferRePoseSampler().sample(model, "nope", vae, target_pose())
+    with pytest.raises(ValueError, match="frame"):
+        repose_nodes.PoseTransferRePoseSampler().sample(model, feats, vae, [target_pose()] * 2, steps=1)
+    with pytest.raises(ValueError, match="source_image"):
+        repose_nodes.PoseTransferPoseAlign().align(model, vae, torch.rand(3, 8, 8, 3), [target_pose()] * 2,
+                                                   resolution=32)
+
+
+def test_model_files_round_trip(tmp_path):
+    torch.manual_seed(0)
+    den, pa = RePoseDenoiser(unet_config=TINY_UNET_CONFIG), PoseAlign(**TINY_POSE_ALIGN_CONFIG)
+    save_repose_model(tmp_path / "run" / "model", den, pa, {"step": 7})
+    assert (tmp_path / "run" / "model" / MARKER).is_file()
+    for path in (tmp_path / "run" / "model", tmp_path / "run", tmp_path / "run" / "model" / MARKER):
+        assert is_repose_model(path)
+    den2, pa2, info = load_repose_model(tmp_path / "run")
+    assert info["step"] == 7 and info["kind"] == "repose" and not den2.training
+    for a, b in ((den, den2), (pa, pa2)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not is_repose_model(tmp_path)
+    (tmp_path / "run" / "model" / MARKER).write_text(json.dumps({"kind": "flow"}))
+    with pytest.raises(ValueError, match="not a RePose model"):
+        load_repose_model(tmp_path / "run")
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+@pytest.fixture(scope="module")
+def gfla(tmp_path_factory):
+    from test_train_flow import make_gfla
+
+    root = tmp_path_factory.mktemp("repose_deepfashion")
+    make_gfla(root, people=2, views=2, seed=1)                            # 4 pairs: one batch of 4
+    return root
+
+
+def args_for(root, out, steps, *extra):
+    return ["--model-config", "tiny", "--vae", "tiny", "--data", str(root), "--dataset", "deepfashion",
+            "--resolution", "16x12", "--output-dir", str(out), "--max-steps", str(steps), "--batch-size", "4",
+            "--lr", "1e-3", "--seed", "0", "--cpu", "--log-every", "1000", *extra]
+
+
+def test_training_lowers_the_loss_and_resume_continues(gfla, tmp_path):
+    straight = train_repose.train(train_repose.parse_args(args_for(gfla, tmp_path / "a", 20, "--checkpoint-every",
+                                                                   "10")))
+    print("probe", straight["probe"])
+    assert straight["step"] == 20 and len(straight["history"]) == 20
+    assert straight["probe"][20] < 0.9 * straight["probe"][0]
+    assert load_repose_model(straight["model_dir"])[2]["step"] == 20
+    assert (tmp_path / "a" / "checkpoints" / "checkpoint-10" / "model" / MARKER).is_file()
+    # Resume: 10 steps, then on to 20 from the saved step; the steps 11..20 match the straight run.
+    first = train_repose.train(train_repose.parse_args(args_for(gfla, tmp_path / "b", 10, "--checkpoint-every",
+                                                                "10")))
+    assert first["step"] == 10
+    resumed = train_repose.train(train_repose.parse_args(args_for(gfla, tmp_path / "b", 20, "--checkpoint-every",
+                                                                  "10", "--resume", "latest")))
+    assert [r["step"] for r in resumed["history"]] == list(range(11, 21))
+    for a, b in zip(straight["history"][10:], resumed["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+    log = [json.loads(line) for line in (tmp_path / "b" / train_repose.LOG_JSONL).read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 21))
+
+
+def test_training_with_pose_guidance_and_errors(gfla, tmp_path, capsys):
+    result = train_repose.train(train_repose.parse_args(args_for(gfla, tmp_path / "g", 2, "--pose-guidance",
+                                                                 "tiny", "--checkpoint-every", "0")))
+    assert result["step"] == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result["history"])
+    assert train_repose.main(args_for(gfla, tmp_path / "e", 1, "--resolution", "15x12")) == 2
+    assert "multiples" in capsys.readouterr().err

@@ -1,0 +1,483 @@
+"""Train RePoseDM (denoiser + PoseAlign, end to end; the VAE frozen) on accelerate.
+
+    python -m posetransfer.training.train_repose --data DEEPFASHION --vae PATH/sd-vae-ft-mse --output-dir OUT
+    accelerate launch --multi_gpu --num_processes 4 -m posetransfer.training.train_repose ...
+
+Data: the layouts of :mod:`.datasets`: DeepFashion / Market-1501 in the GFLA/PIDM layout (``--dataset deepfashion``
+or ``market``: the pairs CSV, the target is the real photo of the target pose) or ``--dataset folder`` (photos +
+OpenPose JSON, self-supervised pairs). Images are fitted to ``--resolution HxW``; the target pose is rendered there
+as the OpenPose skeleton (as the RePose nodes render it at inference) and encoded by the VAE (``F_T``).
+
+Objective (supplement section 8): eq 4's hybrid loss (``L_mse + L_vlb``, learned variance), T = 1000 linear,
+classifier-free null condition for ``--cond-drop-prob`` (10%) of the examples, AdamW 1e-4, EMA 0.9999;
+``--pose-guidance PATH`` adds eq 15 at training time with a HigherHRNet checkpoint (``tiny``: a random tiny
+estimator, for smoke runs).
+
+Output folder ``OUT``:
+
+* ``checkpoints/checkpoint-N/``: accelerate state (models, optimiser, EMA, step, RNG) + ``train_config.json`` +
+  ``model/`` (the EMA weights, loadable) every ``--checkpoint-every`` steps and at the end;
+  ``--resume latest|PATH`` continues from one (same data order, same random draws per step).
+* ``model/``: the final EMA weights as a RePose model folder (:mod:`..core.repose.model_files`; copy it into
+  ``ComfyUI/models/posetransfer/`` for the RePose loader node).
+* ``train_log.jsonl``: one record per step (loss, mse, vlb, lr, time) and ``probe`` records: the loss on the first
+  batch at fixed timesteps and noise (a low-variance progress measure) at the start and at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .datasets import InputSpec
+
+PROG = "train_repose"
+CHECKPOINTS = "checkpoints"
+MODEL_DIR = "model"
+LOG_JSONL = "train_log.jsonl"
+KIND = "repose"
+
+__all__ = ["RePoseInputSpec", "build_arg_parser", "parse_args", "train", "main", "LOG_JSONL", "CHECKPOINTS",
+           "MODEL_DIR"]
+
+
+class RePoseInputSpec(InputSpec):
+    """The datasets' frame fitting, with examples made of what RePose trains on: ``source_image``,
+    ``target_image`` (C, H, W in 0..1) and ``target_pose_image`` (the rendered OpenPose skeleton, 0..1)."""
+
+    def example(self, source_image, source_pose, target_image, target_pose):
+        from ..core.render import render_skeleton
+
+        def chw(a):
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[:3].contiguous()
+
+        skeleton = render_skeleton(target_pose).astype(np.float32) / 255.0
+        return {"source_image": chw(source_image), "target_image": chw(target_image),
+                "target_pose_image": chw(skeleton)}
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x176, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive HxW, got {text!r}")
+    return h, w
+
+
+def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Train RePoseDM (PoseAlign + denoiser) on accelerate.")
+    g = p.add_argument_group("model")
+    g.add_argument("--model-config", default="paper", choices=("paper", "tiny"),
+                   help="denoiser UNet + PoseAlign sizes: paper (SD-1.x widths, N = 5) or tiny (smoke tests)")
+    g.add_argument("--init", metavar="MODEL", default=None, help="start from a saved RePose model folder")
+    g.add_argument("--vae", required=True, metavar="PATH|tiny",
+                   help="the frozen VAE: a diffusers AutoencoderKL folder (e.g. stabilityai/sd-vae-ft-mse saved "
+                        "locally) or 'tiny' (random, smoke tests)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DIR", required=True, help="dataset folder (GFLA/PIDM layout or photos)")
+    g.add_argument("--dataset", default="deepfashion", choices=("deepfashion", "market", "folder"))
+    g.add_argument("--split", default="train")
+    g.add_argument("--annotations", metavar="CSV")
+    g.add_argument("--pairs", metavar="CSV")
+    g.add_argument("--images", metavar="DIR")
+    g.add_argument("--openpose-dir", metavar="DIR", help="folder mode: OpenPose JSON folder (default: --data)")
+    g.add_argument("--pair-modes", default="affine,parts", help="folder mode: self-supervised pair kinds")
+    g.add_argument("--resolution", type=_size, default=(256, 176), metavar="HxW",
+                   help="training frame (multiples of the VAE factor x 2; default 256x176)")
+    g.add_argument("--fit", default="stretch", choices=("stretch", "contain"), help="how photos fit the frame")
+    g.add_argument("--num-workers", type=int, default=0)
+    g = p.add_argument_group("training")
+    g.add_argument("--output-dir", required=True, metavar="OUT")
+    g.add_argument("--max-steps", type=int, default=100000)
+    g.add_argument("--batch-size", type=int, default=4, help="per process")
+    g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
+    g.add_argument("--cond-drop-prob", type=float, default=0.1, help="classifier-free null condition rate (0.1)")
+    g.add_argument("--vlb-weight", type=float, default=0.001, help="lambda of eq 4 (0.001)")
+    g.add_argument("--ema-decay", type=float, default=0.9999)
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="0: no clipping")
+    g.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
+    g.add_argument("--cpu", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint-every", type=int, default=5000, metavar="N", help="0: only at the end")
+    g.add_argument("--checkpoints-total-limit", type=int, default=None, metavar="K")
+    g.add_argument("--resume", metavar="latest|PATH", default=None)
+    g.add_argument("--log-every", type=int, default=50, metavar="N", help="console lines every N steps")
+    g = p.add_argument_group("pose guidance at training time (eq 15)")
+    g.add_argument("--pose-guidance", metavar="PATH|tiny", default=None,
+                   help="HigherHRNet checkpoint (.pth; W32 or W48) for eq 15 in the training loss")
+    g.add_argument("--guidance-scale", type=float, default=1.0, help="eta of eq 15 (1.0)")
+    g.add_argument("--guidance-threshold", type=float, default=0.1, help="W_h threshold (0.1)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_arg_parser().parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+def _build_models(args, model_config: dict | None):
+    from ..core.repose import (PAPER_POSE_ALIGN_CONFIG, PAPER_UNET_CONFIG, TINY_POSE_ALIGN_CONFIG,
+                               TINY_UNET_CONFIG, PoseAlign, RePoseDenoiser)
+
+    if model_config is None:
+        if args.init is not None:
+            from ..core.repose.model_files import load_repose_model
+
+            den, pa, _ = load_repose_model(args.init)
+            den.requires_grad_(True)
+            pa.requires_grad_(True)
+            return den.train(), pa.train()
+        tiny = args.model_config == "tiny"
+        model_config = {"denoiser": {"unet_config": TINY_UNET_CONFIG if tiny else PAPER_UNET_CONFIG},
+                        "pose_align": dict(TINY_POSE_ALIGN_CONFIG if tiny else PAPER_POSE_ALIGN_CONFIG)}
+    den = RePoseDenoiser(**model_config["denoiser"])
+    pa = PoseAlign(**model_config["pose_align"])
+    return den.train(), pa.train()
+
+
+def _module_config(module) -> dict:
+    return {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
+
+
+def _load_vae(spec: str):
+    from diffusers import AutoencoderKL
+
+    if spec == "tiny":
+        from ..core.repose import TINY_VAE_CONFIG
+
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return AutoencoderKL(**TINY_VAE_CONFIG)
+    path = Path(spec)
+    if path.is_dir():
+        sub = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        return AutoencoderKL.from_pretrained(sub)
+    if path.is_file():
+        return AutoencoderKL.from_single_file(str(path))
+    raise FileNotFoundError(f"--vae: {spec} is neither a diffusers AutoencoderKL folder nor a file")
+
+
+def _load_guidance(args):
+    from ..core.repose import PoseGuidance, TinyPoseEstimator, load_higher_hrnet
+
+    if args.pose_guidance is None:
+        return None
+    if args.pose_guidance == "tiny":
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            estimator = TinyPoseEstimator()
+    else:
+        estimator = load_higher_hrnet(args.pose_guidance)
+    estimator.requires_grad_(False)
+    return PoseGuidance(estimator, scale=args.guidance_scale, threshold=args.guidance_threshold)
+
+
+def _make_dataset(args, spec):
+    from .datasets import GFLAPairs, SelfSupervisedPairs
+
+    if args.dataset == "folder":
+        modes = [m.strip() for m in args.pair_modes.split(",") if m.strip()]
+        return SelfSupervisedPairs(args.data, spec, args.openpose_dir, modes=modes, seed=args.seed)
+    return GFLAPairs(args.data, spec, args.dataset, args.split, args.annotations, args.pairs, args.images)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        return int(path.name.split("-", 1)[1]) if path.name.startswith("checkpoint-") else None
+    except ValueError:
+        return None
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    root = out / CHECKPOINTS
+    found = [p for p in root.iterdir() if p.is_dir() and _checkpoint_step(p) is not None] if root.is_dir() else []
+    return sorted(found, key=_checkpoint_step)
+
+
+def _resolve_resume(args, out: Path) -> Path | None:
+    if args.resume is None:
+        return None
+    if args.resume == "latest":
+        found = _checkpoints(out)
+        return found[-1] if found else None
+    path = Path(args.resume)
+    if not (path / "train_config.json").is_file():
+        raise FileNotFoundError(f"--resume: {path} is not a train_repose checkpoint (no train_config.json)")
+    return path
+
+
+class TrainState:
+    """The step counter, saved with the accelerate state."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"kind": KIND, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != KIND:
+            raise ValueError(f"--resume: not a RePose checkpoint ({state.get('kind')!r})")
+        self.step = int(state["step"])
+
+
+class _EpochSampler(torch.utils.data.Sampler):
+    """A seeded permutation per epoch (``set_epoch``), so a resumed run replays the same order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+# ------------------------------------------------------------------------------------------------ training
+def train(args: argparse.Namespace) -> dict:
+    """Run (or resume) one training; returns ``{"step", "history", "probe", "output_dir", "model_dir"}``."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if args.batch_size < 1 or args.max_steps < 0:
+        raise ValueError("--batch-size must be >= 1 and --max-steps >= 0")
+    if not 0 <= args.cond_drop_prob <= 1:
+        raise ValueError(f"--cond-drop-prob: expected 0..1, got {args.cond_drop_prob}")
+    out = Path(args.output_dir)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu,
+                              project_config=ProjectConfiguration(project_dir=str(out)))
+    try:
+        return _train(args, accelerator, out)
+    finally:
+        accelerator.end_training()
+        if accelerator.num_processes == 1:  # let a later in-process run build its own Accelerator
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+
+
+def _train(args, accelerator, out: Path) -> dict:
+    from accelerate.utils import set_seed
+
+    from ..core.repose import RePoseTrainConfig, VaeCodec, make_ema, make_optimizer, repose_noise_scheduler
+    from ..core.repose import training_step
+    from ..core.repose.model_files import save_repose_model
+
+    resume = _resolve_resume(args, out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+    saved_config = None
+    if resume is not None:
+        saved_config = json.loads((resume / "train_config.json").read_text(encoding="utf-8"))["model_config"]
+    denoiser, pose_align = _build_models(args, saved_config)
+    model_config = {"denoiser": _module_config(denoiser), "pose_align": _module_config(pose_align)}
+    device = accelerator.device
+    codec = VaeCodec(_load_vae(args.vae).to(device))
+    h, w = args.resolution
+    if h % (2 * codec.factor) or w % (2 * codec.factor):
+        raise ValueError(f"--resolution {h}x{w}: both sides must be multiples of {2 * codec.factor} (the VAE "
+                         f"factor x 2, for the UNet's downsampling)")
+    guidance = _load_guidance(args)
+    if guidance is not None:
+        guidance.estimator.to(device)
+
+    dataset = _make_dataset(args, RePoseInputSpec((h, w), args.fit))
+    if len(dataset) < args.batch_size:
+        raise ValueError(f"--batch-size {args.batch_size}: the dataset has only {len(dataset)} example(s)")
+    sampler = _EpochSampler(len(dataset), args.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                                         num_workers=args.num_workers)
+    config = RePoseTrainConfig(learning_rate=args.lr, cond_drop_prob=args.cond_drop_prob,
+                               vlb_weight=args.vlb_weight, ema_decay=args.ema_decay,
+                               max_grad_norm=args.max_grad_norm or None)
+    optimizer = make_optimizer([denoiser, pose_align], config)
+    den_p, pa_p, optimizer = accelerator.prepare(denoiser, pose_align, optimizer)
+    raw_den, raw_pa = accelerator.unwrap_model(den_p), accelerator.unwrap_model(pa_p)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    ema = make_ema([raw_den, raw_pa], config.ema_decay)
+    ema.to(device)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    accelerator.register_for_checkpointing(ema)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        if accelerator.is_main_process:
+            print(f"[{PROG}] resumed from {resume} at step {state.step}", flush=True)
+    scheduler = repose_noise_scheduler()
+    per_epoch = len(loader)
+
+    def to_batch(raw: dict) -> dict:
+        with torch.no_grad():
+            src = raw["source_image"].to(device) * 2 - 1
+            tgt = raw["target_image"].to(device) * 2 - 1
+            pose = raw["target_pose_image"].to(device)
+            batch = {"target_latents": codec.encode(tgt), "pose_latents": codec.encode(pose * 2 - 1),
+                     "source_image": src, "target_pose_image": pose}
+        return batch
+
+    def encode(x):
+        return codec.encode(x)
+
+    def step_loss(batch, generator=None, **fixed) -> dict:
+        with accelerator.autocast():
+            return training_step(den_p, batch, scheduler=scheduler, optimizer=fixed.pop("optimizer", None),
+                                 pose_align=pa_p, encode=encode, ema=fixed.pop("ema", None), config=config,
+                                 generator=generator, pose_guidance=guidance, decode=codec.decode, **fixed)
+
+    def batches(consumed: int):
+        epoch, offset = divmod(consumed, per_epoch)
+        while True:
+            sampler.set_epoch(epoch)
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            for i, raw in enumerate(loader):
+                if i >= offset:
+                    yield raw
+            epoch, offset = epoch + 1, 0
+
+    # The probe: the first batch of epoch 0 at fixed timesteps / noise, no null condition.
+    sampler.set_epoch(0)
+    probe_batch = to_batch(next(iter(loader)))
+    pg = torch.Generator().manual_seed(args.seed + 12345)
+    bsz = probe_batch["target_latents"].shape[0]
+    probe_t = torch.linspace(20, 980, bsz).long().to(device)
+    probe_noise = torch.randn(probe_batch["target_latents"].shape, generator=pg).to(device)
+
+    def probe() -> float:
+        den_p.eval()
+        pa_p.eval()
+        with torch.no_grad():
+            value = step_loss(probe_batch, timesteps=probe_t, noise=probe_noise,
+                              drop=torch.zeros(bsz, dtype=torch.bool, device=device))["loss"]
+        den_p.train()
+        pa_p.train()
+        return value
+
+    def log(record: dict) -> None:
+        if accelerator.is_main_process:
+            with open(out / LOG_JSONL, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def truncate_log(step: int) -> None:
+        path = out / LOG_JSONL
+        if not accelerator.is_main_process or not path.is_file():
+            return
+        keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+    def export(folder: Path) -> None:
+        if not accelerator.is_main_process:
+            return
+        ema.store(params)
+        ema.copy_to(params)
+        try:
+            save_repose_model(folder, raw_den, raw_pa, {"step": state.step, "ema": True,
+                                                        "resolution": [h, w], "dataset": args.dataset})
+        finally:
+            ema.restore(params)
+
+    probes = {}
+
+    def save_checkpoint() -> Path:
+        path = out / CHECKPOINTS / f"checkpoint-{state.step}"
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(path))
+        value = probe()
+        probes[state.step] = value
+        if accelerator.is_main_process:
+            (path / "train_config.json").write_text(json.dumps(
+                {"kind": KIND, "step": state.step, "model_config": model_config,
+                 "args": {k: v for k, v in vars(args).items() if k != "func"}}, indent=2, default=str) + "\n",
+                encoding="utf-8")
+            export(path / MODEL_DIR)
+            log({"step": state.step, "probe_loss": value})
+            limit = args.checkpoints_total_limit
+            if limit is not None and limit > 0:
+                for old in _checkpoints(out)[:-limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return path
+
+    truncate_log(state.step)
+    if state.step == 0:
+        probes[0] = probe()
+        log({"step": 0, "probe_loss": probes[0]})
+    if accelerator.is_main_process:
+        print(f"[{PROG}] {len(dataset)} examples, {accelerator.num_processes} process(es) on {device.type}, "
+              f"{h}x{w}, batch {args.batch_size}, guidance {'on' if guidance is not None else 'off'}", flush=True)
+    stream = batches(state.step)
+    history = []
+    t0 = time.perf_counter()
+    while state.step < args.max_steps:
+        batch = to_batch(next(stream))
+        gen = torch.Generator().manual_seed((args.seed * 1_000_003 + state.step) * 64 + accelerator.process_index)
+        logs = step_loss(batch, gen, optimizer=optimizer, ema=ema)
+        state.step += 1
+        values = torch.tensor([logs["loss"], logs["mse"], logs["vlb"]], dtype=torch.float64, device=device)
+        if accelerator.num_processes > 1:
+            values = accelerator.reduce(values, reduction="mean")
+        record = {"step": state.step, "loss": float(values[0]), "mse": float(values[1]), "vlb": float(values[2]),
+                  "lr": float(optimizer.param_groups[0]["lr"]), "time": round(time.perf_counter() - t0, 3)}
+        if not all(math.isfinite(record[k]) for k in ("loss", "mse", "vlb")):
+            raise FloatingPointError(f"step {state.step}: non-finite loss {record}")
+        history.append(record)
+        log(record)
+        if accelerator.is_main_process and (state.step % max(1, args.log_every) == 0 or state.step == 1):
+            print(f"[{PROG}] step {state.step} loss={record['loss']:.4g} mse={record['mse']:.4g} "
+                  f"vlb={record['vlb']:.4g}", flush=True)
+        if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
+            save_checkpoint()
+    latest = _checkpoints(out)
+    if not latest or _checkpoint_step(latest[-1]) != state.step:
+        save_checkpoint()
+    elif state.step not in probes:
+        probes[state.step] = probe()
+    export(out / MODEL_DIR)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        print(f"[{PROG}] step {state.step}: model in {out / MODEL_DIR}", flush=True)
+    return {"step": state.step, "history": history, "probe": probes, "output_dir": str(out),
+            "model_dir": str(out / MODEL_DIR)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m posetransfer.training.train_repose`` / ``accelerate launch -m ...``; the exit code (2 with one
+    ``error:`` line for bad input)."""
+    parser = build_arg_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        train(args)
+        return 0
+    except (ValueError, OSError, TypeError) as exc:
+        msg = str(exc) or type(exc).__name__
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
