@@ -83,11 +83,13 @@ class PreparedSource:
 
 @dataclass
 class FlowWarpResult:
+    """One output frame of FlowWarp, on the target canvas."""
+
     image: torch.Tensor       # (3, H, W) 0..1
     flow: torch.Tensor        # (2, H, W) backward flow, source pixels
     visibility: torch.Tensor  # (H, W) 1 = real source content, 0 = made up (binary)
     person: torch.Tensor      # (H, W) soft person mask on the output
-    target_pose: Pose = field(default=None)  # the pose actually used (after retargeting)
+    target_pose: Pose | None = None  # the pose actually used (after retargeting)
 
 
 def _check_image(image, what: str) -> np.ndarray:
