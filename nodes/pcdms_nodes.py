@@ -8,6 +8,7 @@ pipelines' latent codec through :class:`..core.pcdms.encoders.CallableLatentCode
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from ..core.pose_io import pcdms_pose_vector
 from ..core.render import render_skeleton_batch
 from . import bridge
 from .flowwarp_nodes import _fit_source_pose, _poses
+from .repose_nodes import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory
 
 CATEGORY = "posetransfer/pcdms"
 MODEL_TYPE = "PCDMS_MODEL"
@@ -307,6 +309,40 @@ class _Run:
         bridge.check_interrupt()
 
 
+def _guidance_kwargs(guidance, vae) -> dict:
+    """GUIDANCE (a :class:`PoseGuidanceFactory`) -> the pipelines' ``pose_guidance`` / ``guidance_decode``.
+
+    The guidance is made without a target: the pipeline compares with the target pose (inpaint) or the coarse
+    image (refine). The differentiable decode goes through the ComfyUI VAE's ``first_stage_model``
+    (:class:`ComfyVaeCodec`, [-1, 1]). None or scale 0: no guidance (the plain, unchanged sampler)."""
+    if guidance is None:
+        return {}
+    if not isinstance(guidance, PoseGuidanceFactory):
+        raise ValueError(f"guidance: expected GUIDANCE from RePose PoseGuidance, got {type(guidance).__name__}")
+    if guidance.scale == 0:
+        return {}
+    return {"pose_guidance": guidance.make(), "guidance_decode": ComfyVaeCodec(vae).decode}
+
+
+@contextlib.contextmanager
+def _guided(guidance, kwargs: dict):
+    """Gradients allowed (ComfyUI runs nodes in inference mode) and the estimator on the compute device."""
+    if not kwargs:
+        yield
+        return
+    with torch.inference_mode(False):
+        guidance.estimator.to(bridge.get_device())
+        try:
+            yield
+        finally:
+            guidance.estimator.to("cpu")
+
+
+_GUIDANCE_INPUT = (GUIDANCE_TYPE, {"tooltip": "Optional RePose pose gradient guidance (RePose PoseGuidance node): "
+                                              "steers each denoising step towards the target pose. Slower (a VAE "
+                                              "decode and estimator backward per step)."})
+
+
 def _images(images, what: str) -> torch.Tensor:
     images = torch.as_tensor(images)
     if images.ndim != 4 or images.shape[-1] < 3:
@@ -427,10 +463,11 @@ class PoseTransferPCDMsInpaint:
         inputs.update(_common_inputs(20, 2.0))
         return {"required": inputs, "optional": {
             "prior_embed": (EMBED_TYPE, {"tooltip": "Stage 2 only: the PCDMs Prior Embed output (the predicted "
-                                                    "target CLIP embedding). Ignored by the simplified model."})}}
+                                                    "target CLIP embedding). Ignored by the simplified model."}),
+            "guidance": _GUIDANCE_INPUT}}
 
     def generate(self, pcdms_model, pcdms_encoders, vae, source_image, source_pose, target_pose, seed=42, steps=20,
-                 cfg=2.0, scheduler="default", layout="pad", resolution=512, prior_embed=None):
+                 cfg=2.0, scheduler="default", layout="pad", resolution=512, prior_embed=None, guidance=None):
         pm = _require(pcdms_model, ("inpaint", "simplified"), "PCDMs Inpaint")
         dino = _encoder(pcdms_encoders, "dino", "PCDMs Inpaint")
         image = _images(source_image, "source_image")
@@ -438,6 +475,8 @@ class PoseTransferPCDMsInpaint:
         target_pose_image = _render(_poses(target_pose, "target_pose"))
         codec = comfy_latent_codec(vae)
         kwargs = dict(steps=steps, guidance_scale=cfg, seed=seed)
+        guide = _guidance_kwargs(guidance, vae)
+        kwargs.update(guide)
         if pm.kind == "simplified":
             if prior_embed is not None:
                 log.warning("PCDMs Inpaint: the simplified model takes no prior embedding; prior_embed ignored")
@@ -453,7 +492,7 @@ class PoseTransferPCDMsInpaint:
                 clip = _encoder(pcdms_encoders, "clip", "PCDMs Inpaint without prior_embed")
                 embedding = PriorPipeline(None, clip, size=resolution, layout=layout).encode_source(image)
             args = (embedding,)
-        with _Run(pm.model, steps) as run:
+        with _guided(guidance, guide), _Run(pm.model, steps) as run:
             out = pipe(image, source_pose_image, target_pose_image, *args, callback=run.callback, **kwargs)
         return (out.images.float().clamp(0, 1).cpu(),)
 
@@ -481,18 +520,19 @@ class PoseTransferPCDMsRefine:
             "source_image": ("IMAGE", {"tooltip": "The source photo (1 image, or one per coarse image)."}),
         }
         inputs.update(_common_inputs(20, 2.0))
-        return {"required": inputs}
+        return {"required": inputs, "optional": {"guidance": _GUIDANCE_INPUT}}
 
     def refine(self, pcdms_model, pcdms_encoders, vae, coarse_image, source_image, seed=42, steps=20, cfg=2.0,
-               scheduler="default", layout="pad", resolution=512):
+               scheduler="default", layout="pad", resolution=512, guidance=None):
         pm = _require(pcdms_model, ("refine",), "PCDMs Refine")
         dino = _encoder(pcdms_encoders, "dino", "PCDMs Refine")
         pipe = RefinePipeline(pm.model, comfy_latent_codec(vae), dino, _scheduler(scheduler, "unipc"), resolution,
                               layout)
         coarse = _images(coarse_image, "coarse_image")
         source = _images(source_image, "source_image")
-        with _Run(pm.model, steps) as run:
-            out = pipe(coarse, source, steps=steps, guidance_scale=cfg, seed=seed, callback=run.callback)
+        guide = _guidance_kwargs(guidance, vae)
+        with _guided(guidance, guide), _Run(pm.model, steps) as run:
+            out = pipe(coarse, source, steps=steps, guidance_scale=cfg, seed=seed, callback=run.callback, **guide)
         return (out.images.float().clamp(0, 1).cpu(),)
 
 

@@ -51,6 +51,11 @@ Per-step ``callback(StepInfo)``: return ``False`` to interrupt (raises :class:`P
 anything (ComfyUI's interrupt exception passes through). Encoders run once per call; conditioning, the
 doubled CFG batch and the UNet input buffer are built once before the loop.
 
+Pose gradient guidance (RePoseDM eq 15/16): ``pose_guidance`` (a :class:`~..repose.guidance.PoseGuidance`, or
+any object with its call signature ``(latents, t, eps, alpha_bar, decode, target=None) -> eps``) on the stage-2,
+simplified and stage-3 samplers; None (default) leaves every operation, hence every result, unchanged. See
+:func:`_pose_guided` for the choices (target half only, alpha_bar, eq 15 vs 16 under CFG, decode, target pose).
+
 Image sizes: ``layout="pad"`` (default; aspect-preserving, crop-back to the target pose image's size) or
 ``"squash"`` (official) -- see :mod:`.image_layout`. Images are (B, H, W, 3) float 0..1 (ComfyUI's IMAGE).
 """
@@ -71,7 +76,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from .encoders import images_to_pixels
+from .encoders import DiffusersVAE, images_to_pixels
 from .image_layout import FrameLayout, from_frame, to_frame
 from .models import side_by_side_mask
 
@@ -311,15 +316,73 @@ class ChainOutput:
     prior: PriorOutput | None
 
 
+def _guidance_decode(codec, decode=None):
+    """A differentiable ``latents (scaled) -> image in [-1, 1]`` for pose guidance: ``decode`` when given, else the
+    codec's ``decode_for_guidance``, else the AutoencoderKL inside a :class:`DiffusersVAE` (its ``decode`` runs
+    without gradient and clamps, so it cannot be used). Other codecs (ComfyUI's VAE) need ``guidance_decode``."""
+    if decode is not None:
+        return decode
+    fn = getattr(codec, "decode_for_guidance", None)
+    if fn is not None:
+        return fn
+    if isinstance(codec, DiffusersVAE):
+        return lambda z: codec.vae.decode(z.to(codec.dtype) / codec.scaling_factor).sample.to(z.dtype)
+    raise ValueError(f"pose_guidance: give guidance_decode (a differentiable latents -> [-1, 1] image) for the "
+                     f"{type(codec).__name__} codec")
+
+
+def _pose_guided(guidance, *, scheduler, x, t, pred, uncond, cond, guidance_scale, rescaled, decode, target,
+                 col0):
+    """Apply RePoseDM pose guidance to one step's noise prediction ``pred`` (the CFG'd, possibly rescaled eps).
+
+    * Only the latent columns ``col0:`` are guided: the target half of the PCDMs [source | target] canvas (col0 =
+      w / 2; 0 for refine). The guidance sees ``x[..., col0:]`` and ``pred[..., col0:]`` and ``decode`` gets the
+      cropped target-half latents, so the estimator looks at the generated person only; the source half of the
+      returned prediction is ``pred``'s, untouched.
+    * ``x`` is the scheduler-scaled model input (the variance-preserving ``y_t``; identity for DDIM / UniPC /
+      DPM-Solver, ``x / sqrt(sigma^2 + 1)`` for Euler), and ``alpha_bar = scheduler.alphas_cumprod[t]``: with the
+      epsilon prediction (checked by the caller) that is exactly eq 13's Tweedie estimate.
+    * Under CFG without rescale the paper's eq 16 (``guide_cfg``: the pose term scaled by ``w_c`` too) is used when
+      the object has it; with ``guidance_rescale`` > 0 (or an object without ``guide_cfg``) eq 15 is applied to the
+      final (rescaled) prediction.
+    * The gradient runs under ``torch.enable_grad()`` (the samplers are ``no_grad``) on detached latents; the
+      guidance makes its Tweedie estimate a leaf requiring grad and differentiates through ``decode``.
+    * ``target``: the pose image for the estimator, passed only when the guidance has none of its own."""
+    a = scheduler.alphas_cumprod[int(round(float(t)))].to(device=x.device, dtype=x.dtype)
+    kw = {} if getattr(guidance, "has_target", False) or target is None else {"target": target}
+    x_t = x[..., col0:].detach()
+    with torch.enable_grad():
+        if uncond is not None and not rescaled and hasattr(guidance, "guide_cfg"):
+            new = guidance.guide_cfg(uncond[..., col0:], cond[..., col0:], guidance_scale, x_t, t, a, decode, **kw)
+        else:
+            new = guidance(x_t, t, pred[..., col0:], a, decode, **kw)
+    out = pred.clone()
+    out[..., col0:] = new.detach().to(pred.dtype)
+    return out
+
+
 class _UNetDenoiser:
     """The shared loop of the UNet stages: guidance in one UNet call, buffers built once."""
 
     stage = ""
 
     def _denoise(self, *, model_call, scheduler, latents, extra_cond, extra_uncond, guidance_scale,
-                 guidance_rescale, generator, step_noise, callback, eta):
+                 guidance_rescale, generator, step_noise, callback, eta, pose_guidance=None, guidance_decode=None,
+                 guidance_target=None, guide_col0=0):
+        """``pose_guidance`` (None: the loop is unchanged): see :func:`_pose_guided`; ``guidance_decode`` maps the
+        cropped latents to an image in [-1, 1] (mapped on to the guidance's ``image_range``)."""
         do_cfg = guidance_scale > 1.0
         n, c_lat, h, w = latents.shape
+        if pose_guidance is not None:
+            ptype = getattr(scheduler.config, "prediction_type", "epsilon")
+            if ptype != "epsilon":
+                raise ValueError(f"pose_guidance needs an epsilon-prediction scheduler, got {ptype!r}")
+            base_decode = _guidance_decode(self.vae, guidance_decode)
+            lo, hi = getattr(pose_guidance, "image_range", (-1.0, 1.0))
+            if (lo, hi) == (-1.0, 1.0):
+                decode = base_decode
+            else:
+                decode = lambda z: lo + (hi - lo) * (base_decode(z) + 1) / 2  # noqa: E731
         timesteps = scheduler.timesteps
         rows = 2 * n if do_cfg else n
         c_extra = 0 if extra_cond is None else extra_cond.shape[1]
@@ -344,11 +407,16 @@ class _UNetDenoiser:
             if do_cfg:
                 unet_in[n:, :c_lat] = x
             pred = model_call(unet_in, t)
+            uncond = cond = None
             if do_cfg:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
                 if guidance_rescale > 0:
                     pred = rescale_noise_cfg(pred, cond, guidance_rescale)
+            if pose_guidance is not None:
+                pred = _pose_guided(pose_guidance, scheduler=scheduler, x=x, t=t, pred=pred, uncond=uncond, cond=cond,
+                                    guidance_scale=guidance_scale, rescaled=do_cfg and guidance_rescale > 0,
+                                    decode=decode, target=guidance_target, col0=guide_col0)
             if step_noise is not None:
                 kwargs["variance_noise"] = _noise_at(step_noise, i, latents.shape, latents.device, latents.dtype)
             latents = scheduler.step(pred, t, latents, **kwargs, return_dict=False)[0]
@@ -535,7 +603,7 @@ class _SideBySidePipeline(_UNetDenoiser):
 
     def _sample(self, *, vae_canvas, pose_canvas, context, class_labels, negative_context, num_samples, steps,
                 guidance_scale, guidance_rescale, generator, latents, vae_noise, step_noise, callback, eta,
-                official_rng):
+                official_rng, pose_guidance=None, guidance_decode=None):
         device, dtype = _model_place(self.model)
         self._check_size()
         b = vae_canvas.shape[0]
@@ -570,9 +638,14 @@ class _SideBySidePipeline(_UNetDenoiser):
             kw = {} if cls2 is None else {"class_labels": cls2}
             return model(x, t, encoder_hidden_states=ctx2, pose_features=pose2, return_dict=False, **kw)[0]
 
+        guide = {}
+        if pose_guidance is not None:  # target = the target pose half of the pose canvas, in 0..1
+            tpose = pose_canvas[..., pose_canvas.shape[-1] // 2:]
+            guide = dict(pose_guidance=pose_guidance, guidance_decode=guidance_decode, guide_col0=w // 2,
+                         guidance_target=rep((tpose / 2 + 0.5).clamp(0, 1).to(device=device, dtype=dtype)))
         latents = self._denoise(model_call=model_call, scheduler=scheduler, latents=latents, extra_cond=extra,
                                 extra_uncond=extra, guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
-                                generator=generator, step_noise=step_noise, callback=callback, eta=eta)
+                                generator=generator, step_noise=step_noise, callback=callback, eta=eta, **guide)
         return latents
 
     def _finish(self, latents, target_layout):
@@ -590,8 +663,12 @@ class InpaintPipeline(_SideBySidePipeline):
     def sample_prepared(self, prepared: dict, target_embedding, image_features=None, *, num_samples: int = 1,
                         steps: int = 20, guidance_scale: float = 2.0, guidance_rescale: float = 0.0, generator=None,
                         seed=None, latents=None, vae_noise=None, step_noise=None, callback=None, eta: float = 0.0,
-                        decode: bool = True):
-        """Sample from :meth:`prepare`'s output (lets a caller reuse DINOv2 features across stages)."""
+                        decode: bool = True, pose_guidance=None, guidance_decode=None):
+        """Sample from :meth:`prepare`'s output (lets a caller reuse DINOv2 features across stages).
+
+        ``pose_guidance``: optional RePoseDM PoseGuidance on the target half (None = unchanged); without a target
+        of its own it compares with the target pose image. ``guidance_decode``: a differentiable latents ->
+        [-1, 1] image (needed unless the codec is a :class:`DiffusersVAE`)."""
         generator = _generator(generator, seed)
         feats = self._features(image_features, prepared["source_frame"])
         device, dtype = _model_place(self.model)
@@ -604,16 +681,18 @@ class InpaintPipeline(_SideBySidePipeline):
                                negative_context=torch.zeros_like(context[:1]), num_samples=num_samples, steps=steps,
                                guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generator,
                                latents=latents, vae_noise=vae_noise, step_noise=step_noise, callback=callback,
-                               eta=eta, official_rng=False)
+                               eta=eta, official_rng=False, pose_guidance=pose_guidance,
+                               guidance_decode=guidance_decode)
         return self._finish(latents, prepared["target_layout"]) if decode else latents
 
     def __call__(self, source_image, source_pose_image, target_pose_image, target_embedding, *, image_features=None,
-                 layout: str | None = None, **kwargs) -> ImageOutput:
+                 layout: str | None = None, pose_guidance=None, **kwargs) -> ImageOutput:
         """source_image (B, H, W, 3); source_pose_image (rendered in the source image's frame);
         target_pose_image (its size is the output size); target_embedding (B, D): the prior's output or the
         target's CLIP embedding. Keyword arguments as :meth:`sample_prepared`. Batch-1 inputs broadcast."""
         prepared = self.prepare(source_image, source_pose_image, target_pose_image, layout)
-        return self.sample_prepared(prepared, target_embedding, image_features, **kwargs)
+        return self.sample_prepared(prepared, target_embedding, image_features, pose_guidance=pose_guidance,
+                                    **kwargs)
 
 
 class SimplifiedPipeline(_SideBySidePipeline):
@@ -631,7 +710,8 @@ class SimplifiedPipeline(_SideBySidePipeline):
     def sample_prepared(self, prepared: dict, image_features=None, *, num_samples: int = 1, steps: int = 50,
                         guidance_scale: float = 2.0, guidance_rescale: float = 0.0, generator=None, seed=None,
                         latents=None, vae_noise=None, step_noise=None, callback=None, eta: float = 0.0,
-                        official_rng: bool = False, decode: bool = True):
+                        official_rng: bool = False, decode: bool = True, pose_guidance=None, guidance_decode=None):
+        """As :meth:`InpaintPipeline.sample_prepared` (``pose_guidance`` / ``guidance_decode`` included)."""
         generator = _generator(generator, seed)
         feats = self._features(image_features, prepared["source_frame"])
         device, dtype = _model_place(self.model)
@@ -643,13 +723,14 @@ class SimplifiedPipeline(_SideBySidePipeline):
                                negative_context=negative, num_samples=num_samples, steps=steps,
                                guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, generator=generator,
                                latents=latents, vae_noise=vae_noise, step_noise=step_noise, callback=callback,
-                               eta=eta, official_rng=official_rng)
+                               eta=eta, official_rng=official_rng, pose_guidance=pose_guidance,
+                               guidance_decode=guidance_decode)
         return self._finish(latents, prepared["target_layout"]) if decode else latents
 
     def __call__(self, source_image, source_pose_image, target_pose_image, *, image_features=None,
-                 layout: str | None = None, **kwargs) -> ImageOutput:
+                 layout: str | None = None, pose_guidance=None, **kwargs) -> ImageOutput:
         prepared = self.prepare(source_image, source_pose_image, target_pose_image, layout)
-        return self.sample_prepared(prepared, image_features, **kwargs)
+        return self.sample_prepared(prepared, image_features, pose_guidance=pose_guidance, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ stage 3
@@ -670,8 +751,14 @@ class RefinePipeline(_UNetDenoiser):
     def sample_frames(self, coarse_frames, source_frame=None, image_features=None, *, num_samples: int = 1,
                       steps: int = 20, guidance_scale: float = 2.0, guidance_rescale="official", generator=None,
                       seed=None, latents=None, vae_noise=None, step_noise=None, callback=None, eta: float = 0.0,
-                      target_layout: FrameLayout | None = None, decode: bool = True):
-        """coarse_frames (B, S, S, 3) 0..1 already in the frame (e.g. stage 2's ``frames``)."""
+                      target_layout: FrameLayout | None = None, decode: bool = True, pose_guidance=None,
+                      guidance_decode=None):
+        """coarse_frames (B, S, S, 3) 0..1 already in the frame (e.g. stage 2's ``frames``).
+
+        ``pose_guidance``: optional RePoseDM PoseGuidance on the whole latent (None = unchanged). Without a target
+        of its own it compares with the coarse image (refinement should keep the coarse image's pose); give the
+        guidance a target (``set_target`` / the factory's ``make(target_image=...)``) to steer to another pose.
+        ``guidance_decode`` as :meth:`InpaintPipeline.sample_prepared`."""
         generator = _generator(generator, seed)
         device, dtype = _model_place(self.model)
         self._check_size()
@@ -699,7 +786,11 @@ class RefinePipeline(_UNetDenoiser):
         latents = self._denoise(model_call=model_call, scheduler=scheduler, latents=latents, extra_cond=coarse,
                                 extra_uncond=torch.zeros_like(coarse), guidance_scale=guidance_scale,
                                 guidance_rescale=_resolve_rescale(guidance_rescale, guidance_scale),
-                                generator=generator, step_noise=step_noise, callback=callback, eta=eta)
+                                generator=generator, step_noise=step_noise, callback=callback, eta=eta,
+                                **({} if pose_guidance is None else dict(
+                                    pose_guidance=pose_guidance, guidance_decode=guidance_decode,
+                                    guidance_target=rep(coarse_frames.permute(0, 3, 1, 2).to(device=device,
+                                                                                             dtype=dtype)))))
         if not decode:
             return latents
         canvas, frames = self._decode(latents, 1)
@@ -707,7 +798,7 @@ class RefinePipeline(_UNetDenoiser):
         return ImageOutput(images=images, frames=frames, canvas=canvas, latents=latents, layout=target_layout)
 
     def __call__(self, coarse_image, source_image, *, image_features=None, layout: str | None = None,
-                 **kwargs) -> ImageOutput:
+                 pose_guidance=None, **kwargs) -> ImageOutput:
         """coarse_image (B, H, W, 3) at the target's size (stage 2's ``images``); source_image (B, H', W', 3).
         Output at the coarse image's size. Keyword arguments as :meth:`sample_frames`."""
         mode = layout or self.layout
@@ -715,7 +806,8 @@ class RefinePipeline(_UNetDenoiser):
         source_frame = None
         if image_features is None:
             source_frame, _ = self._frame(source_image, mode, "edge", "source_image")
-        return self.sample_frames(coarse_frames, source_frame, image_features, target_layout=t_layout, **kwargs)
+        return self.sample_frames(coarse_frames, source_frame, image_features, target_layout=t_layout,
+                                  pose_guidance=pose_guidance, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ the chain
