@@ -61,7 +61,6 @@ __all__ = ["InputSpec", "GFLAPairs", "SelfSupervisedPairs", "DATASET_FRAMES", "I
 # (height, width) of the frame the annotation CSVs' keypoints live in.
 DATASET_FRAMES: dict[str, tuple[int, int]] = {"deepfashion": (256, 176), "market": (128, 64)}
 DEEPFASHION_BORDER = 40 / 256  # white side borders of the square DeepFashion images, per unit of width
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 FITS = ("stretch", "contain")
 _ASPECT_TOLERANCE = 0.03
 

@@ -55,6 +55,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, resolve_resume
 from ..core.flow_models.model_files import (FILE_KEY, KINDS, MARKER, MODEL_DIR, detect_model_kind,  # noqa: F401
                                             export_model, load_flow_model, load_flow_modules, save_model_file)
 
@@ -62,7 +63,6 @@ __all__ = ["KINDS", "MARKER", "detect_model_kind", "load_flow_model", "load_flow
            "save_model_file", "add_arguments", "parse_args", "train", "run", "main"]
 
 PROG = "posetransfer train-flow"
-CHECKPOINTS = "checkpoints"
 SINGLE_FILE = "flow_model.safetensors"
 LOG_JSONL, LOG_CSV = "train_log.jsonl", "train_log.csv"
 
@@ -365,23 +365,6 @@ def _plain_forward(accelerator, *models) -> None:
         accelerator.unwrap_model(m, keep_fp32_wrapper=False)
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """A fresh permutation per epoch from ``(seed, epoch)``: resuming mid-epoch replays the same order."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
 class TrainState:
     """The step counter, saved with the accelerate state (``register_for_checkpointing``)."""
 
@@ -395,32 +378,6 @@ class TrainState:
         if state.get("kind") != self.kind:
             raise ValueError(f"--resume: the checkpoint trained a {state.get('kind')!r} model, not {self.kind!r}")
         self.step = int(state["step"])
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    try:
-        return int(path.name.split("-", 1)[1]) if path.name.startswith("checkpoint-") else None
-    except ValueError:
-        return None
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    root = out / CHECKPOINTS
-    found = [p for p in root.iterdir() if p.is_dir() and _checkpoint_step(p) is not None] if root.is_dir() else []
-    return sorted(found, key=_checkpoint_step)
-
-
-def _resolve_resume(args, out: Path) -> Path | None:
-    if args.resume is None:
-        return None
-    if args.resume == "latest":
-        found = _checkpoints(out)
-        return found[-1] if found else None
-    path = Path(args.resume)
-    if not (path / "train_config.json").is_file():
-        raise FileNotFoundError(f"--resume: {path} is not a train-flow checkpoint (no train_config.json); "
-                                f"expected OUT/{CHECKPOINTS}/checkpoint-N or 'latest'")
-    return path
 
 
 def _make_dataset(args, spec):
@@ -536,7 +493,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, InputSpec) -> dict:
-    resume = _resolve_resume(args, out)
+    resume = resolve_resume(args.resume, out, PROG)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if args.resume == "latest" and resume is None:
@@ -718,7 +675,7 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
             export(path / MODEL_DIR, step)
             limit = args.checkpoints_total_limit
             if limit is not None and limit > 0:
-                for old in _checkpoints(out)[:-limit]:
+                for old in list_checkpoints(out)[:-limit]:
                     shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
         return path
@@ -768,8 +725,8 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
             save_checkpoint(state.step)
 
-    latest = _checkpoints(out)
-    if not latest or _checkpoint_step(latest[-1]) != state.step:
+    latest = list_checkpoints(out)
+    if not latest or checkpoint_step(latest[-1]) != state.step:
         save_checkpoint(state.step)
     model_dir = out / MODEL_DIR
     export(model_dir, state.step)

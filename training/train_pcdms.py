@@ -50,8 +50,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, parse_size, resolve_resume
+
 PROG = "train_pcdms"
-CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.safetensors"
 LOG_JSONL = "train_log.jsonl"
 STAGES = ("prior", "inpaint", "refine", "simplified")
@@ -61,16 +62,6 @@ COND_DROP = 0.1
 
 __all__ = ["build_arg_parser", "parse_args", "train", "main", "widen_conv_in", "load_init_unet",
            "unet_noise_scheduler", "prior_noise_scheduler", "LOG_JSONL", "CHECKPOINTS", "MODEL_FILE"]
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x512, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive HxW, got {text!r}")
-    return h, w
 
 
 def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -96,7 +87,7 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--annotations", metavar="CSV")
     g.add_argument("--pairs", metavar="CSV")
     g.add_argument("--images", metavar="DIR")
-    g.add_argument("--resolution", type=_size, default=(512, 512), metavar="HxW",
+    g.add_argument("--resolution", type=parse_size, default=(512, 512), metavar="HxW",
                    help="frame of each image (PCDMs: 512x512; multiples of 8 x the UNet's downsampling)")
     g.add_argument("--num-workers", type=int, default=0)
     g = p.add_argument_group("training")
@@ -272,31 +263,6 @@ def _make_dataset(args):
     return GFLAPairs(args.data, spec, args.layout, args.split, args.annotations, args.pairs, args.images)
 
 
-def _checkpoint_step(path: Path) -> int | None:
-    try:
-        return int(path.name.split("-", 1)[1]) if path.name.startswith("checkpoint-") else None
-    except ValueError:
-        return None
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    root = out / CHECKPOINTS
-    found = [p for p in root.iterdir() if p.is_dir() and _checkpoint_step(p) is not None] if root.is_dir() else []
-    return sorted(found, key=_checkpoint_step)
-
-
-def _resolve_resume(args, out: Path) -> Path | None:
-    if args.resume is None:
-        return None
-    if args.resume == "latest":
-        found = _checkpoints(out)
-        return found[-1] if found else None
-    path = Path(args.resume)
-    if not (path / "train_config.json").is_file():
-        raise FileNotFoundError(f"--resume: {path} is not a {PROG} checkpoint (no train_config.json)")
-    return path
-
-
 class TrainState:
     def __init__(self, stage: str):
         self.step, self.stage = 0, stage
@@ -308,21 +274,6 @@ class TrainState:
         if state.get("kind") != f"pcdms_{self.stage}":
             raise ValueError(f"--resume: not a PCDMs {self.stage} checkpoint ({state.get('kind')!r})")
         self.step = int(state["step"])
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 # ------------------------------------------------------------------------------------------------ the stages
@@ -446,7 +397,7 @@ def _train(args, accelerator, out: Path) -> dict:
     from ..core.pcdms import save_pcdms_safetensors
 
     stage = args.stage
-    resume = _resolve_resume(args, out)
+    resume = resolve_resume(args.resume, out, PROG)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
@@ -476,7 +427,7 @@ def _train(args, accelerator, out: Path) -> dict:
     dataset = _make_dataset(args)
     if len(dataset) < args.batch_size:
         raise ValueError(f"--batch-size {args.batch_size}: the dataset has only {len(dataset)} example(s)")
-    sampler = _EpochSampler(len(dataset), args.seed)
+    sampler = EpochSampler(len(dataset), args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
                                          num_workers=args.num_workers)
     lr = args.lr if args.lr is not None else DEFAULT_LR[stage]
@@ -547,7 +498,7 @@ def _train(args, accelerator, out: Path) -> dict:
             log({"step": state.step, "probe_loss": value})
             limit = args.checkpoints_total_limit
             if limit is not None and limit > 0:
-                for old in _checkpoints(out)[:-limit]:
+                for old in list_checkpoints(out)[:-limit]:
                     shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
         return path
@@ -592,8 +543,8 @@ def _train(args, accelerator, out: Path) -> dict:
             print(f"[{PROG}] step {state.step} loss={record['loss']:.4g}", flush=True)
         if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
             save_checkpoint()
-    latest = _checkpoints(out)
-    if not latest or _checkpoint_step(latest[-1]) != state.step:
+    latest = list_checkpoints(out)
+    if not latest or checkpoint_step(latest[-1]) != state.step:
         save_checkpoint()
     elif state.step not in probes:
         probes[state.step] = probe()

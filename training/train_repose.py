@@ -38,10 +38,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, parse_size, resolve_resume
 from .datasets import InputSpec
 
 PROG = "train_repose"
-CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
 LOG_JSONL = "train_log.jsonl"
 KIND = "repose"
@@ -65,16 +65,6 @@ class RePoseInputSpec(InputSpec):
                 "target_pose_image": chw(skeleton)}
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x176, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive HxW, got {text!r}")
-    return h, w
-
-
 def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Train RePoseDM (PoseAlign + denoiser) on accelerate.")
     g = p.add_argument_group("model")
@@ -93,7 +83,7 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--images", metavar="DIR")
     g.add_argument("--openpose-dir", metavar="DIR", help="folder mode: OpenPose JSON folder (default: --data)")
     g.add_argument("--pair-modes", default="affine,parts", help="folder mode: self-supervised pair kinds")
-    g.add_argument("--resolution", type=_size, default=(256, 176), metavar="HxW",
+    g.add_argument("--resolution", type=parse_size, default=(256, 176), metavar="HxW",
                    help="training frame (multiples of the VAE factor x 2; default 256x176)")
     g.add_argument("--fit", default="stretch", choices=("stretch", "contain"), help="how photos fit the frame")
     g.add_argument("--num-workers", type=int, default=0)
@@ -192,31 +182,6 @@ def _make_dataset(args, spec):
     return GFLAPairs(args.data, spec, args.dataset, args.split, args.annotations, args.pairs, args.images)
 
 
-def _checkpoint_step(path: Path) -> int | None:
-    try:
-        return int(path.name.split("-", 1)[1]) if path.name.startswith("checkpoint-") else None
-    except ValueError:
-        return None
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    root = out / CHECKPOINTS
-    found = [p for p in root.iterdir() if p.is_dir() and _checkpoint_step(p) is not None] if root.is_dir() else []
-    return sorted(found, key=_checkpoint_step)
-
-
-def _resolve_resume(args, out: Path) -> Path | None:
-    if args.resume is None:
-        return None
-    if args.resume == "latest":
-        found = _checkpoints(out)
-        return found[-1] if found else None
-    path = Path(args.resume)
-    if not (path / "train_config.json").is_file():
-        raise FileNotFoundError(f"--resume: {path} is not a train_repose checkpoint (no train_config.json)")
-    return path
-
-
 class TrainState:
     """The step counter, saved with the accelerate state."""
 
@@ -230,23 +195,6 @@ class TrainState:
         if state.get("kind") != KIND:
             raise ValueError(f"--resume: not a RePose checkpoint ({state.get('kind')!r})")
         self.step = int(state["step"])
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    """A seeded permutation per epoch (``set_epoch``), so a resumed run replays the same order."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -280,7 +228,7 @@ def _train(args, accelerator, out: Path) -> dict:
     from ..core.repose import training_step
     from ..core.repose.model_files import save_repose_model
 
-    resume = _resolve_resume(args, out)
+    resume = resolve_resume(args.resume, out, PROG)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
@@ -302,7 +250,7 @@ def _train(args, accelerator, out: Path) -> dict:
     dataset = _make_dataset(args, RePoseInputSpec((h, w), args.fit))
     if len(dataset) < args.batch_size:
         raise ValueError(f"--batch-size {args.batch_size}: the dataset has only {len(dataset)} example(s)")
-    sampler = _EpochSampler(len(dataset), args.seed)
+    sampler = EpochSampler(len(dataset), args.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
                                          num_workers=args.num_workers)
     config = RePoseTrainConfig(learning_rate=args.lr, cond_drop_prob=args.cond_drop_prob,
@@ -412,7 +360,7 @@ def _train(args, accelerator, out: Path) -> dict:
             log({"step": state.step, "probe_loss": value})
             limit = args.checkpoints_total_limit
             if limit is not None and limit > 0:
-                for old in _checkpoints(out)[:-limit]:
+                for old in list_checkpoints(out)[:-limit]:
                     shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
         return path
@@ -446,8 +394,8 @@ def _train(args, accelerator, out: Path) -> dict:
                   f"vlb={record['vlb']:.4g}", flush=True)
         if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
             save_checkpoint()
-    latest = _checkpoints(out)
-    if not latest or _checkpoint_step(latest[-1]) != state.step:
+    latest = list_checkpoints(out)
+    if not latest or checkpoint_step(latest[-1]) != state.step:
         save_checkpoint()
     elif state.step not in probes:
         probes[state.step] = probe()

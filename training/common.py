@@ -1,0 +1,67 @@
+"""What the training scripts share: checkpoint folders, resuming, the epoch sampler, size arguments."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+CHECKPOINTS = "checkpoints"  # OUT/checkpoints/checkpoint-N: accelerate state + train_config.json + weights
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N of a ``checkpoint-N`` folder, else None."""
+    try:
+        return int(path.name.split("-", 1)[1]) if path.name.startswith("checkpoint-") else None
+    except ValueError:
+        return None
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """The run's checkpoint folders, oldest first."""
+    root = out / CHECKPOINTS
+    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None] if root.is_dir() else []
+    return sorted(found, key=checkpoint_step)
+
+
+def resolve_resume(resume: str | None, out: Path, prog: str) -> Path | None:
+    """``--resume``: None, ``latest`` (the newest checkpoint of ``out``, None when there is none) or a path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(out)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "train_config.json").is_file():
+        raise FileNotFoundError(f"--resume: {path} is not a {prog} checkpoint (no train_config.json); "
+                                f"expected OUT/{CHECKPOINTS}/checkpoint-N or 'latest'")
+    return path
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A fresh permutation per epoch from ``(seed, epoch)``: resuming mid-epoch replays the same order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type for ``HxW`` (e.g. 256x176) -> ``(h, w)``."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 256x176, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive HxW, got {text!r}")
+    return h, w
