@@ -1,4 +1,5 @@
-"""What the training scripts share: checkpoint folders, resuming, the epoch sampler, size arguments."""
+"""What the training scripts share: the Accelerator, checkpoint folders, resuming, the epoch sampler, size
+arguments."""
 
 from __future__ import annotations
 
@@ -8,6 +9,23 @@ from pathlib import Path
 import torch
 
 CHECKPOINTS = "checkpoints"  # OUT/checkpoints/checkpoint-N: accelerate state + train_config.json + weights
+
+
+def make_accelerator(**kwargs):
+    """``accelerate.Accelerator(**kwargs)``: the one place where each training script builds its Accelerator
+    (scripts call it as ``common.make_accelerator`` so that a test can wrap it, e.g. to attach a CPU GradScaler and
+    exercise the fp16 path that accelerate only sets up on GPUs)."""
+    from accelerate import Accelerator
+
+    return Accelerator(**kwargs)
+
+
+def plain_forward(accelerator, *models) -> None:
+    """Undo accelerate's per-model autocast + fp32-output wrapper on prepared models (it rebuilds diffusers'
+    ``BaseOutput`` dataclasses wrongly); the scripts run each whole step, losses included, under
+    ``accelerator.autocast()`` instead."""
+    for m in models:
+        accelerator.unwrap_model(m, keep_fp32_wrapper=False)
 
 
 def checkpoint_step(path: Path) -> int | None:

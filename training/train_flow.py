@@ -35,6 +35,15 @@ Schedules. Single: tasks alternate step by step (even steps the affine task, odd
 ``--stage1-steps`` steps of stage 1 (the flow generators alone on the sampling-correctness loss), then stage 2
 (end to end, eq 10, with the discriminator) until ``--max-steps``; each stage has its own Adam.
 
+Optimiser steps: the core step functions' ``step`` calls are deferred to the end of each micro-batch
+(``_DeferredStep``), and under fp16 all due optimisers step through the one GradScaler with a single ``update()``
+per optimisation step, so the GAN step's generator and discriminator each unscale and step their own gradients,
+all scaled by the same factor, also with gradient accumulation (accelerate's own per-optimiser ``update()`` let
+D's accumulated micro-batches be scaled by two factors). Tested on the CPU with a CPU GradScaler
+(tests/test_train_fp16.py: a toy against float32 autograd, parts runs that step, forced overflows that skip per
+optimiser and halve the scale once per step); GPU fp16 runs are unverified. Known: the single model under fp16
+produces NaN flows (eq 9's eps of 1e-12 is 0 in float16, see the xfail there); use bf16 or no for it.
+
 Losses need VGG-19 features: ``--vgg`` takes torchvision's ``vgg19`` weights (``vgg19-dcbb9e9d.pth`` or a
 safetensors copy); ``--vgg random`` runs with a random network, for smoke tests only.
 """
@@ -55,7 +64,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, resolve_resume
+from . import common
+from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, plain_forward, resolve_resume
 from ..core.flow_models.model_files import (FILE_KEY, KINDS, MARKER, MODEL_DIR, detect_model_kind,  # noqa: F401
                                             export_model, load_flow_model, load_flow_modules, save_model_file)
 
@@ -285,22 +295,72 @@ def _check_args(args) -> None:
 
 # ============================================================================================= helpers
 
-class _DeferredZeroGrad:
-    """The step functions zero gradients at their START; with gradient accumulation that would wipe the
-    micro-batches gathered so far on the step that syncs. This proxy ignores their ``zero_grad`` (the loop zeroes
-    after each optimisation step); ``step`` is the accelerate optimiser's (a no-op until gradients sync)."""
+class _DeferredStep:
+    """The accelerate optimiser as the core step functions see it. Their ``zero_grad`` (at their START) is ignored:
+    with gradient accumulation it would wipe the micro-batches gathered so far (the loop zeroes after each
+    optimisation step). Their ``step`` only marks the optimiser as due; :func:`_step_due` steps the due ones once
+    the micro-batch's backward passes are all done.
+
+    Why deferred: under fp16, accelerate's ``AcceleratedOptimizer.step`` runs ``GradScaler.step`` and then
+    ``update()`` at once. In a GAN step (G backward, G step, D backward, D step) with accumulation, G's update would
+    change the scale between D's earlier micro-batches and its last one, and D would be unscaled with the wrong
+    factor. Deferred, every backward of an optimisation step uses one scale and ``update()`` runs once after all
+    optimisers stepped (torch's recipe for several optimisers). D's loss uses the generated image detached and
+    computed before G's step, and G's loss is back-propagated before D steps, so the order G step / D backward
+    does not change any gradient."""
 
     def __init__(self, optimizer):
-        self.optimizer = optimizer
+        self.optimizer, self.due = optimizer, False
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass
 
-    def step(self, *args, **kwargs):
-        return self.optimizer.step(*args, **kwargs)
+    def step(self, closure=None) -> None:
+        if closure is not None:
+            raise ValueError("closures are not supported by the deferred step")
+        self.due = True
 
     def __getattr__(self, name):
         return getattr(self.optimizer, name)
+
+
+def _step_due(accelerator, proxies) -> None:
+    """Step the optimisers of ``proxies`` marked due in this micro-batch (nothing until gradients sync, as
+    accelerate's own step). Without a loss scaler: accelerate's step. With one (fp16): ``scaler.step`` on each
+    (it unscales that optimiser's gradients and skips its step when they hold inf/NaN), then ONE ``update()``;
+    each optimiser's ``step_was_skipped`` (read by the prepared LR schedulers, which then do not advance) is set
+    as accelerate sets it."""
+    due = [p for p in proxies if p.due]
+    for p in proxies:
+        p.due = False
+    if not due or not accelerator.sync_gradients:
+        return
+    scaler = accelerator.scaler
+    if scaler is None:
+        for p in due:
+            p.optimizer.step()
+        return
+    for p in due:
+        wrapped = p.optimizer                      # accelerate's AcceleratedOptimizer
+        inner = wrapped.optimizer
+        called = []
+        own = "step" in vars(inner)
+        original = inner.step
+
+        def flagged(*args, _original=original, _called=called, **kwargs):
+            _called.append(True)
+            return _original(*args, **kwargs)
+
+        inner.step = flagged                       # how accelerate itself learns that GradScaler skipped a step
+        try:
+            scaler.step(inner)
+        finally:
+            if own:
+                inner.step = original
+            else:
+                del inner.step
+        wrapped._is_overflow = not called          # accelerate's flag behind ``step_was_skipped``
+    scaler.update()
 
 
 class _Inner:
@@ -356,13 +416,6 @@ class _Autocast(nn.Module):
     def forward(self, *args):
         with self._accelerator.autocast():
             return {k: v.float() for k, v in self.inner(*args).items()}
-
-
-def _plain_forward(accelerator, *models) -> None:
-    """Undo accelerate's per-model autocast + fp32-output wrapper (it rebuilds ``BaseOutput`` dataclasses
-    wrongly); the loop runs each whole step, losses included, under ``accelerator.autocast()`` instead."""
-    for m in models:
-        accelerator.unwrap_model(m, keep_fp32_wrapper=False)
 
 
 class TrainState:
@@ -466,7 +519,6 @@ def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training; returns ``{"step", "history", "output_dir", "model_dir"}`` (``history``:
     the logged records of this call)."""
     _check_args(args)
-    from accelerate import Accelerator
     from accelerate.utils import (DistributedDataParallelKwargs, GradientAccumulationPlugin, ProjectConfiguration,
                                   set_seed)
     from diffusers.optimization import get_scheduler
@@ -475,7 +527,7 @@ def train(args: argparse.Namespace) -> dict:
 
     out = Path(args.output_dir)
     kind = args.model
-    accelerator = Accelerator(
+    accelerator = common.make_accelerator(
         mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=args.log_with,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
@@ -561,9 +613,10 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         (flow_net, refiner, disc, opt_g, opt_d, sched_g, sched_d, loader) = accelerator.prepare(
             modules["flow_net"], modules["refiner"], modules["discriminator"], opts.generator, opts.discriminator,
             scheds[0], scheds[1], loader)
-        _plain_forward(accelerator, flow_net, refiner, disc)
+        plain_forward(accelerator, flow_net, refiner, disc)
         models = SingleTransformModels(flow_net, refiner, disc).train()
-        step_opts = SingleTransformOptimizers(_DeferredZeroGrad(opt_g), _DeferredZeroGrad(opt_d))
+        step_opts = SingleTransformOptimizers(_DeferredStep(opt_g), _DeferredStep(opt_d))
+        deferred = [step_opts.generator, step_opts.discriminator]
         optimizers = [opt_g, opt_d]
         train_modules = [flow_net, refiner, disc]
         columns = ["step", "task", "phase", "loss", "affine", "perceptual", "generative", "discriminator", "lr",
@@ -604,7 +657,7 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
                                                                                   stage1_steps)
         (net_p, disc, opt1, opt_g, opt_d, s1, s2g, s2d, loader) = accelerator.prepare(
             net, disc_raw, opt1, opt_g_raw, opt_d_raw, s1, s2g, s2d, loader)
-        _plain_forward(accelerator, net_p, disc)
+        plain_forward(accelerator, net_p, disc)
         inner = accelerator.unwrap_model(net_p)
         if nproc > 1:  # wrapped by hand: accelerate would save it as one more model (checkpoints stay nproc-free)
             from torch.nn.parallel import DistributedDataParallel
@@ -621,7 +674,8 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         train_modules = [net_p, disc]
         columns = (["step", "stage", "loss", "sam", "rec", "adv", "per", "sty", "d_loss"]
                    + [f"sam_{n}" for n in inner.part_names] + ["lr", "time"])
-        d1, d2 = _DeferredZeroGrad(opt1), (_DeferredZeroGrad(opt_g), _DeferredZeroGrad(opt_d))
+        d1, d2 = _DeferredStep(opt1), (_DeferredStep(opt_g), _DeferredStep(opt_d))
+        deferred = [d1, *d2]
 
         def one_step(batch, step):
             if step < stage1_steps:
@@ -648,6 +702,8 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         print(f"[train-flow] {kind}: {len(dataset)} examples, {nproc} process(es) on {accelerator.device.type}, "
               f"mixed precision {accelerator.mixed_precision}, {args.batch_size} x {args.gradient_accumulation_steps} "
               f"(accumulation) x {nproc} examples per step", flush=True)
+    if accelerator.scaler is not None:
+        columns.insert(columns.index("lr"), "loss_scale")
     state = TrainState(kind)
     accelerator.register_for_checkpointing(state)
     if resume is not None:
@@ -709,6 +765,7 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
             batch = next(stream)
             with accelerator.accumulate(*train_modules), accelerator.autocast():
                 logs.append(one_step(batch, step))
+                _step_due(accelerator, deferred)
         for opt in optimizers:
             opt.optimizer.zero_grad(set_to_none=True)
         step_schedulers(step, logs)
@@ -718,6 +775,8 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         for key in ("task", "phase", "stage"):
             if key in record:
                 record[key] = int(record[key])
+        if accelerator.scaler is not None:  # fp16: the loss scale after this step (it halves on a skipped step)
+            record["loss_scale"] = float(accelerator.scaler.get_scale())
         history.append(record)
         logger.log(record)
         if args.log_with:

@@ -30,10 +30,14 @@ All stages: noise offset 0.1 (``noise + 0.1 * randn(B, C, 1, 1)``, per-sample co
 dims), ``--init-unet`` starts a UNet stage from an SD-2.1-base diffusers UNet folder with conv_in widened (the
 extra input channels zero-initialised, the first 4 copied).
 
+Mixed precision: the forward runs under ``accelerator.autocast()``, backward / clipping / step outside it. fp16
+(accelerate's GradScaler: backward scales, ``clip_grad_norm_`` unscales, the step skips on overflow) is tested on
+the CPU with a CPU GradScaler (tests/test_train_fp16.py); GPU fp16 runs are unverified.
+
 Output ``OUT``: ``checkpoints/checkpoint-N/`` (accelerate state + ``train_config.json`` + ``model.safetensors``,
 loadable by :func:`..core.pcdms.load_pcdms`), ``--resume latest|PATH``; ``model.safetensors`` at the end;
-``train_log.jsonl`` (per-step loss / lr / time and ``probe_loss`` records: the first batch at fixed timesteps,
-noise and no dropout, at the start and at every checkpoint).
+``train_log.jsonl`` (per-step loss / lr / time (+ ``loss_scale`` under fp16) and ``probe_loss`` records: the first
+batch at fixed timesteps, noise and no dropout, at the start and at every checkpoint).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import common
 from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, parse_size, resolve_resume
 
 PROG = "train_pcdms"
@@ -367,7 +372,6 @@ class _Stage:
 # ------------------------------------------------------------------------------------------------ training
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training; returns ``{"step", "history", "probe", "output_dir", "model_path"}``."""
-    from accelerate import Accelerator
     from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
     if args.batch_size < 1 or args.max_steps < 0 or args.gradient_accumulation_steps < 1:
@@ -375,7 +379,7 @@ def train(args: argparse.Namespace) -> dict:
     if not 0 <= args.cond_drop_prob <= 1:
         raise ValueError(f"--cond-drop-prob: expected 0..1, got {args.cond_drop_prob}")
     out = Path(args.output_dir)
-    accelerator = Accelerator(
+    accelerator = common.make_accelerator(
         mixed_precision=args.mixed_precision, cpu=args.cpu,
         project_config=ProjectConfiguration(project_dir=str(out)),
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
@@ -434,6 +438,7 @@ def _train(args, accelerator, out: Path) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   weight_decay=args.weight_decay)
     model_p, optimizer = accelerator.prepare(model, optimizer)
+    common.plain_forward(accelerator, model_p)
     raw_model = accelerator.unwrap_model(model_p)
     state = TrainState(stage)
     accelerator.register_for_checkpointing(state)
@@ -521,12 +526,13 @@ def _train(args, accelerator, out: Path) -> dict:
                 ((args.seed * 1_000_003 + state.step) * 64 + k) * 64 + accelerator.process_index)
             prep = runner.prepare(next(stream), gen, device)
             t, noise = runner.draw(prep["x0"], gen)
-            with accelerator.accumulate(model_p), accelerator.autocast():
-                loss = runner.loss(model_p, prep, t, noise)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
+            with accelerator.accumulate(model_p):
+                with accelerator.autocast():  # the forward only: backward and step run outside autocast
+                    loss = runner.loss(model_p, prep, t, noise)
+                accelerator.backward(loss)  # divided by the accumulation steps, scaled under fp16
+                if accelerator.sync_gradients and args.max_grad_norm:  # unscales first under fp16
                     accelerator.clip_grad_norm_(model_p.parameters(), args.max_grad_norm)
-                optimizer.step()
+                optimizer.step()  # a no-op until the last micro-batch; skipped on fp16 overflow
                 optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
         state.step += 1
@@ -535,6 +541,8 @@ def _train(args, accelerator, out: Path) -> dict:
             value = accelerator.reduce(value, reduction="mean")
         record = {"step": state.step, "loss": float(value), "lr": float(optimizer.param_groups[0]["lr"]),
                   "time": round(time.perf_counter() - t0, 3)}
+        if accelerator.scaler is not None:  # fp16: the loss scale after this step (it halves on a skipped step)
+            record["loss_scale"] = float(accelerator.scaler.get_scale())
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"step {state.step}: non-finite loss {record}")
         history.append(record)

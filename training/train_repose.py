@@ -8,6 +8,15 @@ or ``market``: the pairs CSV, the target is the real photo of the target pose) o
 OpenPose JSON, self-supervised pairs). Images are fitted to ``--resolution HxW``; the target pose is rendered there
 as the OpenPose skeleton (as the RePose nodes render it at inference) and encoded by the VAE (``F_T``).
 
+Loop: per optimisation step, ``--gradient-accumulation-steps`` micro-batches of ``--batch-size`` under
+``accelerator.accumulate``; each runs :func:`..core.repose.denoiser.training_loss` under ``accelerator.autocast()``
+(``--mixed-precision no|fp16|bf16``) and ``accelerator.backward``; on the last one the gradients are clipped
+(``accelerator.clip_grad_norm_``), AdamW steps and the EMA follows (not on a step the fp16 loss scaler skipped).
+Timesteps, noise and condition drops are drawn once per step for all its micro-batches and sliced, so N x M
+accumulated equals one batch of N*M (tested to float rounding). fp16 (accelerate's GradScaler) is tested on the CPU
+with a CPU GradScaler standing in for the CUDA one (tests/test_train_fp16.py: runs, skips overflowing steps, no EMA
+then); on GPUs it is unverified.
+
 Objective (supplement section 8): eq 4's hybrid loss (``L_mse + L_vlb``, learned variance), T = 1000 linear,
 classifier-free null condition for ``--cond-drop-prob`` (10%) of the examples, AdamW 1e-4, EMA 0.9999;
 ``--pose-guidance PATH`` adds eq 15 at training time with a HigherHRNet checkpoint (``tiny``: a random tiny
@@ -20,8 +29,9 @@ Output folder ``OUT``:
   ``--resume latest|PATH`` continues from one (same data order, same random draws per step).
 * ``model/``: the final EMA weights as a RePose model folder (:mod:`..core.repose.model_files`; copy it into
   ``ComfyUI/models/posetransfer/`` for the RePose loader node).
-* ``train_log.jsonl``: one record per step (loss, mse, vlb, lr, time) and ``probe`` records: the loss on the first
-  batch at fixed timesteps and noise (a low-variance progress measure) at the start and at every checkpoint.
+* ``train_log.jsonl``: one record per step (loss, mse, vlb, lr, time; ``loss_scale`` under fp16) and ``probe``
+  records: the loss on the first batch at fixed timesteps and noise (a low-variance progress measure) at the start
+  and at every checkpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from . import common
 from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, parse_size, resolve_resume
 from .datasets import InputSpec
 
@@ -90,13 +101,16 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g = p.add_argument_group("training")
     g.add_argument("--output-dir", required=True, metavar="OUT")
     g.add_argument("--max-steps", type=int, default=100000)
-    g.add_argument("--batch-size", type=int, default=4, help="per process")
+    g.add_argument("--batch-size", type=int, default=4, help="per process and micro-batch")
+    g.add_argument("--gradient-accumulation-steps", type=int, default=1, metavar="N",
+                   help="micro-batches per optimisation step (default: 1)")
     g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
     g.add_argument("--cond-drop-prob", type=float, default=0.1, help="classifier-free null condition rate (0.1)")
     g.add_argument("--vlb-weight", type=float, default=0.001, help="lambda of eq 4 (0.001)")
     g.add_argument("--ema-decay", type=float, default=0.9999)
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="0: no clipping")
-    g.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
+    g.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"),
+                   help="autocast precision (default: no; fp16 needs a GPU, it adds accelerate's loss scaler)")
     g.add_argument("--cpu", action="store_true")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=5000, metavar="N", help="0: only at the end")
@@ -200,16 +214,17 @@ class TrainState:
 # ------------------------------------------------------------------------------------------------ training
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training; returns ``{"step", "history", "probe", "output_dir", "model_dir"}``."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
-    if args.batch_size < 1 or args.max_steps < 0:
-        raise ValueError("--batch-size must be >= 1 and --max-steps >= 0")
+    if args.batch_size < 1 or args.max_steps < 0 or args.gradient_accumulation_steps < 1:
+        raise ValueError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-steps >= 0")
     if not 0 <= args.cond_drop_prob <= 1:
         raise ValueError(f"--cond-drop-prob: expected 0..1, got {args.cond_drop_prob}")
     out = Path(args.output_dir)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu,
-                              project_config=ProjectConfiguration(project_dir=str(out)))
+    accelerator = common.make_accelerator(
+        mixed_precision=args.mixed_precision, cpu=args.cpu, project_config=ProjectConfiguration(project_dir=str(out)),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
+                                                                sync_with_dataloader=False))
     try:
         return _train(args, accelerator, out)
     finally:
@@ -224,8 +239,8 @@ def train(args: argparse.Namespace) -> dict:
 def _train(args, accelerator, out: Path) -> dict:
     from accelerate.utils import set_seed
 
-    from ..core.repose import RePoseTrainConfig, VaeCodec, make_ema, make_optimizer, repose_noise_scheduler
-    from ..core.repose import training_step
+    from ..core.repose import (RePoseTrainConfig, VaeCodec, draw_training_noise, make_ema, make_optimizer,
+                               repose_noise_scheduler, training_loss)
     from ..core.repose.model_files import save_repose_model
 
     resume = resolve_resume(args.resume, out, PROG)
@@ -258,6 +273,7 @@ def _train(args, accelerator, out: Path) -> dict:
                                max_grad_norm=args.max_grad_norm or None)
     optimizer = make_optimizer([denoiser, pose_align], config)
     den_p, pa_p, optimizer = accelerator.prepare(denoiser, pose_align, optimizer)
+    common.plain_forward(accelerator, den_p, pa_p)
     raw_den, raw_pa = accelerator.unwrap_model(den_p), accelerator.unwrap_model(pa_p)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     ema = make_ema([raw_den, raw_pa], config.ema_decay)
@@ -284,11 +300,11 @@ def _train(args, accelerator, out: Path) -> dict:
     def encode(x):
         return codec.encode(x)
 
-    def step_loss(batch, generator=None, **fixed) -> dict:
+    def step_loss(batch, timesteps, noise, drop) -> dict:
         with accelerator.autocast():
-            return training_step(den_p, batch, scheduler=scheduler, optimizer=fixed.pop("optimizer", None),
-                                 pose_align=pa_p, encode=encode, ema=fixed.pop("ema", None), config=config,
-                                 generator=generator, pose_guidance=guidance, decode=codec.decode, **fixed)
+            return training_loss(den_p, batch, scheduler=scheduler, pose_align=pa_p, encode=encode, config=config,
+                                 pose_guidance=guidance, decode=codec.decode, timesteps=timesteps, noise=noise,
+                                 drop=drop)
 
     def batches(consumed: int):
         epoch, offset = divmod(consumed, per_epoch)
@@ -313,8 +329,8 @@ def _train(args, accelerator, out: Path) -> dict:
         den_p.eval()
         pa_p.eval()
         with torch.no_grad():
-            value = step_loss(probe_batch, timesteps=probe_t, noise=probe_noise,
-                              drop=torch.zeros(bsz, dtype=torch.bool, device=device))["loss"]
+            value = float(step_loss(probe_batch, probe_t, probe_noise,
+                                    torch.zeros(bsz, dtype=torch.bool, device=device))["loss"])
         den_p.train()
         pa_p.train()
         return value
@@ -371,20 +387,41 @@ def _train(args, accelerator, out: Path) -> dict:
         log({"step": 0, "probe_loss": probes[0]})
     if accelerator.is_main_process:
         print(f"[{PROG}] {len(dataset)} examples, {accelerator.num_processes} process(es) on {device.type}, "
-              f"{h}x{w}, batch {args.batch_size}, guidance {'on' if guidance is not None else 'off'}", flush=True)
-    stream = batches(state.step)
+              f"{h}x{w}, batch {args.batch_size} x {args.gradient_accumulation_steps} (accumulation), mixed precision "
+              f"{accelerator.mixed_precision}, guidance {'on' if guidance is not None else 'off'}", flush=True)
+    accum = args.gradient_accumulation_steps
+    stream = batches(state.step * accum)
     history = []
     t0 = time.perf_counter()
     while state.step < args.max_steps:
-        batch = to_batch(next(stream))
         gen = torch.Generator().manual_seed((args.seed * 1_000_003 + state.step) * 64 + accelerator.process_index)
-        logs = step_loss(batch, gen, optimizer=optimizer, ema=ema)
+        parts = []
+        for k in range(accum):
+            batch = to_batch(next(stream))
+            y0 = batch["target_latents"]
+            b = y0.shape[0]
+            if k == 0:  # the draws of the whole step, sliced per micro-batch: accumulation = one big batch
+                draws = draw_training_noise(b * accum, (b * accum, *y0.shape[1:]), scheduler, config.cond_drop_prob,
+                                            gen, y0.dtype, device)
+            t, noise, drop = (d[k * b:(k + 1) * b] for d in draws)
+            with accelerator.accumulate(den_p, pa_p):
+                losses = step_loss(batch, t, noise, drop)
+                accelerator.backward(losses["loss"])  # divided by accum, scaled under fp16
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)  # unscales first under fp16
+                optimizer.step()  # a no-op until the last micro-batch; skipped on fp16 overflow
+                optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                    ema.step(params)
+            parts.append([float(losses[key].detach()) for key in ("loss", "mse", "vlb")])
         state.step += 1
-        values = torch.tensor([logs["loss"], logs["mse"], logs["vlb"]], dtype=torch.float64, device=device)
+        values = torch.tensor(parts, dtype=torch.float64, device=device).mean(0)
         if accelerator.num_processes > 1:
             values = accelerator.reduce(values, reduction="mean")
         record = {"step": state.step, "loss": float(values[0]), "mse": float(values[1]), "vlb": float(values[2]),
                   "lr": float(optimizer.param_groups[0]["lr"]), "time": round(time.perf_counter() - t0, 3)}
+        if accelerator.scaler is not None:  # fp16: the loss scale after this step (it halves on a skipped step)
+            record["loss_scale"] = float(accelerator.scaler.get_scale())
         if not all(math.isfinite(record[k]) for k in ("loss", "mse", "vlb")):
             raise FloatingPointError(f"step {state.step}: non-finite loss {record}")
         history.append(record)

@@ -124,6 +124,20 @@ def _guided_chunk(zs: torch.Tensor, zt_chunk: torch.Tensor, max_over_target: tor
 
 def guided_correlation(z_s: torch.Tensor, z_t: torch.Tensor, chunk_size: int | None = 256,
                        eps: float = EPS) -> torch.Tensor:
+    """:func:`guided_correlation_naive` computed ``chunk_size`` target positions at a time (see
+    :func:`_guided_correlation_fp32`), in float32 (or float64) with autocast off: eq 9 and eq 2 divide by maxima and norms
+    clamped at ``eps`` (1e-12), which is 0 in float16, so a feature vector that is all zero (ReLU) gave 0/0 and a
+    NaN flow under fp16 mixed precision. The result has the inputs' dtype."""
+    low = (torch.float16, torch.bfloat16)
+    if z_s.dtype not in low and z_t.dtype not in low and not torch.is_autocast_enabled(z_s.device.type):
+        return _guided_correlation_fp32(z_s, z_t, chunk_size, eps)  # float32 / float64 as given
+    with torch.autocast(z_s.device.type, enabled=False):
+        q = _guided_correlation_fp32(z_s.float(), z_t.float(), chunk_size, eps)
+    return q.to(z_s.dtype)
+
+
+def _guided_correlation_fp32(z_s: torch.Tensor, z_t: torch.Tensor, chunk_size: int | None = 256,
+                             eps: float = EPS) -> torch.Tensor:
     """:func:`guided_correlation_naive` computed ``chunk_size`` target positions at a time.
 
     Eq 9 needs, for each source position, the maximum of C over ALL targets. A first pass finds where it is

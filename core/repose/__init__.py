@@ -5,7 +5,8 @@ No public code exists; this is a reference implementation from the paper (equati
 """
 
 from .denoiser import (PAPER_UNET_CONFIG, TINY_UNET_CONFIG, RePoseDenoiser, RePoseDenoiserOutput, RePoseTrainConfig,
-                       hybrid_loss, make_ema, make_optimizer, repose_noise_scheduler, training_step)
+                       draw_training_noise, hybrid_loss, make_ema, make_optimizer, repose_noise_scheduler, training_loss,
+                       training_step)
 from .guidance import PoseGuidance, PoseTarget, guided_eps, pose_heatmaps_coco17, tweedie_x0
 from .pose_align import (PAPER_POSE_ALIGN_CONFIG, TINY_POSE_ALIGN_CONFIG, MapFormer, MapFormerLayer, PoseAlign,
                          PoseAlignOutput, PoseMappingAggregator, accumulate_flows, local_attention,
@@ -18,7 +19,8 @@ from .sampler import (TINY_VAE_CONFIG, RePoseSampler, RePoseSamplerOutput, Sampl
 
 __all__ = [
     "PAPER_UNET_CONFIG", "TINY_UNET_CONFIG", "RePoseDenoiser", "RePoseDenoiserOutput", "RePoseTrainConfig",
-    "hybrid_loss", "make_ema", "make_optimizer", "repose_noise_scheduler", "training_step",
+    "draw_training_noise", "hybrid_loss", "make_ema", "make_optimizer", "repose_noise_scheduler", "training_loss",
+    "training_step",
     "PoseGuidance", "PoseTarget", "guided_eps", "pose_heatmaps_coco17", "tweedie_x0",
     "PAPER_POSE_ALIGN_CONFIG", "TINY_POSE_ALIGN_CONFIG", "MapFormer", "MapFormerLayer", "PoseAlign",
     "PoseAlignOutput", "PoseMappingAggregator", "accumulate_flows", "local_attention", "local_attention_reference",

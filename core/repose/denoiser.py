@@ -11,8 +11,10 @@
 * :func:`hybrid_loss`: eq 4, ``L_mse + L_vlb`` as improved DDPM's hybrid objective: ``L_mse`` on ``eps``,
   ``L_vlb`` the KL between the true posterior ``q(y_{t-1} | y_t, y_0)`` and ``p_theta`` whose mean uses a
   stop-gradient ``eps`` (so ``L_vlb`` trains only the variance), weighted by ``lambda = 0.001``.
-* :func:`training_step`, :class:`RePoseTrainConfig`, :func:`make_optimizer` (AdamW 1e-4), :func:`make_ema`
-  (diffusers' :class:`EMAModel`, decay 0.9999).
+* :func:`training_loss` (eq 4 on one batch, no backward: what the accelerate script accumulates),
+  :func:`training_step` (loss + backward + clip + step + EMA in plain torch), :func:`draw_training_noise`,
+  :class:`RePoseTrainConfig`, :func:`make_optimizer` (AdamW 1e-4), :func:`make_ema` (diffusers' :class:`EMAModel`,
+  decay 0.9999).
 
 Choices where the paper is vague (configurable):
 
@@ -47,7 +49,8 @@ from diffusers.utils import BaseOutput
 
 __all__ = [
     "RePoseDenoiser", "RePoseDenoiserOutput", "PAPER_UNET_CONFIG", "TINY_UNET_CONFIG", "repose_noise_scheduler",
-    "hybrid_loss", "RePoseTrainConfig", "make_optimizer", "make_ema", "training_step", "sincos_position_embedding",
+    "hybrid_loss", "RePoseTrainConfig", "make_optimizer", "make_ema", "training_step", "training_loss",
+    "draw_training_noise", "sincos_position_embedding",
 ]
 
 PAPER_UNET_CONFIG: dict[str, Any] = dict(
@@ -254,15 +257,30 @@ def make_ema(modules: Iterable[nn.Module | None], decay: float = 0.9999) -> EMAM
     return EMAModel(_parameters(modules), decay=decay)
 
 
-def training_step(
+def draw_training_noise(batch_size: int, latent_shape, scheduler: DDPMScheduler, cond_drop_prob: float,
+                        generator: torch.Generator | None = None, dtype=torch.float32, device=None, *,
+                        timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                        drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of one training batch: ``timesteps`` (B,), ``noise`` (``latent_shape``), ``drop`` (B,)
+    bool, drawn on the CPU from ``generator`` in that order; the ones given are kept and not drawn. A script can
+    draw them for a whole optimisation step and slice them per micro-batch, so gradient accumulation sees the
+    draws of the unsplit batch."""
+    if timesteps is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+    if noise is None:
+        noise = torch.randn(tuple(latent_shape), generator=generator, dtype=dtype)
+    if drop is None:
+        drop = torch.rand(batch_size, generator=generator) < cond_drop_prob
+    return timesteps.to(device), noise.to(device), drop.to(device)
+
+
+def training_loss(
     denoiser: RePoseDenoiser,
     batch: dict[str, torch.Tensor],
     *,
     scheduler: DDPMScheduler,
-    optimizer: torch.optim.Optimizer | None = None,
     pose_align: nn.Module | None = None,
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ema: EMAModel | None = None,
     config: RePoseTrainConfig | None = None,
     generator: torch.Generator | None = None,
     pose_guidance=None,
@@ -270,25 +288,21 @@ def training_step(
     timesteps: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     drop: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """One optimisation step of eq 4 (or only the loss, without ``optimizer``).
+) -> dict[str, torch.Tensor]:
+    """Eq 4 on one batch, as tensors (``loss`` carries the gradient; ``mse``, ``vlb`` for logging); no backward.
 
     ``batch``: ``target_latents`` y_0 (B, C, h, w), ``pose_latents`` F_T (B, C, h, w), and either
     ``source_image`` (B, 3, H, W, the range ``encode`` expects; needs ``pose_align`` and ``encode``) or
     ``aligned_features`` F_S^N. Optional ``target_pose_image`` (0..1) for ``pose_guidance`` (eq 15 at training time;
-    needs ``decode``). ``timesteps`` / ``noise`` / ``drop`` override the random draws (for evaluation).
-    Returns floats: ``loss``, ``mse``, ``vlb``.
+    needs ``decode``). ``timesteps`` / ``noise`` / ``drop`` override the random draws (evaluation, or draws made
+    for a whole accumulated step by :func:`draw_training_noise`); the missing ones come from ``generator``.
     """
     cfg = config or RePoseTrainConfig()
     y0 = batch["target_latents"]
     b = y0.shape[0]
     device = y0.device
-    if timesteps is None:
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
-    if noise is None:
-        noise = torch.randn(y0.shape, generator=generator, dtype=y0.dtype).to(device)
-    if drop is None:
-        drop = (torch.rand(b, generator=generator) < cfg.cond_drop_prob).to(device)
+    timesteps, noise, drop = draw_training_noise(b, y0.shape, scheduler, cfg.cond_drop_prob, generator, y0.dtype,
+                                                 device, timesteps=timesteps, noise=noise, drop=drop)
     y_t = scheduler.add_noise(y0, noise, timesteps)                                   # eq 1 closed form
     if "aligned_features" in batch:
         aligned = batch["aligned_features"]
@@ -306,7 +320,35 @@ def training_step(
         grad = pose_guidance.gradient(y_t, timesteps, out[:, :c], abar, decode, batch.get("target_pose_image"))
         offset = pose_guidance.scale * (1 - abar).sqrt().reshape(-1, 1, 1, 1).to(grad.dtype) * grad   # eq 15
         offset = torch.where(drop[:, None, None, None], torch.zeros_like(offset), offset)
-    losses = hybrid_loss(out, noise, y_t, y0, timesteps, scheduler, cfg.vlb_weight, offset)
+    return hybrid_loss(out, noise, y_t, y0, timesteps, scheduler, cfg.vlb_weight, offset)
+
+
+def training_step(
+    denoiser: RePoseDenoiser,
+    batch: dict[str, torch.Tensor],
+    *,
+    scheduler: DDPMScheduler,
+    optimizer: torch.optim.Optimizer | None = None,
+    pose_align: nn.Module | None = None,
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ema: EMAModel | None = None,
+    config: RePoseTrainConfig | None = None,
+    generator: torch.Generator | None = None,
+    pose_guidance=None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    drop: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """One plain-torch optimisation step of eq 4 (or only the loss, without ``optimizer``): :func:`training_loss`,
+    backward, clipping to ``config.max_grad_norm``, the optimiser step and ``ema.step``. The accelerate script
+    (training/train_repose.py) calls :func:`training_loss` and drives these itself (accumulation, mixed precision).
+    Arguments as :func:`training_loss`; returns floats: ``loss``, ``mse``, ``vlb``.
+    """
+    cfg = config or RePoseTrainConfig()
+    losses = training_loss(denoiser, batch, scheduler=scheduler, pose_align=pose_align, encode=encode, config=cfg,
+                           generator=generator, pose_guidance=pose_guidance, decode=decode, timesteps=timesteps,
+                           noise=noise, drop=drop)
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
