@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import posixpath
 
+import torch
+
 from ..core.flow_models.model_files import FILE_KEY, KINDS, MARKER, load_flow_model
 from . import bridge
 from .flowwarp_nodes import FLOW_MODEL_TYPE
@@ -19,7 +21,37 @@ CATEGORY = "posetransfer/warp"
 NO_MODEL = "(none)"
 KIND_CHOICES = ("auto",) + KINDS
 
-_CACHE: dict = {}  # (path, mtime, kind, device) -> estimator; holds the last one
+_CACHE: dict = {}  # (path stamp, kind) -> ManagedFlowModel; holds the last one
+
+
+class ManagedFlowModel:
+    """POSE_FLOW_MODEL: a loaded flow estimator whose networks are handed to ComfyUI's model management.
+
+    FlowWarp calls ``estimate`` / ``generate``; each call first makes the networks resident
+    (:meth:`bridge.ManagedModel.load`: ComfyUI's ``load_models_gpu`` inside ComfyUI, which keeps them loaded
+    between runs and may offload them between calls) and points the estimator at that device."""
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+        modules = {name: getattr(estimator, name, None) for name in ("flow_net", "refiner", "model")}
+        self.managed = bridge.managed(modules)
+
+    def _ready(self):
+        device = self.managed.load()
+        if hasattr(self.estimator, "device"):  # the single-transformation estimator places its inputs there
+            self.estimator.device = device
+        return self.estimator
+
+    def estimate(self, source, source_pose, target_pose):
+        return self._ready().estimate(source, source_pose, target_pose)
+
+    def __getattr__(self, name):  # everything else (generate, refiner, flow_net, ...) from the estimator
+        if name in ("estimator", "managed"):
+            raise AttributeError(name)
+        value = getattr(self.estimator, name)
+        if name == "generate":  # runs the networks too (only the single-transformation estimator has it)
+            return lambda *args, **kwargs: getattr(self._ready(), name)(*args, **kwargs)
+        return value
 
 
 def _safetensors_kind(path: str) -> str | None:
@@ -140,12 +172,12 @@ class PoseTransferFlowModelLoader:
         if kind not in KIND_CHOICES:
             raise ValueError(f"kind: expected one of {KIND_CHOICES}, got {kind!r}")
         path = model_path(model_name)
-        device = bridge.get_device()
-        key = (_stamp(path), kind, str(device))
+        key = (_stamp(path), kind)
         if key not in _CACHE:
-            estimator = load_flow_model(path, None if kind == "auto" else kind, device=device)
+            with torch.inference_mode(False):  # plain weights: ComfyUI runs loaders in inference mode
+                estimator = load_flow_model(path, None if kind == "auto" else kind, device="cpu")
             _CACHE.clear()
-            _CACHE[key] = estimator
+            _CACHE[key] = ManagedFlowModel(estimator)
         return (_CACHE[key],)
 
 

@@ -9,6 +9,7 @@ pipelines' latent codec through :class:`..core.pcdms.encoders.CallableLatentCode
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -61,6 +62,11 @@ class PCDMsModel:
     model: torch.nn.Module
     kind: str
     name: str = ""
+    managed: bridge.ManagedModel | None = None  # the model handed to ComfyUI's model management
+
+    def __post_init__(self):
+        if self.managed is None:
+            self.managed = bridge.managed(self.model)
 
 
 @dataclass
@@ -91,11 +97,18 @@ class ComfyVisionEncoder:
             raise ValueError(f"{what}: expected a ComfyUI CLIP_VISION model (with encode_image), got "
                              f"{type(clip_vision).__name__}")
         self.clip_vision, self.output, self.ndim, self.what = clip_vision, output, ndim, what
+        self.keep = ()
+
+    def keeping(self, keep) -> "ComfyVisionEncoder":
+        """A copy that reloads the managed models ``keep`` after each ComfyUI call (:func:`bridge.keep_loaded`)."""
+        enc = copy.copy(self)
+        enc.keep = tuple(keep)
+        return enc
 
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
         images = torch.as_tensor(images)
-        out = self.clip_vision.encode_image(images[..., :3])
+        out = bridge.keep_loaded(self.clip_vision.encode_image, *self.keep)(images[..., :3])
         value = getattr(out, self.output, None)
         if value is None and hasattr(out, "__getitem__"):
             try:
@@ -118,14 +131,16 @@ class ComfyVisionEncoder:
         return self.encode(images.permute(0, 2, 3, 1).contiguous())
 
 
-def comfy_latent_codec(vae) -> CallableLatentCodec:
-    """A ComfyUI VAE (``encode`` BHWC 0..1 -> unscaled latents, ``decode`` back) as the pipelines' codec."""
+def comfy_latent_codec(vae, keep=()) -> CallableLatentCodec:
+    """A ComfyUI VAE (``encode`` BHWC 0..1 -> unscaled latents, ``decode`` back) as the pipelines' codec; the
+    managed models ``keep`` are reloaded after each VAE call (:func:`bridge.keep_loaded`)."""
     if not (callable(getattr(vae, "encode", None)) and callable(getattr(vae, "decode", None))):
         raise ValueError(f"vae: expected a ComfyUI VAE (with encode / decode), got {type(vae).__name__}")
     factor = getattr(vae, "downscale_ratio", 8)
     channels = getattr(vae, "latent_channels", 4)
-    return CallableLatentCodec(lambda images: torch.as_tensor(vae.encode(images[..., :3])),
-                               lambda latents: torch.as_tensor(vae.decode(latents)),
+    encode, decode = bridge.keep_loaded(vae.encode, *keep), bridge.keep_loaded(vae.decode, *keep)
+    return CallableLatentCodec(lambda images: torch.as_tensor(encode(images[..., :3])),
+                               lambda latents: torch.as_tensor(decode(latents)),
                                downscale_factor=factor if isinstance(factor, int) else 8,
                                latent_channels=channels if isinstance(channels, int) else 4)
 
@@ -221,7 +236,8 @@ class PoseTransferPCDMsLoader:
         path = model_path(model_name)
         key = (_stamp(path), kind, str(torch_dtype))
         if key not in _CACHE:
-            model = load_pcdms(path, None if kind == "auto" else kind, dtype=torch_dtype, device="cpu")
+            with torch.inference_mode(False):  # plain weights: ComfyUI runs loaders in inference mode
+                model = load_pcdms(path, None if kind == "auto" else kind, dtype=torch_dtype, device="cpu")
             if len(_CACHE) >= 3:
                 _CACHE.pop(next(iter(_CACHE)))
             _CACHE[key] = PCDMsModel(model, _CLASS_TO_KIND[type(model).__name__], model_name)
@@ -288,28 +304,30 @@ def _encoder(encoders, which: str, needed_for: str):
     return enc
 
 
-class _Run:
-    """Model on the compute device during a run (back to the CPU after), progress bar and interrupt."""
+@contextlib.contextmanager
+def _run(pm: PCDMsModel, steps: int, guidance=None, guide: dict | None = None):
+    """One sampling run: the stage's model (and the guidance's pose estimator) made resident through ComfyUI's
+    model management (:func:`bridge.on_device`; not moved back by hand inside ComfyUI), gradients allowed when
+    guided (ComfyUI runs nodes in inference mode), a progress bar and interrupt checks. Yields the pipelines'
+    step callback."""
+    bridge.check_interrupt()
+    bar = bridge.ProgressBar(steps)
 
-    def __init__(self, model: torch.nn.Module, steps: int):
-        self.model, self.bar = model, bridge.ProgressBar(steps)
-
-    def __enter__(self):
-        bridge.check_interrupt()
-        self.model.to(bridge.get_device())
-        return self
-
-    def __exit__(self, *exc):
-        if next(self.model.parameters()).device.type != "cpu":
-            self.model.to("cpu")
-        return False
-
-    def callback(self, info):
-        self.bar.update(1)
+    def callback(info):
+        bar.update(1)
         bridge.check_interrupt()
 
+    estimator = guidance.managed if guide else None
+    with contextlib.ExitStack() as stack:
+        if guide:
+            stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(bridge.on_device(pm.managed, estimator))
+        if estimator is not None:
+            bridge.make_plain(estimator.module)  # ComfyUI may have offloaded it under inference mode
+        yield callback
 
-def _guidance_kwargs(guidance, vae) -> dict:
+
+def _guidance_kwargs(guidance, vae, keep=()) -> dict:
     """GUIDANCE (a :class:`PoseGuidanceFactory`) -> the pipelines' ``pose_guidance`` / ``guidance_decode``.
 
     The guidance is made without a target: the pipeline compares with the target pose (inpaint) or the coarse
@@ -321,21 +339,13 @@ def _guidance_kwargs(guidance, vae) -> dict:
         raise ValueError(f"guidance: expected GUIDANCE from RePose PoseGuidance, got {type(guidance).__name__}")
     if guidance.scale == 0:
         return {}
-    return {"pose_guidance": guidance.make(), "guidance_decode": ComfyVaeCodec(vae).decode}
+    return {"pose_guidance": guidance.make(), "guidance_decode": ComfyVaeCodec(vae, keep=keep).decode}
 
 
-@contextlib.contextmanager
-def _guided(guidance, kwargs: dict):
-    """Gradients allowed (ComfyUI runs nodes in inference mode) and the estimator on the compute device."""
-    if not kwargs:
-        yield
-        return
-    with torch.inference_mode(False):
-        guidance.estimator.to(bridge.get_device())
-        try:
-            yield
-        finally:
-            guidance.estimator.to("cpu")
+def _keep(pm: PCDMsModel, guidance) -> tuple:
+    """The managed models a run needs resident (see :func:`bridge.keep_loaded`)."""
+    guided = isinstance(guidance, PoseGuidanceFactory) and guidance.scale != 0
+    return (pm.managed, guidance.managed if guided else None)
 
 
 _GUIDANCE_INPUT = (GUIDANCE_TYPE, {"tooltip": "Optional RePose pose gradient guidance (RePose PoseGuidance node): "
@@ -418,17 +428,16 @@ class PoseTransferPriorEmbed:
 
     def embed(self, pcdms_model, pcdms_encoders, source_image, source_pose, target_pose, seed=42, steps=20, cfg=0.0,
               layout="pad", resolution=512):
-        model = _require(pcdms_model, ("prior",), "PCDMs Prior Embed").model
-        clip = _encoder(pcdms_encoders, "clip", "the prior")
+        pm = _require(pcdms_model, ("prior",), "PCDMs Prior Embed")
+        clip = _encoder(pcdms_encoders, "clip", "the prior").keeping(_keep(pm, None))
         image = _images(source_image, "source_image")
         sp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "source_pose")
                                         for p in _source_poses(source_pose, image)]))
         tp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "target_pose")
                                         for p in _poses(target_pose, "target_pose")]))
-        pipe = PriorPipeline(model, clip, size=resolution, layout=layout)
-        with _Run(model, steps) as run:
-            out = pipe(sp, tp, source_image=image, steps=steps, guidance_scale=cfg, seed=seed,
-                       callback=run.callback)
+        pipe = PriorPipeline(pm.model, clip, size=resolution, layout=layout)
+        with _run(pm, steps) as callback:
+            out = pipe(sp, tp, source_image=image, steps=steps, guidance_scale=cfg, seed=seed, callback=callback)
         return (PCDMsEmbed(out.embeddings.float().cpu()),)
 
 
@@ -469,13 +478,14 @@ class PoseTransferPCDMsInpaint:
     def generate(self, pcdms_model, pcdms_encoders, vae, source_image, source_pose, target_pose, seed=42, steps=20,
                  cfg=2.0, scheduler="default", layout="pad", resolution=512, prior_embed=None, guidance=None):
         pm = _require(pcdms_model, ("inpaint", "simplified"), "PCDMs Inpaint")
-        dino = _encoder(pcdms_encoders, "dino", "PCDMs Inpaint")
+        keep = _keep(pm, guidance)
+        dino = _encoder(pcdms_encoders, "dino", "PCDMs Inpaint").keeping(keep)
         image = _images(source_image, "source_image")
         source_pose_image = _render(_source_poses(source_pose, image))
         target_pose_image = _render(_poses(target_pose, "target_pose"))
-        codec = comfy_latent_codec(vae)
+        codec = comfy_latent_codec(vae, keep)
         kwargs = dict(steps=steps, guidance_scale=cfg, seed=seed)
-        guide = _guidance_kwargs(guidance, vae)
+        guide = _guidance_kwargs(guidance, vae, keep)
         kwargs.update(guide)
         if pm.kind == "simplified":
             if prior_embed is not None:
@@ -489,11 +499,11 @@ class PoseTransferPCDMsInpaint:
                     raise ValueError(f"prior_embed: expected PCDMS_EMBED, got {type(prior_embed).__name__}")
                 embedding = prior_embed.embeddings
             else:  # the source photo's CLIP embedding stands in for the target's
-                clip = _encoder(pcdms_encoders, "clip", "PCDMs Inpaint without prior_embed")
+                clip = _encoder(pcdms_encoders, "clip", "PCDMs Inpaint without prior_embed").keeping(keep)
                 embedding = PriorPipeline(None, clip, size=resolution, layout=layout).encode_source(image)
             args = (embedding,)
-        with _guided(guidance, guide), _Run(pm.model, steps) as run:
-            out = pipe(image, source_pose_image, target_pose_image, *args, callback=run.callback, **kwargs)
+        with _run(pm, steps, guidance, guide) as callback:
+            out = pipe(image, source_pose_image, target_pose_image, *args, callback=callback, **kwargs)
         return (out.images.float().clamp(0, 1).cpu(),)
 
 
@@ -525,14 +535,15 @@ class PoseTransferPCDMsRefine:
     def refine(self, pcdms_model, pcdms_encoders, vae, coarse_image, source_image, seed=42, steps=20, cfg=2.0,
                scheduler="default", layout="pad", resolution=512, guidance=None):
         pm = _require(pcdms_model, ("refine",), "PCDMs Refine")
-        dino = _encoder(pcdms_encoders, "dino", "PCDMs Refine")
-        pipe = RefinePipeline(pm.model, comfy_latent_codec(vae), dino, _scheduler(scheduler, "unipc"), resolution,
-                              layout)
+        keep = _keep(pm, guidance)
+        dino = _encoder(pcdms_encoders, "dino", "PCDMs Refine").keeping(keep)
+        pipe = RefinePipeline(pm.model, comfy_latent_codec(vae, keep), dino, _scheduler(scheduler, "unipc"),
+                              resolution, layout)
         coarse = _images(coarse_image, "coarse_image")
         source = _images(source_image, "source_image")
-        guide = _guidance_kwargs(guidance, vae)
-        with _guided(guidance, guide), _Run(pm.model, steps) as run:
-            out = pipe(coarse, source, steps=steps, guidance_scale=cfg, seed=seed, callback=run.callback, **guide)
+        guide = _guidance_kwargs(guidance, vae, keep)
+        with _run(pm, steps, guidance, guide) as callback:
+            out = pipe(coarse, source, steps=steps, guidance_scale=cfg, seed=seed, callback=callback, **guide)
         return (out.images.float().clamp(0, 1).cpu(),)
 
 

@@ -79,6 +79,13 @@ class RePoseModel:
     pose_align: PoseAlign
     name: str = ""
     info: dict = field(default_factory=dict)
+    # Each handed to ComfyUI's model management on its own: PoseAlign and the sampler run at different times.
+    managed_denoiser: bridge.ManagedModel | None = field(default=None, repr=False)
+    managed_pose_align: bridge.ManagedModel | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.managed_denoiser = self.managed_denoiser or bridge.managed(self.denoiser)
+        self.managed_pose_align = self.managed_pose_align or bridge.managed(self.pose_align)
 
 
 @dataclass
@@ -105,6 +112,11 @@ class PoseGuidanceFactory:
     threshold: float = 0.1
     mask_from: str = "generated"
     name: str = ""
+    managed: bridge.ManagedModel | None = field(default=None, repr=False, compare=False)  # the estimator's
+
+    def __post_init__(self):
+        if self.managed is None:  # held here so that the estimator keeps one ComfyUI ModelPatcher
+            self.managed = bridge.managed(self.estimator)
 
     def make(self, target_image: torch.Tensor | None = None, **overrides) -> PoseGuidance:
         kwargs = dict(scale=self.scale, threshold=self.threshold, mask_from=self.mask_from)
@@ -139,10 +151,11 @@ class ComfyVaeCodec(VaeCodec):
     Decoding latents that require grad (PoseGuidance) goes through ``vae.first_stage_model.decode`` (a module that
     autograd can differentiate); everything else through the VAE's own encode / decode."""
 
-    def __init__(self, vae, scaling_factor: float = SCALING_FACTOR):
+    def __init__(self, vae, scaling_factor: float = SCALING_FACTOR, keep=()):
         if not (callable(getattr(vae, "encode", None)) and callable(getattr(vae, "decode", None))):
             raise ValueError(f"vae: expected a ComfyUI VAE (with encode / decode), got {type(vae).__name__}")
         self.comfy_vae = vae
+        self.keep = tuple(keep)  # our managed models, reloaded after each VAE call (bridge.keep_loaded)
         self.vae = None
         self.scaling_factor = float(scaling_factor)
         factor = getattr(vae, "downscale_ratio", 8)
@@ -151,7 +164,7 @@ class ComfyVaeCodec(VaeCodec):
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         pixels = ((image.float() + 1) / 2).clamp(0, 1).movedim(1, -1).cpu()
-        latents = torch.as_tensor(self.comfy_vae.encode(pixels))
+        latents = torch.as_tensor(bridge.keep_loaded(self.comfy_vae.encode, *self.keep)(pixels))
         return latents.to(image.device) * self.scaling_factor
 
     def decode(self, latents: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -163,12 +176,14 @@ class ComfyVaeCodec(VaeCodec):
             if fsm is None or not callable(getattr(fsm, "decode", None)):
                 raise ValueError("guidance: the VAE has no first_stage_model to differentiate through")
             if self._grad_decoder is None:
+                # ComfyUI's VAE resident beside our models first, so that the copy is made on the compute device
+                bridge.load_models(*self.keep, comfy_objects=(self.comfy_vae,))
                 self._grad_decoder = _plain_copy(fsm)
             p = next(self._grad_decoder.parameters())
             out = self._grad_decoder.decode(z.to(p.device, p.dtype))
             out = getattr(out, "sample", out)
             return out.to(latents.device, latents.dtype)
-        images = torch.as_tensor(self.comfy_vae.decode(z.float().cpu()))
+        images = torch.as_tensor(bridge.keep_loaded(self.comfy_vae.decode, *self.keep)(z.float().cpu()))
         images = images.reshape(-1, *images.shape[-3:])[..., :3]
         return (images.movedim(-1, 1).float() * 2 - 1).to(latents.device, latents.dtype)
 
@@ -218,24 +233,6 @@ def _require_model(repose_model) -> RePoseModel:
         raise ValueError(f"repose_model: expected a REPOSE_MODEL from the RePose loader, got "
                          f"{type(repose_model).__name__}")
     return repose_model
-
-
-class _OnDevice:
-    """Modules on the compute device during a run, back on the CPU after."""
-
-    def __init__(self, *modules):
-        self.modules = [m for m in modules if m is not None]
-
-    def __enter__(self):
-        device = bridge.get_device()
-        for m in self.modules:
-            m.to(device)
-        return device
-
-    def __exit__(self, *exc):
-        for m in self.modules:
-            m.to("cpu")
-        return False
 
 
 # ---------------------------------------------------------------------------------------------- loader
@@ -331,7 +328,7 @@ class PoseTransferPoseAlign:
 
     def align(self, repose_model, vae, source_image, target_pose, resolution=256, iterations=0):
         model = _require_model(repose_model)
-        codec = ComfyVaeCodec(vae)
+        codec = ComfyVaeCodec(vae, keep=(model.managed_pose_align,))
         poses = _poses(target_pose, "target_pose")
         size = _working_size(poses[0].width, poses[0].height, int(resolution), codec.factor)
         pose_images, canvas = _pose_images(target_pose, size)
@@ -343,7 +340,7 @@ class PoseTransferPoseAlign:
         source = source.expand(b, -1, -1, -1)
         bridge.check_interrupt()
         pa = model.pose_align
-        with _OnDevice(pa) as device, torch.no_grad():
+        with bridge.on_device(model.managed_pose_align) as device, torch.no_grad():
             dtype = next(pa.parameters()).dtype
             pose_latents = codec.encode(pose_images.to(device) * 2 - 1).to(dtype)
             out = pa((source.to(device) * 2 - 1).to(dtype), pose_latents, lambda x: codec.encode(x).to(dtype),
@@ -415,12 +412,13 @@ class PoseTransferPoseGuidance:
             raise ValueError(f"mask_from: expected one of {MASK_FROM}, got {mask_from!r}")
         path = bridge.model_file_path(estimator_name)
 
-        def build():
+        def build():  # the managed wrapper is cached, so the estimator keeps one ComfyUI ModelPatcher
             with torch.inference_mode(False):
-                return _load_estimator(path)
+                return bridge.managed(_load_estimator(path))
 
-        estimator = _cached(("estimator", _stamp(path)), build)
-        factory = PoseGuidanceFactory(estimator, float(scale), float(threshold), mask_from, estimator_name)
+        managed = _cached(("estimator", _stamp(path)), build)
+        factory = PoseGuidanceFactory(managed.module, float(scale), float(threshold), mask_from, estimator_name,
+                                      managed)
         factory.make()  # validates the settings now rather than at sampling time
         return (factory,)
 
@@ -487,7 +485,9 @@ class PoseTransferRePoseSampler:
         if guidance is not None and not isinstance(guidance, PoseGuidanceFactory):
             raise ValueError(f"guidance: expected GUIDANCE from RePose PoseGuidance, got {type(guidance).__name__}")
         feats = repose_features
-        codec = ComfyVaeCodec(vae)
+        guided = guidance is not None and guidance.scale != 0
+        estimator = guidance.managed if guided else None
+        codec = ComfyVaeCodec(vae, keep=(model.managed_denoiser, estimator))
         pose_images, canvas = _pose_images(target_pose, feats.size)
         if pose_images.shape[0] != feats.frames:
             raise ValueError(f"target_pose: {pose_images.shape[0]} frame(s), but repose_features were computed for "
@@ -502,17 +502,17 @@ class PoseTransferRePoseSampler:
             bridge.check_interrupt()
 
         bridge.check_interrupt()
-        with torch.inference_mode(False), _OnDevice(model.denoiser) as device:
+        # Gradients for the guidance (ComfyUI runs nodes in inference mode); the models stay loaded inside
+        # ComfyUI (its manager offloads them when it needs the memory).
+        with torch.inference_mode(False), bridge.on_device(model.managed_denoiser, estimator):
             pose_guidance = None
-            if guidance is not None and guidance.scale != 0:
-                guidance.estimator.to(device)
+            if guided:
+                bridge.make_plain(estimator.module)  # ComfyUI may have offloaded it under inference mode
                 pose_guidance = guidance.make()
             sampler = RePoseSampler(model.denoiser, None, codec, make_scheduler(scheduler))
             out = sampler(feats.source_images.clone(), pose_images, num_inference_steps=int(steps),
                           guidance_scale=float(w_c), pose_guidance=pose_guidance, seed=int(seed),
                           callback=callback, aligned=_clone_aligned(feats.aligned))
-            if guidance is not None:
-                guidance.estimator.to("cpu")
         return (_to_canvas(out.images, canvas),)
 
 

@@ -313,3 +313,82 @@ def apply_overrides(api: dict, overrides: dict = CPU_RUN_OVERRIDES) -> dict:
 def output_names(cls) -> tuple[str, ...]:
     """The output slot names the frontend shows: RETURN_NAMES, else the types."""
     return tuple(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES)
+
+
+# ------------------------------------------------------------------------------- ComfyUI's model manager
+_MODULE_TO = torch.nn.Module.to  # the fake manager moves with this, so a spy on Module.to sees only hand moves
+
+
+class FakeModelPatcher:
+    """``comfy.model_patcher.ModelPatcher`` as far as the pack uses it. Like the real one it writes attributes on
+    the module it wraps (on load: ``model.device = load_device``, ``model_loaded_weight_memory``), which a
+    diffusers ModelMixin refuses (its ``device`` is a read-only property)."""
+
+    def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+        self.model, self.load_device, self.offload_device = model, load_device, offload_device
+        if not hasattr(model, "device"):
+            model.device = offload_device
+        model.model_loaded_weight_memory = 0
+
+
+class FakeModelManager:
+    """Fake ``comfy`` / ``comfy.model_management`` / ``comfy.model_patcher`` modules (CPU as the compute device)
+    that record what the pack asks of ComfyUI's model management: :attr:`patchers` made, :attr:`loads` (one
+    ``(patchers, kwargs, inference_mode_enabled)`` per ``load_models_gpu`` call). ``folder_paths`` and
+    ``comfy.utils`` stay absent, so model files and progress bars use the fallbacks."""
+
+    def __init__(self, monkeypatch, device="cpu"):
+        import types
+
+        self.device = torch.device(device)
+        self.patchers: list[FakeModelPatcher] = []
+        self.loads: list[tuple[list, dict, bool]] = []
+        self.current_loaded_models: list = []
+        comfy = types.ModuleType("comfy")
+        mm = types.ModuleType("comfy.model_management")
+        mp = types.ModuleType("comfy.model_patcher")
+        mm.get_torch_device = lambda: self.device
+        mm.unet_offload_device = lambda: torch.device("cpu")
+        mm.throw_exception_if_processing_interrupted = lambda: None
+        mm.load_models_gpu = self.load_models_gpu
+        mm.load_model_gpu = lambda patcher: self.load_models_gpu([patcher])
+        mm.current_loaded_models = self.current_loaded_models
+        manager = self
+
+        class ModelPatcher(FakeModelPatcher):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                manager.patchers.append(self)
+
+        mp.ModelPatcher = ModelPatcher
+        comfy.model_management, comfy.model_patcher = mm, mp
+        for name, module in (("comfy", comfy), ("comfy.model_management", mm), ("comfy.model_patcher", mp),
+                             ("comfy.utils", None), ("folder_paths", None)):
+            monkeypatch.setitem(sys.modules, name, module)
+
+    def load_models_gpu(self, models, memory_required=0, force_patch_weights=False, minimum_memory_required=None,
+                        force_full_load=False):
+        models = list(models)
+        self.loads.append((models, dict(force_full_load=force_full_load), torch.is_inference_mode_enabled()))
+        for p in models:
+            _MODULE_TO(p.model, p.load_device)
+            p.model.device = p.load_device  # what ModelPatcher.load does
+            if p not in self.current_loaded_models:
+                self.current_loaded_models.insert(0, p)
+
+    def loaded_with(self, patcher) -> list[list]:
+        """The patcher lists of the loads that included ``patcher``."""
+        return [models for models, _, _ in self.loads if any(p is patcher for p in models)]
+
+
+def spy_module_moves(monkeypatch, move: bool = True) -> list:
+    """Record every ``torch.nn.Module.to`` call (the module, its arguments) made by hand (not by the fake manager);
+    ``move=False``: record only (to stand for a device this machine lacks)."""
+    moves = []
+
+    def to(module, *args, **kwargs):
+        moves.append((module, args, kwargs))
+        return _MODULE_TO(module, *args, **kwargs) if move else module
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    return moves

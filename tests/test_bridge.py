@@ -149,3 +149,91 @@ def test_register_keeps_user_paths_and_old_comfy(fake_comfy):
     assert fp.folder_names_and_paths == {}
     path = bridge.register_model_folder()
     assert fp.folder_names_and_paths["posetransfer"][0] == [path]
+
+
+# ------------------------------------------------------------------------------------- model management
+from comfy_doubles import FakeModelManager, FakeModelPatcher, spy_module_moves  # noqa: E402
+
+
+class Tiny(torch.nn.Module):
+    """A module with a read-only ``device`` like diffusers' ModelMixin: ModelPatcher cannot write on it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.register_buffer("scale", torch.ones(2))
+
+    @property
+    def device(self):
+        return self.lin.weight.device
+
+
+def test_managed_model_without_comfy(no_comfy, monkeypatch):
+    net, other = Tiny(), Tiny()
+    mm = bridge.managed(net)
+    assert bridge.managed(net) is mm and bridge.managed(other) is not mm  # one wrapper per loaded model
+    assert mm.module is net and mm.patcher is None
+    moves = spy_module_moves(monkeypatch, move=False)
+    monkeypatch.setattr(bridge, "get_device", lambda: torch.device("cuda"))
+    with bridge.on_device(mm, None) as device:
+        assert device == torch.device("cuda")
+    # Without ComfyUI the run owns the memory: to the compute device, back to the CPU after.
+    assert [(type(m).__name__, a) for m, a, _ in moves] == [("Tiny", (torch.device("cuda"),)), ("Tiny", ("cpu",))]
+    assert mm.patcher is None
+
+
+def test_managed_model_with_comfy(monkeypatch):
+    fake = FakeModelManager(monkeypatch)
+    net, est = Tiny(), Tiny()
+    model, estimator = bridge.managed(net), bridge.managed({"estimator": est, "none": None})
+    assert list(estimator.modules) == ["estimator"]
+    moves = spy_module_moves(monkeypatch)
+
+    class ComfyVAE:  # ComfyUI's VAE / CLIP_VISION carry their own ModelPatcher
+        def __init__(self):
+            self.patcher = FakeModelPatcher(torch.nn.Linear(1, 1), fake.device, torch.device("cpu"))
+
+    vae = ComfyVAE()
+    for _ in range(2):
+        with torch.inference_mode(), bridge.on_device(model, estimator, comfy_objects=(vae, None)) as device:
+            assert device == fake.device
+    assert len(fake.patchers) == 2  # one ModelPatcher per model, made once, reused by every run
+    p_model, p_est = model.patcher, estimator.patcher
+    assert [p.model for p in fake.patchers] == [model._holder, estimator._holder]
+    assert p_model.model.parts["model"] is net and type(p_model.model).__name__ == "Tiny"  # ComfyUI logs it
+    # One load_models_gpu call per run with all of them, fully loaded, outside inference mode (so moved weights
+    # stay plain tensors for autograd).
+    assert fake.loads == [([p_model, p_est, vae.patcher], {"force_full_load": True}, False)] * 2
+    assert (p_model.load_device, p_model.offload_device) == (fake.device, torch.device("cpu"))
+    assert p_model.model.device == fake.device  # ModelPatcher writes on the holder, not on our module
+    assert moves == []  # never moved by hand: ComfyUI offloads when it needs the memory
+
+
+def test_keep_loaded_reloads_after_comfy_calls(monkeypatch):
+    fake = FakeModelManager(monkeypatch)
+    model = bridge.managed(Tiny())
+    decode = bridge.keep_loaded(lambda x: x + 1, model, None)
+    assert bridge.keep_loaded(len) is len
+    model.load()
+    assert decode(1) == 2
+    assert fake.loaded_with(model.patcher) == [[model.patcher]] * 2
+    # Without ComfyUI nothing unloads our models behind our back: no reload.
+    monkeypatch.setitem(sys.modules, "comfy.model_patcher", None)
+    plain = bridge.managed(Tiny())
+    calls = []
+    monkeypatch.setattr(bridge, "load_models", lambda *a, **k: calls.append(a))
+    assert bridge.keep_loaded(lambda: 3, plain)() == 3 and calls == []
+
+
+def test_make_plain_lets_autograd_use_inference_weights():
+    with torch.inference_mode():
+        net = Tiny()
+    x = torch.randn(3, 2, requires_grad=True)
+    with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
+        (net.lin(x) * net.scale).sum().backward()
+    weight = net.lin.weight.detach().clone()
+    bridge.make_plain(net)
+    assert not any(t.is_inference() for t in [*net.parameters(), *net.buffers()])
+    assert net.lin.weight.requires_grad and torch.equal(net.lin.weight, weight)
+    (net.lin(x) * net.scale).sum().backward()
+    assert x.grad is not None and net.lin.weight.grad is not None

@@ -187,6 +187,45 @@ def test_model_method_uses_the_flow_model(fashion):
     assert generate.max() == 0 and flow_image.min() > 0.999  # nothing made up; zero flow is white
 
 
+def tiny_flow_models():
+    """The two learned flow models' estimators, tiny and seeded."""
+    from posetransfer.core.flow_models import (PART_FLOW_TINY_CONFIG, TINY_FLOW_NET_CONFIG, TINY_REFINER_CONFIG,
+                                               PartFlowEstimator, PartFlowNet, SingleTransformEstimator,
+                                               SingleTransformFlowNet, SingleTransformRefiner)
+
+    torch.manual_seed(0)
+    single = SingleTransformEstimator(SingleTransformFlowNet(**TINY_FLOW_NET_CONFIG),
+                                      SingleTransformRefiner(**TINY_REFINER_CONFIG))
+    return {"single": single, "parts": PartFlowEstimator(PartFlowNet(**PART_FLOW_TINY_CONFIG))}
+
+
+def test_loaded_flow_models_are_handed_to_comfy(fashion, monkeypatch):
+    import comfy_doubles
+
+    from posetransfer.nodes.flow_model_nodes import ManagedFlowModel
+
+    image, source = fashion
+    targets = [pose_only("jumper")]
+    for kind, estimator in tiny_flow_models().items():
+        expected = run(image, source, targets, method="model", flow_model=estimator, segmentation="skeleton")
+        managed = ManagedFlowModel(estimator)
+        # The estimator's attributes show through (generate only where the estimator has it).
+        assert hasattr(managed, "generate") == hasattr(estimator, "generate") == (kind == "single")
+        with monkeypatch.context() as mp:
+            fake = comfy_doubles.FakeModelManager(mp)
+            moves = comfy_doubles.spy_module_moves(mp)
+            for _ in range(2):
+                out = run(image, source, targets, method="model", flow_model=managed, segmentation="skeleton")
+                for a, b in zip(out, expected):
+                    torch.testing.assert_close(a, b, rtol=0, atol=0)
+            # One ModelPatcher over the estimator's networks, asked to load before every estimate.
+            assert len(fake.patchers) == 1 and fake.patchers[0] is managed.managed.patcher
+            assert [models for models, _, _ in fake.loads] == [[managed.managed.patcher]] * 2
+            nets = set(managed.managed.modules.values())
+            assert nets == ({estimator.flow_net, estimator.refiner} if kind == "single" else {estimator.model})
+            assert not [m for m, _, _ in moves if m in nets or isinstance(m, bridge._Holder)], kind
+
+
 def test_model_method_needs_a_flow_model(fashion):
     image, source = fashion
     with pytest.raises(ValueError, match="flow_model.*method 'model'"):

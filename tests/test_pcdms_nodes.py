@@ -201,3 +201,54 @@ def test_interrupt_stops_sampling(m, enc, data, bars):
         bridge.set_interrupt_callback(None)
     assert bars[-1].total == 5 and bars[-1].current == 1
     assert next(m["inpaint"].model.parameters()).device.type == "cpu"
+
+
+# ------------------------------------------------------------------------------- ComfyUI's model manager
+def test_stages_hand_their_models_to_comfy(m, enc, data, monkeypatch):
+    from posetransfer.core.repose.pose_estimator import TinyPoseEstimator
+    from posetransfer.nodes.repose_nodes import PoseGuidanceFactory
+
+    torch.manual_seed(0)
+    guidance = PoseGuidanceFactory(TinyPoseEstimator(num_joints=3, width=4), threshold=-1.0)
+    without = {"inpaint": inpaint(m, enc, data, guidance=guidance)}
+    fake = comfy_doubles.FakeModelManager(monkeypatch)
+    moves = comfy_doubles.spy_module_moves(monkeypatch)
+    runs = []
+    for _ in range(2):
+        fake.loads.clear()
+        embed = pn.PoseTransferPriorEmbed().embed(m["prior"], enc["both"], data["image"], data["source_pose"],
+                                                  data["target_pose"], seed=0, **FAST, cfg=0.0)[0]
+        prior_loads = list(fake.loads)
+        coarse = inpaint(m, enc, data, guidance=guidance)
+        refined = pn.PoseTransferPCDMsRefine().refine(m["refine"], enc["both"], data["vae"], coarse, data["image"],
+                                                      seed=5, **FAST, guidance=guidance)[0]
+        runs.append((embed.embeddings, coarse, refined, prior_loads, list(fake.loads)))
+    patcher = {kind: m[kind].managed.patcher for kind in ("prior", "inpaint", "refine")}
+    estimator = guidance.managed.patcher
+    assert all(p is not None for p in patcher.values()) and estimator is not None
+    # One ModelPatcher per model, made on the first run and reused by the second (ComfyUI keeps them loaded).
+    assert len(fake.patchers) == 4 and {id(p) for p in fake.patchers} == {id(p) for p in [*patcher.values(),
+                                                                                           estimator]}
+    for embedding, coarse, refined, prior_loads, loads in runs:
+        torch.testing.assert_close(coarse, without["inpaint"], rtol=0, atol=0)  # same result as outside ComfyUI
+        assert prior_loads[0][0] == [patcher["prior"]]
+        # Each stage's first request loads its model with the guidance's estimator, in one call...
+        stage_starts = [models for models, _, _ in loads if models[0] is not patcher["prior"]]
+        assert [patcher["inpaint"], estimator] in stage_starts and [patcher["refine"], estimator] in stage_starts
+        # ... and every request of a stage keeps its model resident: it is asked for again after each call into
+        # ComfyUI's DINOv2 / VAE (loading those may have unloaded it).
+        assert all(models[0] in patcher.values() for models, _, _ in loads)
+        assert sum(models[0] is patcher["inpaint"] for models, _, _ in loads) >= 4
+        assert all(kw == {"force_full_load": True} and not inference for _, kw, inference in loads)
+    torch.testing.assert_close(runs[0][2], runs[1][2], rtol=0, atol=0)
+    ours = {id(x) for kind in patcher for x in m[kind].model.modules()} | {id(x) for x in guidance.estimator.modules()}
+    assert not [mod for mod, _, _ in moves if id(mod) in ours or isinstance(mod, bridge._Holder)]
+
+
+def test_stages_without_comfy_put_the_model_back_on_the_cpu(m, enc, data, monkeypatch):
+    moves = comfy_doubles.spy_module_moves(monkeypatch, move=False)
+    monkeypatch.setattr(bridge, "get_device", lambda: torch.device("cuda"))  # recorded, not made
+    inpaint(m, enc, data, steps=1)
+    holders = [(mod, a) for mod, a, _ in moves if isinstance(mod, bridge._Holder)]
+    assert [a for _, a in holders] == [(torch.device("cuda"),), ("cpu",)]  # there for the run, back after
+    assert all(mod.parts["model"] is m["inpaint"].model for mod, _ in holders)

@@ -135,6 +135,35 @@ def test_interrupt_and_bad_inputs(comfy_free):
                                                    resolution=32)
 
 
+def test_nodes_hand_their_models_to_comfy(comfy_free, monkeypatch):
+    vae = comfy_doubles.TinyVAE()
+    (guidance,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=50.0, threshold=-1.0)
+    expected = align_and_sample(vae, guidance=guidance)[2]
+    fake = comfy_doubles.FakeModelManager(monkeypatch)
+    moves = comfy_doubles.spy_module_moves(monkeypatch)
+    (model,) = repose_nodes.PoseTransferRePoseLoader().load(comfy_doubles.REPOSE_MODEL_DIR)
+    align, denoise = model.managed_pose_align, model.managed_denoiser
+    loads = []
+    for _ in range(2):
+        fake.loads.clear()
+        # A new GUIDANCE object (as when its settings change) still wraps the one cached estimator.
+        (guidance,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=50.0,
+                                                                  threshold=-1.0)
+        torch.testing.assert_close(align_and_sample(vae, guidance=guidance)[2], expected, rtol=0, atol=0)
+        loads.append([models for models, _, _ in fake.loads])
+        assert all(kw == {"force_full_load": True} and not inference for _, kw, inference in fake.loads)
+    assert len(fake.patchers) == 3  # PoseAlign, denoiser, estimator: one ModelPatcher each, kept across runs
+    assert loads[0] == loads[1]
+    estimator = guidance.managed.patcher
+    assert loads[0][0] == [align.patcher]                      # PoseAlign alone (then kept after VAE encodes)
+    assert [denoise.patcher, estimator] in loads[0]            # the sampler: denoiser with the estimator
+    assert all(models[0] in (align.patcher, denoise.patcher) for models in loads[0])
+    # PoseAlign is asked for again after each VAE encode of its loop (loading the VAE may unload it).
+    assert sum(models == [align.patcher] for models in loads[0]) > 2
+    ours = {id(x) for x in [*model.denoiser.modules(), *model.pose_align.modules(), *guidance.estimator.modules()]}
+    assert not [mod for mod, _, _ in moves if id(mod) in ours or isinstance(mod, bridge._Holder)]
+
+
 def test_model_files_round_trip(tmp_path):
     torch.manual_seed(0)
     den, pa = RePoseDenoiser(unet_config=TINY_UNET_CONFIG), PoseAlign(**TINY_POSE_ALIGN_CONFIG)
