@@ -29,7 +29,12 @@ else. Differentiating with respect to ``y_t`` instead while holding ``eps`` fixe
 the denoiser as well (universal guidance) would cancel that factor but costs a UNet backward and ties the guidance
 to one model. With the gradient at ``y^_0``, eq 15 moves the clean estimate by ``-(1 - a_t) / sqrt(a_t) eta grad``
 (eq 13-14), and the sampler's update of ``y_{t-1}`` by a bounded multiple of ``eta grad`` (about ``beta_t eta grad``
-for DDPM). Cost: one decoder + estimator forward and backward per step; the denoiser is not called.
+for DDPM). Cost: one decoder + estimator forward and backward per step; the denoiser is not called. The target's
+features ``P_phi(P)`` are computed once and cached; the backward computes gradients for the latent only (no parameter
+gradients, no retained graph) and is skipped when ``W_h`` is empty (the gradient is then exactly 0). With
+:class:`~.sampler.VaeCodec`'s decode the decoder's upsamplers run as exact transposed convolutions
+(``fused_upsample``); ``guidance_decode_scale < 1`` in the sampler is the only approximation offered, opt-in
+(benchmarks/RESULTS_repose.md).
 
 ``mask_from``: with ``"generated"`` (the paper) the weight marks where the generated image shows joints, so
 guidance corrects joints that appear but are misplaced/deformed. ``"target"`` uses the heatmaps of the target
@@ -202,6 +207,10 @@ class PoseGuidance:
 
     def energy(self, image: torch.Tensor, target: PoseTarget | torch.Tensor | None = None) -> torch.Tensor:
         """Eq 11 for a decoded image (in ``image_range``): ``G`` per sample, shape (B,)."""
+        return self._energy(image, target)[0]
+
+    def _energy(self, image: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G per sample, W_h)``."""
         lo, hi = self.image_range
         image01 = (image - lo) / (hi - lo)
         tgt = self.target_for(image01, target)
@@ -217,7 +226,7 @@ class PoseGuidance:
             ref = F.interpolate(ref, size=gen.shape[-2:], mode="bilinear", align_corners=False)
         w = self.weight(est.heatmaps, tgt, tuple(gen.shape[-2:])).to(gen.dtype)
         sq = (gen - ref).pow(2).sum(1, keepdim=True)             # ||P_phi(P~_t) - P_phi(P)||^2 per location
-        return (w * sq).flatten(1).sum(1)                        # eq 11
+        return (w * sq).flatten(1).sum(1), w                     # eq 11
 
     # ------------------------------------------------------------------------------------------- eq 13, 15
     def active(self, timestep) -> bool:
@@ -228,11 +237,17 @@ class PoseGuidance:
 
     def gradient(self, latents: torch.Tensor, timestep, eps: torch.Tensor, alpha_bar, decode: Decode,
                  target: PoseTarget | torch.Tensor | None = None) -> torch.Tensor:
-        """``grad G`` (eq 11) with respect to the Tweedie estimate ``y^_0(y_t, eps)`` (eq 13), shape of ``latents``."""
+        """``grad G`` (eq 11) with respect to the Tweedie estimate ``y^_0(y_t, eps)`` (eq 13), shape of ``latents``.
+
+        One decoder + estimator forward, one backward to ``y^_0`` only (``torch.autograd.grad`` with ``inputs=y^_0``
+        computes no parameter gradients). When ``W_h`` is zero everywhere (no joint above the threshold), ``G`` is
+        constant and the gradient is exactly zero: the backward is skipped."""
         with torch.enable_grad():
             x0 = tweedie_x0(latents.detach(), eps.detach().to(latents.dtype), alpha_bar)   # eq 13
             x0 = x0.detach().requires_grad_(True)
-            g = self.energy(decode(x0), target)                                            # eq 11, P~_t = D(y^_0)
+            g, w = self._energy(decode(x0), target)                                        # eq 11, P~_t = D(y^_0)
+            if not bool(w.any()):
+                return torch.zeros_like(x0).detach()
             (grad,) = torch.autograd.grad(g.sum(), x0)
         return grad.detach()
 

@@ -4,7 +4,11 @@ and optional PoseGuidance, on any diffusers scheduler.
 * :class:`VaeCodec`: the frozen :class:`AutoencoderKL` as the ``encode`` / ``decode`` functions the other pieces
   take (images in [-1, 1], latents scaled by ``scaling_factor``; encode uses the posterior mean, so it is
   deterministic and differentiable). ``decode(latents, scale=s)`` decodes the latents resized by ``s`` first (a
-  cheaper, lower-resolution decode for guidance; 1 = exact).
+  cheaper, lower-resolution decode for guidance; 1 = exact). With ``fused_upsample`` (default) each decoder
+  upsampler (nearest 2x upsampling followed by a 3x3 convolution) runs as one stride-2 4x4 transposed convolution
+  with the summed weights (:func:`nearest_up_conv3x3`): the same function (equal up to float rounding), 16 instead
+  of 36 multiply-adds per low-resolution pixel and channel pair, forward and backward -- the upsamplers are about a
+  quarter of an SD decoder's FLOPs, and PoseGuidance runs the decoder forward and backward every step.
 * :func:`denoise_loop`: the scheduler loop around any ``predict(x_in, t) -> (eps_cond, eps_uncond | None,
   variance | None)``; eq 16 with ``w_c``; ``pose_guidance`` (a :class:`~.guidance.PoseGuidance`) adds its eq-15 term;
   learned variance is handed to schedulers that use it (DDPM ``learned_range``), others get ``eps`` only. A
@@ -18,11 +22,13 @@ practice; the paper does not say).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from diffusers.schedulers import DDPMScheduler
@@ -32,7 +38,8 @@ from .denoiser import RePoseDenoiser, repose_noise_scheduler
 from .guidance import PoseGuidance
 from .pose_align import PoseAlign
 
-__all__ = ["VaeCodec", "StepInfo", "SamplingInterrupted", "denoise_loop", "RePoseSampler", "RePoseSamplerOutput",
+__all__ = ["VaeCodec", "nearest_up_conv3x3", "fused_upsamplers", "StepInfo", "SamplingInterrupted", "denoise_loop",
+           "RePoseSampler", "RePoseSamplerOutput",
            "TINY_VAE_CONFIG", "make_generator"]
 
 # A toy AutoencoderKL (factor 2, 4 latent channels) for tests and smoke runs.
@@ -65,14 +72,74 @@ def make_generator(seed: int | None, device: str | torch.device = "cpu") -> torc
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-class VaeCodec:
-    """``encode(image in [-1, 1]) -> latents``, ``decode(latents) -> image in [-1, 1]`` around an AutoencoderKL."""
+# The nearest-2x + 3x3-conv rewrite as a 4-tap transposed convolution, per axis: conv2d over the upsampled signal
+# u[2i + a] = x[i] gives out[2i] = x[i-1] w0 + x[i] (w1 + w2) and out[2i+1] = x[i] (w0 + w1) + x[i+1] w2, which is
+# conv_transpose1d(x, k, stride=2, padding=1) with k = [w2, w1 + w2, w0 + w1, w0] = _UP_TAPS @ w.
+_UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
 
-    def __init__(self, vae: AutoencoderKL, scaling_factor: float | None = None):
+
+def nearest_up_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)`` for a 3x3 ``weight``
+    (Cout, Cin, 3, 3), computed as one stride-2 4x4 transposed convolution of ``x`` (exact up to float rounding;
+    2.25x fewer multiply-adds, and the 4x larger upsampled tensor is never built)."""
+    m = torch.tensor(_UP_TAPS, dtype=weight.dtype, device=weight.device)
+    kt = torch.einsum("ay,oiyx,bx->ioab", m, weight, m)          # (Cin, Cout, 4, 4)
+    return F.conv_transpose2d(x, kt, bias, stride=2, padding=1)
+
+
+def _fusable_upsampler(up) -> nn.Conv2d | None:
+    """The 3x3 conv of a diffusers ``Upsample2D`` that is exactly nearest-2x + that conv, else None."""
+    if not (getattr(up, "interpolate", False) and getattr(up, "use_conv", False)
+            and not getattr(up, "use_conv_transpose", True) and getattr(up, "norm", 0) is None):
+        return None
+    conv = getattr(up, "conv" if getattr(up, "name", "conv") == "conv" else "Conv2d_0", None)
+    if (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)   # exact type: not LoRA
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros"):
+        return conv
+    return None
+
+
+@contextlib.contextmanager
+def fused_upsamplers(model: nn.Module):
+    """While active, every diffusers ``Upsample2D`` in ``model`` that is exactly nearest-2x + 3x3 conv computes
+    :func:`nearest_up_conv3x3` instead (an instance ``forward`` set for the duration, removed on exit; parameters
+    and state dict untouched; other upsamplers, and calls with ``output_size``, run as before)."""
+    patched = []
+    for up in model.modules():
+        if type(up).__name__ != "Upsample2D" or "forward" in vars(up):
+            continue
+        conv = _fusable_upsampler(up)
+        if conv is None:
+            continue
+        original = up.forward
+
+        def forward(hidden_states, output_size=None, *args, _conv=conv, _original=original, **kwargs):
+            if output_size is not None or args or kwargs:
+                return _original(hidden_states, output_size, *args, **kwargs)
+            return nearest_up_conv3x3(hidden_states, _conv.weight, _conv.bias)
+        up.forward = forward
+        patched.append(up)
+    try:
+        yield model
+    finally:
+        for up in patched:
+            del up.forward
+
+
+class VaeCodec:
+    """``encode(image in [-1, 1]) -> latents``, ``decode(latents) -> image in [-1, 1]`` around an AutoencoderKL.
+
+    ``fused_upsample`` (default True): decode with the decoder's upsamplers computed by :func:`nearest_up_conv3x3`
+    (the same function, cheaper; see the module docstring) -- :func:`fused_upsamplers` around each :meth:`decode`
+    call only."""
+
+    def __init__(self, vae: AutoencoderKL, scaling_factor: float | None = None, fused_upsample: bool = True):
         self.vae = vae.eval().requires_grad_(False)
         sf = scaling_factor if scaling_factor is not None else getattr(vae.config, "scaling_factor", 1.0)
         self.scaling_factor = float(sf)
         self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.fused_upsample = bool(fused_upsample)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         p = next(self.vae.parameters())
@@ -83,7 +150,8 @@ class VaeCodec:
         z = latents.to(p.dtype) / self.scaling_factor
         if scale != 1.0:
             z = F.interpolate(z, scale_factor=scale, mode="bilinear", align_corners=False)
-        return self.vae.decode(z).sample
+        with fused_upsamplers(self.vae) if self.fused_upsample else contextlib.nullcontext():
+            return self.vae.decode(z).sample
 
     def decoder(self, scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda z: self.decode(z, scale)
