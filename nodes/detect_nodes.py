@@ -13,6 +13,7 @@ from ..core.detect import DEFAULT_SCORE_THRESHOLD, DETECT_MODES, PoseDetector
 from ..core.images import tensor_to_images
 from ..core.pose_io import dump_pose_keypoint
 from . import bridge
+from .loaded_models import file_stamp
 
 CATEGORY = "posetransfer/pose"
 NO_FILE = "(none)"
@@ -33,16 +34,9 @@ def _default(files: list[str], hints: tuple[str, ...]) -> str:
     return files[0]
 
 
-def _stamp(path: str | None):
-    if path is None:
-        return None
-    st = os.stat(path)
-    return path, st.st_mtime_ns, st.st_size
-
-
 def _detector(detector_path: str | None, pose_path: str) -> PoseDetector:
     """The PoseDetector for these files, kept between runs (sessions take a while to load)."""
-    det_key, pose_key = _stamp(detector_path), _stamp(pose_path)
+    det_key, pose_key = file_stamp(detector_path), file_stamp(pose_path)
     for (cached_det, cached_pose), detector in _CACHE.items():
         if cached_pose == pose_key and (det_key is None or cached_det == det_key):
             return detector  # whole-image runs reuse a loaded detector whatever its YOLOX file

@@ -15,13 +15,14 @@ import torch
 
 from ..core.flow_models.model_files import FILE_KEY, KINDS, MARKER, load_flow_model
 from . import bridge
+from .loaded_models import LoadCache, file_stamp
 from .flowwarp_nodes import FLOW_MODEL_TYPE
 
 CATEGORY = "posetransfer/warp"
 NO_MODEL = "(none)"
 KIND_CHOICES = ("auto",) + KINDS
 
-_CACHE: dict = {}  # (path stamp, kind) -> ManagedFlowModel; holds the last one
+_CACHE = LoadCache(1)  # (path stamp, kind) -> ManagedFlowModel
 
 
 class ManagedFlowModel:
@@ -127,18 +128,6 @@ def model_path(name: str) -> str:
                             f"saved by 'posetransfer train-flow' (OUT/model) or its --single-file export there")
 
 
-def _stamp(path: str) -> tuple:
-    if os.path.isdir(path):
-        stamps = []
-        for root, _, files in os.walk(path):
-            for f in files:
-                st = os.stat(os.path.join(root, f))
-                stamps.append((f, st.st_mtime_ns, st.st_size))
-        return path, tuple(sorted(stamps))
-    st = os.stat(path)
-    return path, st.st_mtime_ns, st.st_size
-
-
 class PoseTransferFlowModelLoader:
     """Load a learned flow model (single spatial transformation or structure-aware part flow) for FlowWarp."""
 
@@ -172,13 +161,12 @@ class PoseTransferFlowModelLoader:
         if kind not in KIND_CHOICES:
             raise ValueError(f"kind: expected one of {KIND_CHOICES}, got {kind!r}")
         path = model_path(model_name)
-        key = (_stamp(path), kind)
-        if key not in _CACHE:
+
+        def build():
             with torch.inference_mode(False):  # plain weights: ComfyUI runs loaders in inference mode
-                estimator = load_flow_model(path, None if kind == "auto" else kind, device="cpu")
-            _CACHE.clear()
-            _CACHE[key] = ManagedFlowModel(estimator)
-        return (_CACHE[key],)
+                return ManagedFlowModel(load_flow_model(path, None if kind == "auto" else kind, device="cpu"))
+
+        return (_CACHE.get((file_stamp(path), kind), build),)
 
 
 NODE_CLASS_MAPPINGS = {"PoseTransferFlowModelLoader": PoseTransferFlowModelLoader}

@@ -33,6 +33,7 @@ from ..core.pcdms.pipelines import (
 from ..core.pose_io import pcdms_pose_vector
 from ..core.render import render_skeleton_batch
 from . import bridge
+from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
 from .flowwarp_nodes import _fit_source_pose, _poses
 from .repose_nodes import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory
 
@@ -42,7 +43,6 @@ ENCODERS_TYPE = "PCDMS_ENCODERS"
 EMBED_TYPE = "PCDMS_EMBED"
 NO_MODEL = "(none)"
 KIND_CHOICES = ("auto",) + tuple(KINDS)
-DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SCHEDULER_CHOICES = ("default",) + SCHEDULER_NAMES
 DINO_OUTPUTS = ("last_hidden_state", "penultimate_hidden_states")
 _WEIGHT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
@@ -51,7 +51,7 @@ _SAVE_PRETRAINED_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_py
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 log = logging.getLogger(__name__)
-_CACHE: dict = {}  # (path stamp, kind, dtype) -> PCDMsModel; holds the last few
+_CACHE = LoadCache(3)  # (path stamp, kind, dtype) -> PCDMsModel
 
 
 # ----------------------------------------------------------------------------------------- the objects
@@ -182,21 +182,6 @@ def model_path(name: str) -> str:
                                 f"official .pt, a converted .safetensors file or a converted folder there") from None
 
 
-def _stamp(path: str) -> tuple:
-    if os.path.isdir(path):
-        return path, tuple(sorted((f, os.stat(os.path.join(path, f)).st_mtime_ns) for f in os.listdir(path)))
-    st = os.stat(path)
-    return path, st.st_mtime_ns, st.st_size
-
-
-def _resolve_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
-    if DTYPES[dtype] is not None:
-        return DTYPES[dtype]
-    return torch.float16 if bridge.get_device().type == "cuda" else torch.float32
-
-
 class PoseTransferPCDMsLoader:
     """Load a PCDMs checkpoint (prior, inpaint, refine or the simplified single-stage model)."""
 
@@ -223,7 +208,7 @@ class PoseTransferPCDMsLoader:
                            "this kind (and check the file is of this kind)."}),
             "dtype": (list(DTYPES), {
                 "default": "auto",
-                "tooltip": "Weights' precision. auto: float16 on a CUDA GPU, float32 otherwise."}),
+                "tooltip": DTYPE_TOOLTIP}),
         }}
 
     def load(self, model_name, kind="auto", dtype="auto"):
@@ -232,16 +217,15 @@ class PoseTransferPCDMsLoader:
                              "released .pt files (or converted .safetensors) there and refresh")
         if kind not in KIND_CHOICES:
             raise ValueError(f"kind: expected one of {KIND_CHOICES}, got {kind!r}")
-        torch_dtype = _resolve_dtype(dtype)
+        torch_dtype = resolve_dtype(dtype)
         path = model_path(model_name)
-        key = (_stamp(path), kind, str(torch_dtype))
-        if key not in _CACHE:
+
+        def build():
             with torch.inference_mode(False):  # plain weights: ComfyUI runs loaders in inference mode
                 model = load_pcdms(path, None if kind == "auto" else kind, dtype=torch_dtype, device="cpu")
-            if len(_CACHE) >= 3:
-                _CACHE.pop(next(iter(_CACHE)))
-            _CACHE[key] = PCDMsModel(model, _CLASS_TO_KIND[type(model).__name__], model_name)
-        return (_CACHE[key],)
+            return PCDMsModel(model, _CLASS_TO_KIND[type(model).__name__], model_name)
+
+        return (_CACHE.get((file_stamp(path), kind, str(torch_dtype)), build),)
 
 
 # -------------------------------------------------------------------------------------------- encoders

@@ -32,6 +32,7 @@ from ..core.repose.pose_align import PoseAlign
 from ..core.repose.pose_estimator import HIGHER_HRNET_W32_CONFIG, HIGHER_HRNET_W48_CONFIG, load_higher_hrnet
 from ..core.repose.sampler import RePoseSampler, VaeCodec
 from . import bridge
+from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
 from .flowwarp_nodes import _poses
 
 CATEGORY = "posetransfer/repose"
@@ -40,34 +41,12 @@ FEATURES_TYPE = "REPOSE_FEATURES"
 GUIDANCE_TYPE = "GUIDANCE"
 NO_MODEL = "(none)"
 SCALING_FACTOR = 0.18215
-DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "unipc")
 MASK_FROM = ("generated", "target", "union")
 ESTIMATOR_EXTS = (".pth", ".pt")
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
-_CACHE: dict = {}  # (kind, path stamp, options) -> loaded object; holds the last few
-
-
-def _cached(key, build):
-    if key not in _CACHE:
-        value = build()
-        if len(_CACHE) >= 4:
-            _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = value
-    return _CACHE[key]
-
-
-def _stamp(path: str) -> tuple:
-    if os.path.isdir(path):
-        stamps = []
-        for root, _, files in os.walk(path):
-            for f in files:
-                st = os.stat(os.path.join(root, f))
-                stamps.append((os.path.relpath(os.path.join(root, f), path), st.st_mtime_ns, st.st_size))
-        return path, tuple(sorted(stamps))
-    st = os.stat(path)
-    return path, st.st_mtime_ns, st.st_size
+_CACHE = LoadCache(4)  # (kind, path stamp, options) -> loaded object
 
 
 # ---------------------------------------------------------------------------------------------- objects
@@ -242,14 +221,6 @@ def list_repose_models() -> list[str]:
     return sorted({posixpath.dirname(n) or "." for n in names if posixpath.basename(n) == MARKER})
 
 
-def _resolve_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
-    if DTYPES[dtype] is not None:
-        return DTYPES[dtype]
-    return torch.float16 if bridge.get_device().type == "cuda" else torch.float32
-
-
 class PoseTransferRePoseLoader:
     """Load a RePose model (denoiser + PoseAlign) saved by train_repose."""
 
@@ -270,14 +241,14 @@ class PoseTransferRePoseLoader:
                            "run)."}),
             "dtype": (list(DTYPES), {
                 "default": "auto",
-                "tooltip": "Weights' precision. auto: float16 on a CUDA GPU, float32 otherwise."}),
+                "tooltip": DTYPE_TOOLTIP}),
         }}
 
     def load(self, model_name, dtype="auto"):
         if not model_name or model_name == NO_MODEL:
             raise ValueError("model_name: no RePose model found in the posetransfer model folder; train one with "
                              "training/train_repose.py, copy its OUT/model folder there and refresh")
-        torch_dtype = _resolve_dtype(dtype)
+        torch_dtype = resolve_dtype(dtype)
         try:
             marker = bridge.model_file_path(MARKER if model_name == "." else f"{model_name}/{MARKER}")
         except FileNotFoundError:
@@ -290,7 +261,7 @@ class PoseTransferRePoseLoader:
                 denoiser, pose_align, info = load_repose_model(path, device="cpu", dtype=torch_dtype)
             return RePoseModel(denoiser, pose_align, model_name, info)
 
-        return (_cached(("model", _stamp(path), str(torch_dtype)), build),)
+        return (_CACHE.get(("model", file_stamp(path), str(torch_dtype)), build),)
 
 
 # ------------------------------------------------------------------------------------------- PoseAlign
@@ -416,7 +387,7 @@ class PoseTransferPoseGuidance:
             with torch.inference_mode(False):
                 return bridge.managed(_load_estimator(path))
 
-        managed = _cached(("estimator", _stamp(path)), build)
+        managed = _CACHE.get(("estimator", file_stamp(path)), build)
         factory = PoseGuidanceFactory(managed.module, float(scale), float(threshold), mask_from, estimator_name,
                                       managed)
         factory.make()  # validates the settings now rather than at sampling time
