@@ -1,10 +1,12 @@
 """What the training scripts share: the Accelerator, checkpoint folders, resuming, the epoch sampler, size
-arguments."""
+arguments, the command-line entry point."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
@@ -83,3 +85,23 @@ def parse_size(text: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise argparse.ArgumentTypeError(f"expected a positive HxW, got {text!r}")
     return h, w
+
+
+def run_main(prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], object],
+             argv: Sequence[str] | None = None) -> int:
+    """A training script's ``main``: parse ``argv``, ``run(args)``; the exit code (``run``'s int result, else 0;
+    2 with one ``PROG: error:`` line for bad input; 130 when interrupted)."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, usage errors: argparse has printed its message
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        code = run(args)
+        return code if isinstance(code, int) else 0
+    except (ValueError, OSError, TypeError) as exc:
+        msg = str(exc) or type(exc).__name__
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{prog}: error: {' '.join(msg.split())}", file=sys.stderr)
+    return 2

@@ -808,20 +808,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m posetransfer.training.train_flow`` / ``accelerate launch -m ...``; returns the exit code
     (2 with one ``error:`` line for bad input)."""
-    parser = build_arg_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    try:
-        return run(args)
-    except (ValueError, OSError, TypeError) as exc:
-        msg = str(exc) or type(exc).__name__
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
-    return 2
+    return common.run_main(PROG, build_arg_parser(), run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

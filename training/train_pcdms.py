@@ -566,21 +566,7 @@ def _train(args, accelerator, out: Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m posetransfer.training.train_pcdms``; the exit code (2 with one ``error:`` line for bad input)."""
-    parser = build_arg_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    try:
-        train(args)
-        return 0
-    except (ValueError, OSError, TypeError) as exc:
-        msg = str(exc) or type(exc).__name__
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    print(f"{PROG}: error: {' '.join(msg.split())}", file=sys.stderr)
-    return 2
+    return common.run_main(PROG, build_arg_parser(), train, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
