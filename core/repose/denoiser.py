@@ -308,13 +308,13 @@ def training_loss(
         aligned = batch["aligned_features"]
     else:
         if pose_align is None or encode is None:
-            raise ValueError("training_step: give batch['aligned_features'] or pose_align and encode")
+            raise ValueError("training_loss: give batch['aligned_features'] or pose_align and encode")
         aligned = pose_align(batch["source_image"], batch["pose_latents"], encode).features
     out = denoiser(y_t, timesteps, batch["pose_latents"], aligned, drop_condition=drop).sample
     offset = None
     if pose_guidance is not None:
         if decode is None:
-            raise ValueError("training_step: pose_guidance needs decode")
+            raise ValueError("training_loss: pose_guidance needs decode")
         c = y0.shape[1]
         abar = scheduler.alphas_cumprod.to(device)[timesteps]
         grad = pose_guidance.gradient(y_t, timesteps, out[:, :c], abar, decode, batch.get("target_pose_image"))
