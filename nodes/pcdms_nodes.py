@@ -316,14 +316,15 @@ def _guidance_kwargs(guidance, vae, keep=()) -> dict:
 
     The guidance is made without a target: the pipeline compares with the target pose (inpaint) or the coarse
     image (refine). The differentiable decode goes through the ComfyUI VAE's ``first_stage_model``
-    (:class:`ComfyVaeCodec`, [-1, 1]). None or scale 0: no guidance (the plain, unchanged sampler)."""
+    (:class:`ComfyVaeCodec`, [-1, 1]; the factory's ``decode_scale``). None or scale 0: no guidance (the plain, unchanged sampler)."""
     if guidance is None:
         return {}
     if not isinstance(guidance, PoseGuidanceFactory):
         raise ValueError(f"guidance: expected GUIDANCE from RePose PoseGuidance, got {type(guidance).__name__}")
     if guidance.scale == 0:
         return {}
-    return {"pose_guidance": guidance.make(), "guidance_decode": ComfyVaeCodec(vae, keep=keep).decode}
+    return {"pose_guidance": guidance.make(),
+            "guidance_decode": ComfyVaeCodec(vae, keep=keep).decoder(guidance.decode_scale)}
 
 
 def _keep(pm: PCDMsModel, guidance) -> tuple:

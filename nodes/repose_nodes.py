@@ -92,6 +92,7 @@ class PoseGuidanceFactory:
     mask_from: str = "generated"
     name: str = ""
     managed: bridge.ManagedModel | None = field(default=None, repr=False, compare=False)  # the estimator's
+    decode_scale: float = 1.0  # < 1: the guidance decodes a downsized latent (cheaper, approximate)
 
     def __post_init__(self):
         if self.managed is None:  # held here so that the estimator keeps one ComfyUI ModelPatcher
@@ -373,14 +374,22 @@ class PoseTransferPoseGuidance:
             "mask_from": (list(MASK_FROM), {
                 "default": "generated",
                 "tooltip": "Whose heatmaps make W_h: the generated image's (paper), the target's, or both."}),
+        }, "optional": {
+            "decode_scale": ("FLOAT", {
+                "default": 1.0, "min": 0.25, "max": 1.0, "step": 0.05,
+                "tooltip": "1 = exact (the paper). Below 1 the guidance decodes the clean-latent estimate shrunk by "
+                           "this factor: cheaper steps, weaker guidance (measured at 256x176: 0.75 makes a guided "
+                           "step 2.1x an unguided one instead of 3.0x; 0.5 guides much less)."}),
         }}
 
-    def make(self, estimator_name, scale=1.0, threshold=0.1, mask_from="generated"):
+    def make(self, estimator_name, scale=1.0, threshold=0.1, mask_from="generated", decode_scale=1.0):
         if not estimator_name or estimator_name == NO_MODEL:
             raise ValueError("estimator_name: no pose estimator (.pth) in the posetransfer model folder; put the "
                              "HigherHRNet checkpoint there and refresh")
         if mask_from not in MASK_FROM:
             raise ValueError(f"mask_from: expected one of {MASK_FROM}, got {mask_from!r}")
+        if not 0 < float(decode_scale) <= 1:
+            raise ValueError(f"decode_scale: expected a factor in (0, 1] (1 = exact), got {decode_scale!r}")
         path = bridge.model_file_path(estimator_name)
 
         def build():  # the managed wrapper is cached, so the estimator keeps one ComfyUI ModelPatcher
@@ -389,7 +398,7 @@ class PoseTransferPoseGuidance:
 
         managed = _CACHE.get(("estimator", file_stamp(path)), build)
         factory = PoseGuidanceFactory(managed.module, float(scale), float(threshold), mask_from, estimator_name,
-                                      managed)
+                                      managed, float(decode_scale))
         factory.make()  # validates the settings now rather than at sampling time
         return (factory,)
 
@@ -483,6 +492,7 @@ class PoseTransferRePoseSampler:
             sampler = RePoseSampler(model.denoiser, None, codec, make_scheduler(scheduler))
             out = sampler(feats.source_images.clone(), pose_images, num_inference_steps=int(steps),
                           guidance_scale=float(w_c), pose_guidance=pose_guidance, seed=int(seed),
+                          guidance_decode_scale=guidance.decode_scale if guided else 1.0,
                           callback=callback, aligned=_clone_aligned(feats.aligned))
         return (_to_canvas(out.images, canvas),)
 

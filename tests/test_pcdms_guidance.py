@@ -156,6 +156,9 @@ def test_nodes_accept_guidance(m, enc, data):
     guided = inpaint(m, enc, data, guidance=factory)
     check_image(guided, tuple(plain.shape))
     assert not torch.allclose(plain, guided)
+    half = inpaint(m, enc, data, guidance=PoseGuidanceFactory(factory.estimator, threshold=-1.0, decode_scale=0.5))
+    check_image(half, tuple(plain.shape))
+    assert not torch.allclose(half, guided) and not torch.allclose(half, plain)   # the downsized decode acts
     off = inpaint(m, enc, data, guidance=PoseGuidanceFactory(factory.estimator, scale=0.0))
     torch.testing.assert_close(off, plain, rtol=0, atol=0)
     node = pn.PoseTransferPCDMsRefine()

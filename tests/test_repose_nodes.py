@@ -102,6 +102,14 @@ def test_guidance_node_steers_and_is_a_pose_guidance_factory(comfy_free):
     assert (guided - plain).abs().max() > 1e-4
     (off,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=0.0)
     assert torch.equal(align_and_sample(vae, guidance=off)[2], plain)
+    # decode_scale < 1: the guidance decodes a downsized latent -- it still steers, differently from the exact one.
+    (half,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=50.0, threshold=-1.0,
+                                                          decode_scale=0.5)
+    assert half.decode_scale == 0.5 and guidance.decode_scale == 1.0
+    cheap = align_and_sample(vae, guidance=half)[2]
+    assert torch.isfinite(cheap).all() and (cheap - plain).abs().max() > 1e-4 and (cheap - guided).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="decode_scale"):
+        repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, decode_scale=0.0)
     with pytest.raises(ValueError, match="mask_from"):
         repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, mask_from="nowhere")
     with pytest.raises(ValueError, match="estimator_name"):
