@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ..core.pcdms import KINDS, load_pcdms
-from ..core.pcdms.encoders import CLIP_MEAN, CLIP_STD, CallableLatentCodec
+from ..core.pcdms.encoders import (CLIP_MEAN, CLIP_STD, CallableLatentCodec, clip_preprocess,
+                                   interpolate_dinov2_position_embeddings)
 from ..core.pcdms.image_layout import LAYOUT_MODES
 from ..core.pcdms.kinds import _CLASS_TO_KIND
 from ..core.pcdms.pipelines import (
@@ -129,6 +130,61 @@ class ComfyVisionEncoder:
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         images = (torch.as_tensor(pixel_values).float().cpu() * std + mean).clamp(0, 1)
         return self.encode(images.permute(0, 2, 3, 1).contiguous())
+
+
+class ComfyDinoV2Encoder(ComfyVisionEncoder):
+    """DINOv2 loaded by ComfyUI's 'Load CLIP Vision' as PCDMs' token encoder, with the OFFICIAL input.
+
+    ComfyUI's own ``encode_image`` would resize to 518 x 518 with ImageNet mean / std (its dino2 config) and give
+    1370 tokens; PCDMs was trained on ``CLIPImageProcessor`` input (224 x 224, CLIP mean / std: 257 tokens, the
+    position embeddings resized as transformers 4.32). So this runs ComfyUI's Dinov2Model piece by piece on
+    :func:`clip_preprocess` pixels: patch embedding, CLS token, position embeddings resized by
+    :func:`interpolate_dinov2_position_embeddings`, encoder, final LayerNorm (``last_hidden_state``) -- the same
+    computation as transformers' Dinov2Model, on ComfyUI's weights."""
+
+    PARTS = ("embeddings.patch_embeddings", "embeddings.cls_token", "embeddings.position_embeddings", "encoder",
+             "layernorm")
+
+    def __init__(self, clip_vision, output: str, what: str = "dino_vision"):
+        super().__init__(clip_vision, output, 3, what)
+        model = getattr(clip_vision, "model", None)
+        missing = [p for p in self.PARTS if _attr_path(model, p) is None]
+        if missing:
+            raise ValueError(f"{what}: expected DINOv2 (giant) loaded with 'Load CLIP Vision' (ComfyUI's Dinov2Model), "
+                             f"got a {type(model).__name__} without {', '.join(missing)}")
+        self.model = model
+        projection = getattr(model.embeddings.patch_embeddings, "projection", None)
+        self.patch_size = int(projection.kernel_size[0]) if projection is not None else 14
+
+    @torch.no_grad()
+    def encode(self, images) -> torch.Tensor:
+        return self.encode_pixels(clip_preprocess(torch.as_tensor(images)[..., :3].float().cpu()))
+
+    @torch.no_grad()
+    def encode_pixels(self, pixel_values) -> torch.Tensor:
+        if bridge.comfy_available():  # the DINOv2 resident (ComfyUI's loader), our models kept loaded beside it
+            bridge.load_models(*self.keep, comfy_objects=(self.clip_vision,))
+        m = self.model
+        device = m.embeddings.position_embeddings.device  # ComfyUI's text-encoder device once loaded
+        pixels = torch.as_tensor(pixel_values).float().to(device)
+        x = m.embeddings.patch_embeddings(pixels)                                   # (B, h*w, D)
+        cls = m.embeddings.cls_token.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1)
+        x = torch.cat((cls, x), dim=1)
+        pos = m.embeddings.position_embeddings.to(device=x.device)
+        h, w = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+        x = x + interpolate_dinov2_position_embeddings(pos, h, w).to(x.dtype)
+        if self.output == "penultimate_hidden_states":  # as ComfyUI's encode_image: the output of layer -2
+            return m.encoder(x, intermediate_output=-2)[1].float()
+        x, _ = m.encoder(x)
+        return m.layernorm(x).float()
+
+
+def _attr_path(obj, path: str):
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
 
 
 def comfy_latent_codec(vae, keep=()) -> CallableLatentCodec:
@@ -263,7 +319,7 @@ class PoseTransferPCDMsEncoders:
         if clip_vision is None and dino_vision is None:
             raise ValueError("clip_vision / dino_vision: connect at least one CLIP_VISION model")
         clip = None if clip_vision is None else ComfyVisionEncoder(clip_vision, "image_embeds", 2, "clip_vision")
-        dino = None if dino_vision is None else ComfyVisionEncoder(dino_vision, dino_output, 3, "dino_vision")
+        dino = None if dino_vision is None else ComfyDinoV2Encoder(dino_vision, dino_output)
         return (PCDMsEncoders(clip, dino),)
 
 

@@ -7,8 +7,9 @@ validated against them; their behaviour is a minimal stand-in that runs on the C
 * ``LoadImage`` reads the named file from the repository's ``samples/`` folder (not ComfyUI's input folder).
 * ``SaveImage`` / ``PreviewImage`` record what they received in :data:`RECORDS` (nothing is written).
 * ``MaskToImage`` turns a MASK into a grey IMAGE, as ComfyUI does.
-* ``CLIPVisionLoader`` / ``VAELoader`` return tiny stand-ins (:class:`TinyClipVision`, :class:`TinyVAE`) with the
-  interface of ComfyUI's CLIP_VISION (``encode_image`` -> ``.image_embeds`` / ``.last_hidden_state``) and VAE
+* ``CLIPVisionLoader`` / ``VAELoader`` return tiny stand-ins (:class:`TinyClipVision`, :class:`TinyDinoVision` for
+  a file named dino..., :class:`TinyVAE`) with the interface of ComfyUI's CLIP_VISION (``encode_image`` ->
+  ``.image_embeds`` / ``.last_hidden_state``; DINOv2's module layout) and VAE
   (BHWC 0..1 images <-> unscaled latents), sized for the tiny PCDMs models of :func:`prepare_model_folder`.
 
 Models for workflows: :func:`prepare_model_folder` writes tiny models under the file names the workflows load
@@ -162,6 +163,55 @@ class TinyClipVision:
         return out
 
 
+class _DinoEncoder(torch.nn.Module):
+    """ComfyUI's Dino2Encoder interface (``forward(x, intermediate_output)`` -> (x, intermediate))."""
+
+    def __init__(self, width: int, layers: int):
+        super().__init__()
+        self.layer = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, width),
+                                                             torch.nn.GELU()) for _ in range(layers))
+
+    def forward(self, x, intermediate_output=None):
+        if intermediate_output is not None and intermediate_output < 0:
+            intermediate_output += len(self.layer)
+        intermediate = None
+        for i, layer in enumerate(self.layer):
+            x = x + layer(x)
+            if i == intermediate_output:
+                intermediate = x.clone()
+        return x, intermediate
+
+
+class TinyDinoVision:
+    """A DINOv2 CLIP_VISION stand-in with the module layout of ComfyUI's Dinov2Model (``model.embeddings.
+    patch_embeddings.projection`` (14 x 14 patches), ``cls_token``, ``position_embeddings`` for a 518 x 518 input
+    (37 x 37 + 1), ``encoder``, ``layernorm``), TinyClipVision.WIDTH (24) wide, seeded random weights.
+    ``encode_image`` is ComfyUI's (518 px, ImageNet mean / std): the PCDMs nodes must not use it."""
+
+    WIDTH = TinyClipVision.WIDTH
+
+    def __init__(self, seed: int = 1, layers: int = 2):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = torch.nn.Module()
+            model.embeddings = torch.nn.Module()
+            model.embeddings.patch_embeddings = torch.nn.Module()
+            model.embeddings.patch_embeddings.projection = torch.nn.Conv2d(3, self.WIDTH, 14, stride=14)
+            model.embeddings.patch_embeddings.forward = (
+                lambda pixel_values: model.embeddings.patch_embeddings.projection(pixel_values).flatten(2)
+                .transpose(1, 2))
+            model.embeddings.cls_token = torch.nn.Parameter(torch.randn(1, 1, self.WIDTH))
+            model.embeddings.position_embeddings = torch.nn.Parameter(torch.randn(1, 37 * 37 + 1, self.WIDTH) * 0.1)
+            model.encoder = _DinoEncoder(self.WIDTH, layers)
+            model.layernorm = torch.nn.LayerNorm(self.WIDTH)
+        self.model = model.eval()
+        self.encode_image_calls = 0
+
+    def encode_image(self, image, crop=True):
+        self.encode_image_calls += 1
+        raise AssertionError("ComfyUI's DINOv2 encode_image (518 px, ImageNet normalisation) is not PCDMs' input")
+
+
 class TinyVAE:
     """A ComfyUI VAE stand-in around a tiny diffusers AutoencoderKL (factor 8, 4 channels): ``encode`` BHWC 0..1
     -> unscaled posterior mean (B, 4, h, w); ``decode`` -> BHWC 0..1."""
@@ -204,6 +254,8 @@ class CLIPVisionLoader:
         return {"required": {"clip_name": (list(CLIP_VISION_FILES),)}}
 
     def load_clip(self, clip_name):
+        if "dino" in clip_name:
+            return (TinyDinoVision(),)
         return (TinyClipVision(CLIP_VISION_FILES.index(clip_name)),)
 
 

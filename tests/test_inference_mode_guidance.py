@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import comfy_doubles
-from comfy_doubles import PCDMS_FILES, SAMPLES, TinyClipVision, TinyVAE
+from comfy_doubles import PCDMS_FILES, SAMPLES, TinyClipVision, TinyDinoVision, TinyVAE
 from test_pcdms_nodes import FAST, _one_thread, models_dir  # noqa: F401  (fixtures)
 
 from posetransfer.core.images import load_image
@@ -35,7 +35,7 @@ def pcdms_inputs(inference: bool, scale: float = 1.0) -> dict:
         models = {kind: load(PCDMS_FILES[kind])[0] for kind in ("inpaint", "refine", "simplified")}
         torch.manual_seed(0)
         guidance = PoseGuidanceFactory(TinyPoseEstimator(num_joints=3, width=4), scale=scale, threshold=-1.0)
-        encoders = pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", TinyClipVision(0), TinyClipVision(1))[0]
+        encoders = pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", TinyClipVision(0), TinyDinoVision())[0]
         image = torch.from_numpy(load_image(SAMPLES / "fashion_standing.png"))[None].clone()
         out = dict(models=models, guidance=guidance, encoders=encoders, vae=TinyVAE(), image=image,
                    source_pose=_pose("fashion_standing.pose.json"), target_pose=_pose("jumper.pose.json"))

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import comfy_doubles
-from comfy_doubles import PCDMS_FILES, SAMPLES, TinyClipVision, TinyVAE
+from comfy_doubles import PCDMS_FILES, SAMPLES, TinyClipVision, TinyDinoVision, TinyVAE
 
 from posetransfer.core.images import load_image
+from posetransfer.core.pcdms.encoders import clip_preprocess
 from posetransfer.nodes import bridge, pcdms_nodes as pn
 
 FAST = {"steps": 2, "resolution": 64}
@@ -44,7 +45,7 @@ def m(models_dir):
 
 @pytest.fixture(scope="module")
 def enc():
-    clip_vision, dino_vision = TinyClipVision(0), TinyClipVision(1)
+    clip_vision, dino_vision = TinyClipVision(0), TinyDinoVision()
     encoders = pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", clip_vision, dino_vision)[0]
     return {"both": encoders, "clip_vision": clip_vision, "dino_vision": dino_vision,
             "dino_only": pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", None, dino_vision)[0],
@@ -113,13 +114,79 @@ def test_encoders_node(enc):
     e = enc["both"]
     images = torch.rand(2, 40, 30, 3)
     assert tuple(e.clip.encode(images).shape) == (2, TinyClipVision.EMBED_DIM)
-    assert tuple(e.dino.encode(images).shape) == (2, TinyClipVision.TOKENS, TinyClipVision.WIDTH)
+    assert tuple(e.dino.encode(images).shape) == (2, 257, TinyDinoVision.WIDTH)  # 224 px: CLS + 16 x 16 patches
     # normalised pixels -> the image ComfyUI's preprocessing turns back into them (zeros = CLIP mean colour)
     assert tuple(e.clip.encode_pixels(torch.zeros(1, 3, 224, 224)).shape) == (1, TinyClipVision.EMBED_DIM)
     with pytest.raises(ValueError, match="at least one"):
         pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state")
+    with pytest.raises(ValueError, match="dino_vision: expected DINOv2"):   # a CLIP model in the DINOv2 socket
+        pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", None, TinyClipVision(0))
     with pytest.raises(ValueError, match="CLIP_VISION"):
         pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", object())
+
+
+def _comfy_layout_of(hf):
+    """A transformers Dinov2Model's weights in the module layout of ComfyUI's Dinov2Model (what 'Load CLIP Vision'
+    gives for DINOv2): the same tensors, ComfyUI's forward interface."""
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hf = hf.encoder
+
+        def forward(self, x, intermediate_output=None):
+            out = self.hf(x, output_hidden_states=True)
+            hidden = out.hidden_states  # (embeddings, layer 1, ..., layer L)
+            inter = None if intermediate_output is None else hidden[1:][intermediate_output]
+            return out.last_hidden_state, inter
+
+    class Patches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.projection = hf.embeddings.patch_embeddings.projection
+
+        def forward(self, pixel_values):
+            return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+    model = torch.nn.Module()
+    model.embeddings = torch.nn.Module()
+    model.embeddings.patch_embeddings = Patches()
+    model.embeddings.cls_token = hf.embeddings.cls_token
+    model.embeddings.position_embeddings = hf.embeddings.position_embeddings
+    model.encoder = Encoder()
+    model.layernorm = hf.layernorm
+    vision = TinyDinoVision()
+    vision.model = model.eval()
+    return vision
+
+
+def test_dino_from_comfyui_equals_the_official_transformers_path():
+    """ComfyUI's own DINOv2 encode_image would see 518 px ImageNet-normalised input (1370 tokens); the node feeds
+    the official CLIPImageProcessor input (224 px, CLIP mean / std, position embeddings resized as transformers
+    4.32): equal to core's DINOv2TokenEncoder on a transformers Dinov2Model with the same weights."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from posetransfer.core.pcdms.encoders import DINOv2TokenEncoder
+
+    torch.manual_seed(0)
+    hf = Dinov2Model(Dinov2Config(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+                                  image_size=518, patch_size=14)).eval()
+    with torch.no_grad():
+        hf.embeddings.position_embeddings.normal_(0, 0.5)   # not the zero init: the resize must matter
+        hf.embeddings.cls_token.normal_()
+    images = torch.rand(2, 300, 200, 3)
+    want = DINOv2TokenEncoder(hf).encode(images)
+    vision = _comfy_layout_of(hf)
+    (encoders,) = pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", None, vision)
+    got = encoders.dino.encode(images)
+    assert got.shape == want.shape == (2, 257, 24)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert vision.encode_image_calls == 0
+    (penult,) = pn.PoseTransferPCDMsEncoders().bundle("penultimate_hidden_states", None, vision)
+    pixels = clip_preprocess(images)
+    with torch.no_grad():
+        ref = hf(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(penult.dino.encode(images), ref, rtol=1e-5, atol=1e-5)
 
 
 # -------------------------------------------------------------------------------------------- the stages

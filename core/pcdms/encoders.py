@@ -44,6 +44,7 @@ __all__ = [
     "TransformersImageEncoder",
     "CLIPImageEmbedder",
     "DINOv2TokenEncoder",
+    "interpolate_dinov2_position_embeddings",
     "CallableImageEncoder",
     "LatentCodec",
     "DiffusersVAE",
@@ -207,34 +208,40 @@ class DINOv2TokenEncoder(TransformersImageEncoder):
         return out.last_hidden_state
 
 
+def interpolate_dinov2_position_embeddings(position_embeddings: torch.Tensor, grid_h: int, grid_w: int
+                                           ) -> torch.Tensor:
+    """DINOv2's position embeddings ``(1, 1 + side^2, D)`` for a ``grid_h x grid_w`` patch grid, resized as
+    transformers 4.32 (the official PCDMs environment) did: bicubic with ``scale_factor = (grid + 0.1) / side``
+    in float32 (the DINO repository's trick against floating-point error). Unchanged when the grid is ``side^2``."""
+    num_positions = position_embeddings.shape[1] - 1
+    side = int(math.sqrt(num_positions))
+    if side * side != num_positions:
+        raise ValueError(f"DINOv2: expected position embeddings for a square grid, got {num_positions} positions")
+    if grid_h == side and grid_w == side:
+        return position_embeddings
+    class_pos_embed = position_embeddings[:, :1]
+    dim = position_embeddings.shape[-1]
+    patch_pos_embed = position_embeddings[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    height, width = grid_h + 0.1, grid_w + 0.1
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.to(dtype=torch.float32),
+        scale_factor=(float(height / math.sqrt(num_positions)), float(width / math.sqrt(num_positions))),
+        mode="bicubic",
+        align_corners=False,
+    ).to(dtype=position_embeddings.dtype)
+    if (grid_h, grid_w) != tuple(patch_pos_embed.shape[-2:]):
+        raise ValueError("DINOv2: the interpolated position embeddings do not match the patch grid")
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat((class_pos_embed, patch_pos_embed), dim=1)
+
+
 def _official_dinov2_interpolation(embeddings_module, patch_size: int):
-    """``Dinov2Embeddings.interpolate_pos_encoding`` as in transformers 4.32 (scale_factor with + 0.1, float32)."""
+    """``Dinov2Embeddings.interpolate_pos_encoding`` as in transformers 4.32 (:func:`interpolate_dinov2_position_
+    embeddings`)."""
 
     def interpolate_pos_encoding(embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        position_embeddings = embeddings_module.position_embeddings
-        num_patches = embeddings.shape[1] - 1
-        num_positions = position_embeddings.shape[1] - 1
-        if num_patches == num_positions and height == width:
-            return position_embeddings
-        class_pos_embed = position_embeddings[:, 0]
-        patch_pos_embed = position_embeddings[:, 1:]
-        dim = embeddings.shape[-1]
-        height = height // patch_size
-        width = width // patch_size
-        height, width = height + 0.1, width + 0.1  # DINO's trick against floating-point error
-        side = int(math.sqrt(num_positions))
-        patch_pos_embed = patch_pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2)
-        target_dtype = patch_pos_embed.dtype
-        patch_pos_embed = F.interpolate(
-            patch_pos_embed.to(dtype=torch.float32),
-            scale_factor=(float(height / math.sqrt(num_positions)), float(width / math.sqrt(num_positions))),
-            mode="bicubic",
-            align_corners=False,
-        ).to(dtype=target_dtype)
-        if int(height) != patch_pos_embed.shape[-2] or int(width) != patch_pos_embed.shape[-1]:
-            raise ValueError("DINOv2: the interpolated position embeddings do not match the patch grid")
-        patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)
-        return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
+        return interpolate_dinov2_position_embeddings(embeddings_module.position_embeddings,
+                                                      height // patch_size, width // patch_size)
 
     return interpolate_pos_encoding
 
