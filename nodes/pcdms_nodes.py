@@ -89,9 +89,12 @@ class PCDMsEmbed:
 class ComfyVisionEncoder:
     """A ComfyUI CLIP_VISION as the pipelines' image encoder (``encode(images)`` / ``encode_pixels``).
 
-    ComfyUI preprocesses by itself (torch bicubic + its model's mean / std), so ``encode`` passes the raw
-    (B, H, W, 3) 0..1 images; ``encode_pixels`` (CLIP-normalised 224 x 224 pixels, e.g. all-zero for the prior's
-    unconditional branch) maps the pixels back to an image that ComfyUI's preprocessing turns into them again."""
+    ``encode`` computes the official input (:func:`clip_preprocess`: CLIPImageProcessor's PIL bicubic resize and
+    centre crop; ComfyUI's own torch bicubic differs at 8-bit level) and calls ``encode_pixels``, which runs
+    ComfyUI's CLIPVisionModelProjection (``clip_vision.model``) on those pixels directly, exact for any pixels
+    (the prior's all-zero unconditional input included). A CLIP_VISION without ``model`` gets, through its
+    ``encode_image``, the 224 x 224 image that ComfyUI's preprocessing (no resize at 224, 8-bit rounding, CLIP
+    mean / std) maps back to the same pixels."""
 
     def __init__(self, clip_vision, output: str, ndim: int, what: str):
         if not callable(getattr(clip_vision, "encode_image", None)):
@@ -108,6 +111,10 @@ class ComfyVisionEncoder:
 
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
+        return self.encode_pixels(clip_preprocess(torch.as_tensor(images)[..., :3].float().cpu()))
+
+    @torch.no_grad()
+    def _encode_image(self, images) -> torch.Tensor:
         images = torch.as_tensor(images)
         out = bridge.keep_loaded(self.clip_vision.encode_image, *self.keep)(images[..., :3])
         value = getattr(out, self.output, None)
@@ -118,7 +125,10 @@ class ComfyVisionEncoder:
                 value = None
         if value is None:
             raise ValueError(f"{self.what}: the CLIP_VISION output has no {self.output!r}")
-        value = torch.as_tensor(value).float()
+        return self._checked(value)
+
+    def _checked(self, value) -> torch.Tensor:
+        value = torch.as_tensor(value).float().cpu()
         if value.ndim != self.ndim:
             raise ValueError(f"{self.what}: expected {self.output} with {self.ndim} dimensions, got "
                              f"{tuple(value.shape)}")
@@ -126,10 +136,19 @@ class ComfyVisionEncoder:
 
     @torch.no_grad()
     def encode_pixels(self, pixel_values) -> torch.Tensor:
+        model = getattr(self.clip_vision, "model", None)
+        if self.output == "image_embeds" and callable(model):
+            # ComfyUI's CLIPVisionModelProjection on the pixels themselves: exact for any pixels (the prior's
+            # all-zero unconditional input is the CLIP mean colour, which 8-bit rounding would move)
+            if bridge.comfy_available():
+                bridge.load_models(*self.keep, comfy_objects=(self.clip_vision,))
+            device = next(model.parameters()).device
+            out = model(pixel_values=torch.as_tensor(pixel_values).float().to(device), intermediate_output=-2)
+            return self._checked(out[2])
         mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         images = (torch.as_tensor(pixel_values).float().cpu() * std + mean).clamp(0, 1)
-        return self.encode(images.permute(0, 2, 3, 1).contiguous())
+        return self._encode_image(images.permute(0, 2, 3, 1).contiguous())
 
 
 class ComfyDinoV2Encoder(ComfyVisionEncoder):
@@ -174,9 +193,9 @@ class ComfyDinoV2Encoder(ComfyVisionEncoder):
         h, w = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
         x = x + interpolate_dinov2_position_embeddings(pos, h, w).to(x.dtype)
         if self.output == "penultimate_hidden_states":  # as ComfyUI's encode_image: the output of layer -2
-            return m.encoder(x, intermediate_output=-2)[1].float()
+            return self._checked(m.encoder(x, intermediate_output=-2)[1])
         x, _ = m.encoder(x)
-        return m.layernorm(x).float()
+        return self._checked(m.layernorm(x))
 
 
 def _attr_path(obj, path: str):

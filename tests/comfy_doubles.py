@@ -155,6 +155,7 @@ class TinyClipVision:
 
     def encode_image(self, image):
         self.calls += 1
+        self.last_image = image
         x = torch.nn.functional.adaptive_avg_pool2d(image.float().movedim(-1, 1), 4).flatten(1) * 2 - 1
         out = _Output()
         out["image_embeds"] = x @ self.w_embed

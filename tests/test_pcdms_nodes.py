@@ -115,6 +115,13 @@ def test_encoders_node(enc):
     images = torch.rand(2, 40, 30, 3)
     assert tuple(e.clip.encode(images).shape) == (2, TinyClipVision.EMBED_DIM)
     assert tuple(e.dino.encode(images).shape) == (2, 257, TinyDinoVision.WIDTH)  # 224 px: CLS + 16 x 16 patches
+    # ComfyUI receives the official CLIPImageProcessor crop, which its preprocessing (8-bit rounding, CLIP mean /
+    # std at 224 px) turns into exactly the official pixels
+    got = e.clip.clip_vision.last_image
+    assert tuple(got.shape) == (2, 224, 224, 3)
+    mean, std = torch.tensor(pn.CLIP_MEAN), torch.tensor(pn.CLIP_STD)
+    comfy_pixels = ((got * 255).clamp(0, 255).round() / 255 - mean) / std
+    torch.testing.assert_close(comfy_pixels.permute(0, 3, 1, 2), clip_preprocess(images), rtol=0, atol=1e-5)
     # normalised pixels -> the image ComfyUI's preprocessing turns back into them (zeros = CLIP mean colour)
     assert tuple(e.clip.encode_pixels(torch.zeros(1, 3, 224, 224)).shape) == (1, TinyClipVision.EMBED_DIM)
     with pytest.raises(ValueError, match="at least one"):
@@ -123,6 +130,33 @@ def test_encoders_node(enc):
         pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", None, TinyClipVision(0))
     with pytest.raises(ValueError, match="CLIP_VISION"):
         pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", object())
+
+
+class _ProjectionModel(torch.nn.Module):
+    """ComfyUI's CLIPVisionModelProjection interface: forward(pixel_values, intermediate_output) -> (last hidden,
+    intermediate, image_embeds, mm_projected)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, TinyClipVision.EMBED_DIM)
+
+    def forward(self, pixel_values, intermediate_output=None):
+        return None, None, self.proj(pixel_values.mean(dim=(2, 3))), None
+
+
+def test_clip_from_comfyui_runs_its_model_on_the_official_pixels():
+    """With ComfyUI's model object the embedding is computed on the official pixels themselves: exact for the
+    prior's all-zero unconditional input, which a round trip through an 8-bit image would move."""
+    vision = TinyClipVision(0)
+    vision.model = _ProjectionModel()
+    (encoders,) = pn.PoseTransferPCDMsEncoders().bundle("last_hidden_state", vision)
+    images = torch.rand(2, 40, 30, 3)
+    with torch.no_grad():
+        want = vision.model.proj(clip_preprocess(images).mean(dim=(2, 3)))
+        zero = vision.model.proj(torch.zeros(1, 3))
+    torch.testing.assert_close(encoders.clip.encode(images), want, rtol=0, atol=1e-6)
+    assert torch.equal(encoders.clip.encode_pixels(torch.zeros(1, 3, 224, 224)), zero)
+    assert vision.calls == 0  # not through encode_image
 
 
 def _comfy_layout_of(hf):
