@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..core.pcdms import KINDS, load_pcdms
-from ..core.pcdms.encoders import (CLIP_MEAN, CLIP_STD, CallableLatentCodec, clip_preprocess,
+from ..core.pcdms.encoders import (CLIP_MEAN, CLIP_STD, CallableLatentCodec, MomentsLatentCodec, clip_preprocess,
                                    interpolate_dinov2_position_embeddings)
 from ..core.pcdms.image_layout import LAYOUT_MODES
 from ..core.pcdms.kinds import _CLASS_TO_KIND
@@ -206,18 +206,34 @@ def _attr_path(obj, path: str):
     return obj
 
 
-def comfy_latent_codec(vae, keep=()) -> CallableLatentCodec:
-    """A ComfyUI VAE (``encode`` BHWC 0..1 -> unscaled latents, ``decode`` back) as the pipelines' codec; the
-    managed models ``keep`` are reloaded after each VAE call (:func:`bridge.keep_loaded`)."""
+def comfy_latent_codec(vae, keep=()) -> MomentsLatentCodec | CallableLatentCodec:
+    """A ComfyUI VAE as the pipelines' codec; the managed models ``keep`` stay loaded beside it.
+
+    Encoding samples the posterior as the official code does (mean + std * noise from the pipeline's generator,
+    :class:`MomentsLatentCodec`), from the moments of ComfyUI's ``first_stage_model`` (``quant_conv(encoder(x))``).
+    A VAE without those pieces goes through its own ``encode``, which returns the posterior mean
+    (:class:`CallableLatentCodec`; the random stream then differs from the official one). Decoding: the VAE's own
+    ``decode``."""
     if not (callable(getattr(vae, "encode", None)) and callable(getattr(vae, "decode", None))):
         raise ValueError(f"vae: expected a ComfyUI VAE (with encode / decode), got {type(vae).__name__}")
     factor = getattr(vae, "downscale_ratio", 8)
-    channels = getattr(vae, "latent_channels", 4)
-    encode, decode = bridge.keep_loaded(vae.encode, *keep), bridge.keep_loaded(vae.decode, *keep)
+    sizes = dict(downscale_factor=factor if isinstance(factor, int) else 8,
+                 latent_channels=getattr(vae, "latent_channels", 4))
+    if not isinstance(sizes["latent_channels"], int):
+        sizes["latent_channels"] = 4
+    decode = bridge.keep_loaded(vae.decode, *keep)
+    fsm = getattr(vae, "first_stage_model", None)
+    if callable(getattr(fsm, "encoder", None)) and callable(getattr(fsm, "quant_conv", None)):
+        def moments(pixels):
+            if bridge.comfy_available():
+                bridge.load_models(*keep, comfy_objects=(vae,))
+            p = next(fsm.parameters())
+            return fsm.quant_conv(fsm.encoder(pixels.to(p.device, p.dtype))).float()
+
+        return MomentsLatentCodec(moments, lambda latents: torch.as_tensor(decode(latents)), **sizes)
+    encode = bridge.keep_loaded(vae.encode, *keep)
     return CallableLatentCodec(lambda images: torch.as_tensor(encode(images[..., :3])),
-                               lambda latents: torch.as_tensor(decode(latents)),
-                               downscale_factor=factor if isinstance(factor, int) else 8,
-                               latent_channels=channels if isinstance(channels, int) else 4)
+                               lambda latents: torch.as_tensor(decode(latents)), **sizes)
 
 
 # ---------------------------------------------------------------------------------------------- loader

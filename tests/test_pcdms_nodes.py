@@ -353,3 +353,24 @@ def test_stages_without_comfy_put_the_model_back_on_the_cpu(m, enc, data, monkey
     holders = [(mod, a) for mod, a, _ in moves if isinstance(mod, bridge._Holder)]
     assert [a for _, a in holders] == [(torch.device("cuda"),), ("cpu",)]  # there for the run, back after
     assert all(mod.parts["model"] is m["inpaint"].model for mod, _ in holders)
+
+
+def test_comfy_vae_encoding_samples_the_posterior_as_the_official_code():
+    """ComfyUI's VAE.encode returns the posterior mean; the official pipelines sample it with their generator
+    (the first draw of the random stream). The node's codec samples from ComfyUI's first_stage_model moments with
+    the pipeline's generator: equal to DiffusersVAE (the official semantics) on the same weights."""
+    from posetransfer.core.pcdms.encoders import DiffusersVAE, MomentsLatentCodec
+
+    vae = TinyVAE()
+    codec = pn.comfy_latent_codec(vae)
+    assert isinstance(codec, MomentsLatentCodec)
+    pixels = torch.rand(2, 3, 32, 48) * 2 - 1
+    got = codec.encode(pixels, torch.Generator().manual_seed(3))
+    want = DiffusersVAE(vae.vae).encode(pixels, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    mean = torch.as_tensor(vae.encode(pixels.permute(0, 2, 3, 1) / 2 + 0.5)) * codec.scaling_factor
+    assert not torch.allclose(got, mean, atol=1e-4)                      # a sample, not the mean
+    noise = torch.randn(2, 4, 4, 6)
+    torch.testing.assert_close(codec.encode(pixels, noise=noise),
+                               DiffusersVAE(vae.vae).encode(pixels, noise=noise), rtol=0, atol=1e-6)
+    torch.testing.assert_close(codec.decode(want), DiffusersVAE(vae.vae).decode(want), rtol=0, atol=1e-5)
