@@ -41,8 +41,8 @@ per optimisation step, so the GAN step's generator and discriminator each unscal
 all scaled by the same factor, also with gradient accumulation (accelerate's own per-optimiser ``update()`` let
 D's accumulated micro-batches be scaled by two factors). Tested on the CPU with a CPU GradScaler
 (tests/test_train_fp16.py: a toy against float32 autograd, parts runs that step, forced overflows that skip per
-optimiser and halve the scale once per step); GPU fp16 runs are unverified. Known: the single model under fp16
-produces NaN flows (eq 9's eps of 1e-12 is 0 in float16, see the xfail there); use bf16 or no for it.
+optimiser and halve the scale once per step); GPU fp16 runs are unverified. The single model's correlation
+(eq 1, 9, 2) runs in float32 under autocast: its eps of 1e-12 is 0 in float16.
 
 Losses need VGG-19 features: ``--vgg`` takes torchvision's ``vgg19`` weights (``vgg19-dcbb9e9d.pth`` or a
 safetensors copy); ``--vgg random`` runs with a random network, for smoke tests only.
