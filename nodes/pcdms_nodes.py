@@ -48,7 +48,6 @@ SCHEDULER_CHOICES = ("default",) + SCHEDULER_NAMES
 DINO_OUTPUTS = ("last_hidden_state", "penultimate_hidden_states")
 _WEIGHT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
 _PCDMS_CLASSES = {spec.cls.__name__ for spec in KINDS.values()}
-_SAVE_PRETRAINED_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json")
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 log = logging.getLogger(__name__)
@@ -247,18 +246,19 @@ def _config_class(path: str) -> str | None:
 
 def list_pcdms_models() -> list[str]:
     """Checkpoint files (.pt / .safetensors / ...) and save_pretrained folders in the posetransfer model
-    folder(s); the weights inside a listed folder are not listed again."""
+    folder(s). Weights inside a folder with a config.json are not listed as files: the folder is listed when
+    it holds a PCDMs model, else it belongs to another model (a RePose or flow model's parts)."""
     files = bridge.list_model_files(set(_WEIGHT_EXTS) | {".json"})
-    folders = set()
+    folders, configured = set(), set()
     for name in files:
         if posixpath.basename(name) == "config.json" and posixpath.dirname(name):
+            configured.add(posixpath.dirname(name))
             try:
                 if _config_class(bridge.model_file_path(name)) in _PCDMS_CLASSES:
                     folders.add(posixpath.dirname(name))
             except FileNotFoundError:
                 continue
-    singles = [n for n in files if n.lower().endswith(_WEIGHT_EXTS)
-               and not (posixpath.basename(n) in _SAVE_PRETRAINED_WEIGHTS and posixpath.dirname(n) in folders)]
+    singles = [n for n in files if n.lower().endswith(_WEIGHT_EXTS) and posixpath.dirname(n) not in configured]
     return sorted(folders) + sorted(singles)
 
 

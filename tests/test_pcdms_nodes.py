@@ -95,6 +95,12 @@ def test_loader_lists_files_and_folders_and_detects_kinds(models_dir, m):
     choices = pn.PoseTransferPCDMsLoader.INPUT_TYPES()["required"]["model_name"][0]
     assert set(PCDMS_FILES.values()) | {"refine_folder"} <= set(choices)
     assert not any(c.startswith("refine_folder/") for c in choices)  # weights inside a folder are not listed
+    other = models_dir / "repose_like" / "denoiser"                     # another model's part: not listed at all
+    other.mkdir(parents=True)
+    (other / "config.json").write_text('{"_class_name": "RePoseDenoiser"}')
+    (other / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    choices = pn.PoseTransferPCDMsLoader.INPUT_TYPES()["required"]["model_name"][0]
+    assert not any(c.startswith("repose_like") for c in choices) and "refine_folder" in choices
     assert {k: v.kind for k, v in m.items()} == {k: k for k in PCDMS_FILES}
     folder = pn.PoseTransferPCDMsLoader().load("refine_folder", "refine", "float32")[0]
     assert folder.kind == "refine" and next(folder.model.parameters()).dtype == torch.float32
