@@ -30,7 +30,8 @@ from ..core.repose.guidance import PoseGuidance
 from ..core.repose.model_files import MARKER, load_repose_model
 from ..core.repose.pose_align import PoseAlign
 from ..core.repose.pose_estimator import HIGHER_HRNET_W32_CONFIG, HIGHER_HRNET_W48_CONFIG, load_higher_hrnet
-from ..core.repose.sampler import RePoseSampler, VaeCodec
+from ..core.repose.sampler import (RePoseSampler, VaeCodec, diffusers_upsampler_conv, fused_upsamplers,
+                                   is_plain_conv3x3)
 from . import bridge
 from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
 from .flowwarp_nodes import _poses
@@ -125,6 +126,25 @@ def _plain_copy(module: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
+def _upsampler_conv(up):
+    """The 3x3 conv of an upsampler that is exactly nearest-2x + that conv: diffusers' ``Upsample2D``, or the
+    Stable Diffusion / ComfyUI decoder's ``Upsample`` (``with_conv``, scale 2) whose conv is not patched (no
+    weight casting or LoRA functions on it); else None."""
+    conv = diffusers_upsampler_conv(up)
+    if conv is not None:
+        return conv
+    if type(up).__name__ != "Upsample" or not getattr(up, "with_conv", False):
+        return None
+    scale = getattr(up, "scale_factor", None)
+    conv = getattr(up, "conv", None)
+    if scale not in (2, 2.0, (2, 2), (2.0, 2.0)) or not is_plain_conv3x3(conv):
+        return None
+    if getattr(conv, "comfy_cast_weights", False) or getattr(conv, "weight_function", None) \
+            or getattr(conv, "bias_function", None):
+        return None
+    return conv
+
+
 class ComfyVaeCodec(VaeCodec):
     """A ComfyUI VAE as the core's codec: ``encode`` [-1, 1] BCHW -> scaled latents, ``decode`` back.
 
@@ -160,7 +180,8 @@ class ComfyVaeCodec(VaeCodec):
                 bridge.load_models(*self.keep, comfy_objects=(self.comfy_vae,))
                 self._grad_decoder = _plain_copy(fsm)
             p = next(self._grad_decoder.parameters())
-            out = self._grad_decoder.decode(z.to(p.device, p.dtype))
+            with fused_upsamplers(self._grad_decoder, _upsampler_conv):  # the same function, cheaper (core docs)
+                out = self._grad_decoder.decode(z.to(p.device, p.dtype))
             out = getattr(out, "sample", out)
             return out.to(latents.device, latents.dtype)
         images = torch.as_tensor(bridge.keep_loaded(self.comfy_vae.decode, *self.keep)(z.float().cpu()))

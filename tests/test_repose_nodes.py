@@ -234,3 +234,43 @@ def test_training_with_pose_guidance_and_errors(gfla, tmp_path, capsys):
     assert result["step"] == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result["history"])
     assert train_repose.main(args_for(gfla, tmp_path / "e", 1, "--resolution", "15x12")) == 2
     assert "multiples" in capsys.readouterr().err
+
+
+class Upsample(torch.nn.Module):
+    """The Stable Diffusion / ComfyUI decoder's upsampler: nearest 2x, then a 3x3 conv."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.with_conv, self.scale_factor = True, 2.0
+        self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(torch.nn.functional.interpolate(x, scale_factor=self.scale_factor, mode="nearest"))
+
+
+def test_comfy_decoder_upsamplers_are_fused_exactly():
+    """The guidance decode through ComfyUI's decoder copy fuses its LDM-style upsamplers (same values and input
+    gradient as the stock modules), but not a conv that ComfyUI patches (weight casting / LoRA functions)."""
+    from posetransfer.core.repose.sampler import fused_upsamplers
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Upsample(4), torch.nn.SiLU(), Upsample(4)).double()
+    x = torch.randn(2, 4, 5, 7, dtype=torch.float64, requires_grad=True)
+    want = net(x)
+    (g_want,) = torch.autograd.grad(want.square().sum(), x)
+    calls = []
+    with fused_upsamplers(net, repose_nodes._upsampler_conv):
+        assert all("forward" in vars(m) for m in net if isinstance(m, Upsample))
+        original = torch.nn.functional.interpolate
+        torch.nn.functional.interpolate = lambda *a, **k: calls.append(1) or original(*a, **k)
+        try:
+            got = net(x)
+        finally:
+            torch.nn.functional.interpolate = original
+    (g_got,) = torch.autograd.grad(got.square().sum(), x)
+    assert calls == []                                         # no nearest upsampling ran: the fused path did
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
+    assert not any("forward" in vars(m) for m in net)          # restored
+    net[0].conv.weight_function = [lambda w: w]                # a ComfyUI-patched conv keeps its own forward
+    assert repose_nodes._upsampler_conv(net[0]) is None and repose_nodes._upsampler_conv(net[2]) is not None

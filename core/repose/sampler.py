@@ -38,7 +38,7 @@ from .denoiser import RePoseDenoiser, repose_noise_scheduler
 from .guidance import PoseGuidance
 from .pose_align import PoseAlign
 
-__all__ = ["VaeCodec", "nearest_up_conv3x3", "fused_upsamplers", "StepInfo", "SamplingInterrupted", "denoise_loop",
+__all__ = ["VaeCodec", "nearest_up_conv3x3", "fused_upsamplers", "diffusers_upsampler_conv", "is_plain_conv3x3", "StepInfo", "SamplingInterrupted", "denoise_loop",
            "RePoseSampler", "RePoseSamplerOutput",
            "TINY_VAE_CONFIG", "make_generator"]
 
@@ -87,36 +87,41 @@ def nearest_up_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return F.conv_transpose2d(x, kt, bias, stride=2, padding=1)
 
 
-def _fusable_upsampler(up) -> nn.Conv2d | None:
+def is_plain_conv3x3(conv) -> bool:
+    """A 3x3, stride-1, padding-1 zero-padded ``nn.Conv2d`` of one group: what :func:`nearest_up_conv3x3` replaces."""
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def diffusers_upsampler_conv(up) -> nn.Conv2d | None:
     """The 3x3 conv of a diffusers ``Upsample2D`` that is exactly nearest-2x + that conv, else None."""
-    if not (getattr(up, "interpolate", False) and getattr(up, "use_conv", False)
+    if type(up).__name__ != "Upsample2D" or not (
+            getattr(up, "interpolate", False) and getattr(up, "use_conv", False)
             and not getattr(up, "use_conv_transpose", True) and getattr(up, "norm", 0) is None):
         return None
     conv = getattr(up, "conv" if getattr(up, "name", "conv") == "conv" else "Conv2d_0", None)
-    if (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)   # exact type: not LoRA
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros"):
-        return conv
-    return None
+    return conv if type(conv) is nn.Conv2d and is_plain_conv3x3(conv) else None   # exact type: not LoRA
 
 
 @contextlib.contextmanager
-def fused_upsamplers(model: nn.Module):
-    """While active, every diffusers ``Upsample2D`` in ``model`` that is exactly nearest-2x + 3x3 conv computes
-    :func:`nearest_up_conv3x3` instead (an instance ``forward`` set for the duration, removed on exit; parameters
-    and state dict untouched; other upsamplers, and calls with ``output_size``, run as before)."""
+def fused_upsamplers(model: nn.Module, match: Callable[[nn.Module], nn.Conv2d | None] = diffusers_upsampler_conv):
+    """While active, every upsampler of ``model`` for which ``match`` returns its conv (default: diffusers'
+    ``Upsample2D`` that is exactly nearest-2x + 3x3 conv) computes :func:`nearest_up_conv3x3` instead (an instance
+    ``forward`` set for the duration, removed on exit; parameters and state dict untouched). Calls with other
+    arguments (an ``output_size``) or inputs that are not 4-D run the original forward."""
     patched = []
     for up in model.modules():
-        if type(up).__name__ != "Upsample2D" or "forward" in vars(up):
+        if "forward" in vars(up):
             continue
-        conv = _fusable_upsampler(up)
+        conv = match(up)
         if conv is None:
             continue
         original = up.forward
 
-        def forward(hidden_states, output_size=None, *args, _conv=conv, _original=original, **kwargs):
-            if output_size is not None or args or kwargs:
-                return _original(hidden_states, output_size, *args, **kwargs)
+        def forward(hidden_states, *args, _conv=conv, _original=original, **kwargs):
+            if hidden_states.ndim != 4 or any(a is not None for a in (*args, *kwargs.values())):
+                return _original(hidden_states, *args, **kwargs)
             return nearest_up_conv3x3(hidden_states, _conv.weight, _conv.bias)
         up.forward = forward
         patched.append(up)
