@@ -348,40 +348,6 @@ class DiffusersVAE:
         return (x / 2 + 0.5).clamp(0, 1)
 
 
-class MomentsLatentCodec:
-    """A VAE given as functions (e.g. ComfyUI's ``first_stage_model`` pieces) as a :class:`LatentCodec` that
-    samples the posterior exactly as :class:`DiffusersVAE` does: ``moments_fn(pixels in [-1, 1]) -> (B, 2C, h, w)``
-    (encoder + quant_conv: mean and log-variance), sampled with diffusers' ``DiagonalGaussianDistribution`` and the
-    pipeline's generator (so the random stream is the official one); ``decode_fn(unscaled latents) -> (B, H, W, 3)
-    0..1`` as ComfyUI's VAE."""
-
-    def __init__(self, moments_fn: Callable[[torch.Tensor], torch.Tensor],
-                 decode_fn: Callable[[torch.Tensor], torch.Tensor], *, scaling_factor: float = VAE_SCALING_FACTOR,
-                 downscale_factor: int = 8, latent_channels: int = 4):
-        self.moments_fn = moments_fn
-        self.decode_fn = decode_fn
-        self.scaling_factor = float(scaling_factor)
-        self.downscale_factor = int(downscale_factor)
-        self.latent_channels = int(latent_channels)
-
-    @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, generator: torch.Generator | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        dist = DiagonalGaussianDistribution(self.moments_fn(pixels))
-        if noise is None:
-            z = dist.sample(generator=generator)
-        else:
-            z = dist.mean + dist.std * noise.to(device=dist.mean.device, dtype=dist.mean.dtype)
-        return z * self.scaling_factor
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        images = self.decode_fn(latents / self.scaling_factor)
-        return images.float().clamp(0, 1).permute(0, 3, 1, 2)
-
-
 class CallableLatentCodec:
     """Adapts a VAE that works like ComfyUI's (images (B, H, W, 3) 0..1 in, *unscaled* latents out, and back) to
     :class:`LatentCodec`: pixels in [-1, 1] are mapped to 0..1 channels last, latents are multiplied by
@@ -413,3 +379,27 @@ class CallableLatentCodec:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         images = self.decode_fn(latents / self.scaling_factor)
         return images.float().clamp(0, 1).permute(0, 3, 1, 2)
+
+
+class MomentsLatentCodec(CallableLatentCodec):
+    """A VAE given as functions (e.g. ComfyUI's ``first_stage_model`` pieces) as a :class:`LatentCodec` that
+    samples the posterior exactly as :class:`DiffusersVAE` does: ``moments_fn(pixels in [-1, 1]) -> (B, 2C, h, w)``
+    (encoder + quant_conv: mean and log-variance), sampled with diffusers' ``DiagonalGaussianDistribution`` and the
+    pipeline's generator (so the random stream is the official one); ``decode_fn`` as :class:`CallableLatentCodec`."""
+
+    def __init__(self, moments_fn: Callable[[torch.Tensor], torch.Tensor],
+                 decode_fn: Callable[[torch.Tensor], torch.Tensor], **sizes):
+        super().__init__(moments_fn, decode_fn, **sizes)
+        self.moments_fn = moments_fn
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        dist = DiagonalGaussianDistribution(self.moments_fn(pixels))
+        if noise is None:
+            z = dist.sample(generator=generator)
+        else:
+            z = dist.mean + dist.std * noise.to(device=dist.mean.device, dtype=dist.mean.dtype)
+        return z * self.scaling_factor
