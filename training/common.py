@@ -4,6 +4,7 @@ arguments, the command-line entry point."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -85,6 +86,21 @@ def parse_size(text: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise argparse.ArgumentTypeError(f"expected a positive HxW, got {text!r}")
     return h, w
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append ``record`` as one JSON line (the training logs)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Drop the log lines after ``step`` (left by a run that went on past the checkpoint it resumes from)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def run_main(prog: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], object],

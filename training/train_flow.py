@@ -474,10 +474,7 @@ class _Logger:
             for f in (jl, cv):
                 f.unlink(missing_ok=True)
             return
-        if jl.is_file():
-            keep = [line for line in jl.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= step]
-            jl.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        common.truncate_jsonl(jl, step)
         if cv.is_file():
             with open(cv, encoding="utf-8", newline="") as f:
                 rows = list(csv.DictReader(f))
@@ -489,8 +486,7 @@ class _Logger:
     def log(self, record: dict) -> None:
         if not self.main:
             return
-        with open(self.out / LOG_JSONL, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        common.append_jsonl(self.out / LOG_JSONL, record)
         path = self.out / LOG_CSV
         new = not path.is_file()
         with open(path, "a", encoding="utf-8", newline="") as f:

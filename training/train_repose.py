@@ -337,16 +337,11 @@ def _train(args, accelerator, out: Path) -> dict:
 
     def log(record: dict) -> None:
         if accelerator.is_main_process:
-            with open(out / LOG_JSONL, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            common.append_jsonl(out / LOG_JSONL, record)
 
     def truncate_log(step: int) -> None:
-        path = out / LOG_JSONL
-        if not accelerator.is_main_process or not path.is_file():
-            return
-        keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        if accelerator.is_main_process:
+            common.truncate_jsonl(out / LOG_JSONL, step)
 
     def export(folder: Path) -> None:
         if not accelerator.is_main_process:
