@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..core.geometry import resize
 from ..core.render import render_skeleton
 from ..core.repose.denoiser import RePoseDenoiser, repose_noise_scheduler
-from ..core.repose.guidance import PoseGuidance
+from ..core.repose.guidance import PoseGuidance, percent_timestep_range
 from ..core.repose.model_files import MARKER, load_repose_model
 from ..core.repose.pose_align import PoseAlign
 from ..core.repose.pose_estimator import HIGHER_HRNET_W32_CONFIG, HIGHER_HRNET_W48_CONFIG, load_higher_hrnet
@@ -94,13 +94,15 @@ class PoseGuidanceFactory:
     name: str = ""
     managed: bridge.ManagedModel | None = field(default=None, repr=False, compare=False)  # the estimator's
     decode_scale: float = 1.0  # < 1: the guidance decodes a downsized latent (cheaper, approximate)
+    timestep_range: tuple[float, float] | None = None  # guide only these timesteps (None: every step)
 
     def __post_init__(self):
         if self.managed is None:  # held here so that the estimator keeps one ComfyUI ModelPatcher
             self.managed = bridge.managed(self.estimator)
 
     def make(self, target_image: torch.Tensor | None = None, **overrides) -> PoseGuidance:
-        kwargs = dict(scale=self.scale, threshold=self.threshold, mask_from=self.mask_from)
+        kwargs = dict(scale=self.scale, threshold=self.threshold, mask_from=self.mask_from,
+                      timestep_range=self.timestep_range)
         kwargs.update(overrides)
         return PoseGuidance(self.estimator, target_image, **kwargs)
 
@@ -372,8 +374,9 @@ class PoseTransferPoseGuidance:
     DESCRIPTION = ("Pose gradient guidance (RePoseDM eq 11-16): at every step the current clean-image estimate is "
                    "decoded, a HigherHRNet pose estimator compares it with the target pose, and the gradient of "
                    "that pose error steers the noise prediction. Load the official HigherHRNet checkpoint "
-                   "(pose_higher_hrnet_w32_512.pth, or W48) from models/posetransfer. Costs one VAE decode and one "
-                   "estimator pass (forward and backward) per step.")
+                   "(pose_higher_hrnet_w32_512.pth, or W48) from models/posetransfer. Each guided step costs one VAE "
+                   "decode and one estimator pass, forward and backward (about 3x an unguided step); "
+                   "start_percent / end_percent limit which steps are guided.")
     CATEGORY = CATEGORY
     FUNCTION = "make"
     RETURN_TYPES = (GUIDANCE_TYPE,)
@@ -401,9 +404,18 @@ class PoseTransferPoseGuidance:
                 "tooltip": "1 = exact (the paper). Below 1 the guidance decodes the clean-latent estimate shrunk by "
                            "this factor: cheaper steps, weaker guidance (measured at 256x176: 0.75 makes a guided "
                            "step 2.1x an unguided one instead of 3.0x; 0.5 guides much less)."}),
+            "start_percent": ("FLOAT", {
+                "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                "tooltip": "Guide from this point of sampling on (0 = the first, noisiest step). Steps outside "
+                           "start..end cost no more than unguided ones."}),
+            "end_percent": ("FLOAT", {
+                "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                "tooltip": "Guide up to this point of sampling (1 = the last step). 0..1 = every step (the "
+                           "paper)."}),
         }}
 
-    def make(self, estimator_name, scale=1.0, threshold=0.1, mask_from="generated", decode_scale=1.0):
+    def make(self, estimator_name, scale=1.0, threshold=0.1, mask_from="generated", decode_scale=1.0,
+             start_percent=0.0, end_percent=1.0):
         if not estimator_name or estimator_name == NO_MODEL:
             raise ValueError("estimator_name: no pose estimator (.pth) in the posetransfer model folder; put the "
                              "HigherHRNet checkpoint there and refresh")
@@ -411,6 +423,7 @@ class PoseTransferPoseGuidance:
             raise ValueError(f"mask_from: expected one of {MASK_FROM}, got {mask_from!r}")
         if not 0 < float(decode_scale) <= 1:
             raise ValueError(f"decode_scale: expected a factor in (0, 1] (1 = exact), got {decode_scale!r}")
+        timestep_range = percent_timestep_range(start_percent, end_percent)  # T = 1000: RePose and PCDMs
         path = bridge.model_file_path(estimator_name)
 
         def build():  # the managed wrapper is cached, so the estimator keeps one ComfyUI ModelPatcher
@@ -419,7 +432,7 @@ class PoseTransferPoseGuidance:
 
         managed = _CACHE.get(("estimator", file_stamp(path)), build)
         factory = PoseGuidanceFactory(managed.module, float(scale), float(threshold), mask_from, estimator_name,
-                                      managed, float(decode_scale))
+                                      managed, float(decode_scale), timestep_range)
         factory.make()  # validates the settings now rather than at sampling time
         return (factory,)
 

@@ -161,6 +161,12 @@ def test_nodes_accept_guidance(m, enc, data):
     assert not torch.allclose(half, guided) and not torch.allclose(half, plain)   # the downsized decode acts
     off = inpaint(m, enc, data, guidance=PoseGuidanceFactory(factory.estimator, scale=0.0))
     torch.testing.assert_close(off, plain, rtol=0, atol=0)
+    # The node's start / end percent reach the PCDMs loop: a range holding every timestep is the guided image, one
+    # holding none the plain one.
+    every = PoseGuidanceFactory(factory.estimator, threshold=-1.0, timestep_range=(0.0, 999.0))
+    torch.testing.assert_close(inpaint(m, enc, data, guidance=every), guided, rtol=0, atol=0)
+    never = PoseGuidanceFactory(factory.estimator, threshold=-1.0, timestep_range=(1000.0, 2000.0))
+    torch.testing.assert_close(inpaint(m, enc, data, guidance=never), plain, rtol=0, atol=0)
     node = pn.PoseTransferPCDMsRefine()
     args = (m["refine"], enc["dino_only"], data["vae"], plain, data["image"])
     refined = node.refine(*args, seed=5, **FAST, cfg=2.0, guidance=factory)[0]

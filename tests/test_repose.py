@@ -19,7 +19,8 @@ from posetransfer.core.repose import (
     RePoseDenoiser, RePoseSampler, RePoseTrainConfig, SamplingInterrupted, TinyPoseEstimator, VaeCodec,
     accumulate_flows, as_pose_estimator, denoise_loop, guided_eps, hybrid_loss, load_higher_hrnet,
     local_attention, local_attention_reference, local_correlation, local_correlation_reference, make_ema,
-    make_optimizer, pose_heatmaps_coco17, repose_noise_scheduler, training_step, tweedie_x0)
+    make_optimizer, percent_timestep_range, pose_heatmaps_coco17, repose_noise_scheduler, training_step,
+    tweedie_x0)
 
 
 @pytest.fixture(autouse=True)
@@ -279,6 +280,48 @@ def test_eq15_and_eq16_numerics_on_a_toy():
     # Inactive outside the timestep range.
     ranged = PoseGuidance(ExactEstimator(), target=PoseTarget(target, target), timestep_range=(0, 50))
     assert torch.equal(ranged(x_t, 100, eps, a, lambda z: z), eps)
+
+
+def test_percent_range_guides_exactly_the_steps_inside_it():
+    # ComfyUI's percents: p -> timestep (1 - p) * 999; 0..1 is every step.
+    assert percent_timestep_range(0.0, 1.0) is None
+    assert percent_timestep_range(0.0, 0.5) == (499.5, 999.0)
+    assert percent_timestep_range(0.25, 1.0) == (0.0, 749.25)
+    assert percent_timestep_range(0.2, 0.6, num_train_timesteps=11) == (4.0, 8.0)
+    for bad in ((0.6, 0.4), (-0.1, 0.5), (0.0, 1.5)):
+        with pytest.raises(ValueError, match="start_percent / end_percent"):
+            percent_timestep_range(*bad)
+    # In a DDIM run (timesteps 900, 800, ..., 0) the first half guides t = 900 .. 500: five decodes, and the
+    # steps after them run unguided -- the result differs from both the unguided and the fully guided run.
+    target = torch.zeros(1, 2, 6, 6)
+    target[:, 0, 1, 1] = target[:, 1, 4, 4] = 1.0
+
+    def run(timestep_range, guided=True):
+        sched = DDIMScheduler(beta_schedule="linear", clip_sample=False)
+        sched.set_timesteps(10)
+        seen = []
+
+        def decode(z):
+            seen.append(z.shape)
+            return z
+
+        guide = PoseGuidance(ExactEstimator(), target=PoseTarget(target, target), image_range=(0.0, 1.0),
+                             threshold=-1.0, timestep_range=timestep_range) if guided else None
+        x = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+        def predict(x_in, t):  # the exact denoiser of data ~ N(0, 0.25 I)
+            a = sched.alphas_cumprod[int(t)]
+            return (1 - a).sqrt() / (0.25 * a + 1 - a) * x_in, None, None
+
+        out = denoise_loop(predict, x, sched, guidance_scale=1.0, pose_guidance=guide, decode=decode)
+        return out, len(seen), [int(t) for t in sched.timesteps]
+
+    half, decodes, timesteps = run(percent_timestep_range(0.0, 0.5))
+    assert timesteps == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0] and decodes == 5
+    full, all_decodes, _ = run(None)
+    plain, none, _ = run(None, guided=False)
+    assert all_decodes == 10 and none == 0
+    assert (half - plain).abs().max() > 1e-3 and (half - full).abs().max() > 1e-3
+    assert run(percent_timestep_range(0.0, 0.05))[1] == 0          # t >= 949.05: no step of this run
 
 
 def blob_image(points, size=16, sigma=1.5):

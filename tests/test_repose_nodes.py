@@ -112,6 +112,18 @@ def test_guidance_node_steers_and_is_a_pose_guidance_factory(comfy_free):
         repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, decode_scale=0.0)
     with pytest.raises(ValueError, match="mask_from"):
         repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, mask_from="nowhere")
+    # start / end percent: the 2-step DDPM run has timesteps 500 and 0. 0..0.4 (t >= 599.4) guides neither step: the
+    # plain image; 0..0.5 (t >= 499.5) guides the first step (which steps exactly: tests/test_repose.py).
+    (early,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=50.0, threshold=-1.0,
+                                                           start_percent=0.0, end_percent=0.5)
+    assert early.make().timestep_range == (499.5, 999.0) and guidance.make().timestep_range is None
+    first = align_and_sample(vae, guidance=early)[2]
+    assert (first - plain).abs().max() > 1e-2
+    (none,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=50.0, threshold=-1.0,
+                                                          start_percent=0.0, end_percent=0.4)
+    assert torch.equal(align_and_sample(vae, guidance=none)[2], plain)
+    with pytest.raises(ValueError, match="start_percent"):
+        repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, start_percent=0.7, end_percent=0.3)
     with pytest.raises(ValueError, match="estimator_name"):
         repose_nodes.PoseTransferPoseGuidance().make(repose_nodes.NO_MODEL)
 

@@ -7,7 +7,8 @@ No public code exists; this is a reference implementation from the paper (equati
 from .denoiser import (PAPER_UNET_CONFIG, TINY_UNET_CONFIG, RePoseDenoiser, RePoseDenoiserOutput, RePoseTrainConfig,
                        draw_training_noise, hybrid_loss, make_ema, make_optimizer, repose_noise_scheduler, training_loss,
                        training_step)
-from .guidance import PoseGuidance, PoseTarget, guided_eps, pose_heatmaps_coco17, tweedie_x0
+from .guidance import (PoseGuidance, PoseTarget, guided_eps, percent_timestep_range, pose_heatmaps_coco17,
+                       tweedie_x0)
 from .pose_align import (PAPER_POSE_ALIGN_CONFIG, TINY_POSE_ALIGN_CONFIG, MapFormer, MapFormerLayer, PoseAlign,
                          PoseAlignOutput, PoseMappingAggregator, accumulate_flows, local_attention,
                          local_attention_reference, local_correlation, local_correlation_reference)
@@ -21,7 +22,7 @@ __all__ = [
     "PAPER_UNET_CONFIG", "TINY_UNET_CONFIG", "RePoseDenoiser", "RePoseDenoiserOutput", "RePoseTrainConfig",
     "draw_training_noise", "hybrid_loss", "make_ema", "make_optimizer", "repose_noise_scheduler", "training_loss",
     "training_step",
-    "PoseGuidance", "PoseTarget", "guided_eps", "pose_heatmaps_coco17", "tweedie_x0",
+    "PoseGuidance", "PoseTarget", "guided_eps", "percent_timestep_range", "pose_heatmaps_coco17", "tweedie_x0",
     "PAPER_POSE_ALIGN_CONFIG", "TINY_POSE_ALIGN_CONFIG", "MapFormer", "MapFormerLayer", "PoseAlign",
     "PoseAlignOutput", "PoseMappingAggregator", "accumulate_flows", "local_attention", "local_attention_reference",
     "local_correlation", "local_correlation_reference",

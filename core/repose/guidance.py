@@ -56,7 +56,7 @@ from ..keypoints import Pose
 from ..render import render_heatmaps
 from .pose_estimator import COCO17_FROM_OPENPOSE18, PoseEstimate, PoseEstimator, as_pose_estimator
 
-__all__ = ["PoseGuidance", "PoseTarget", "tweedie_x0", "guided_eps", "pose_heatmaps_coco17"]
+__all__ = ["PoseGuidance", "PoseTarget", "tweedie_x0", "guided_eps", "pose_heatmaps_coco17", "percent_timestep_range"]
 
 Decode = Callable[[torch.Tensor], torch.Tensor]
 
@@ -77,6 +77,21 @@ def guided_eps(eps: torch.Tensor, grad: torch.Tensor, alpha_bar, scale: float = 
     """Eq 15: ``eps~ = eps + scale * sqrt(1 - a_t) * grad G``."""
     a = _per_sample(alpha_bar, eps)
     return eps + scale * (1 - a).sqrt() * grad.to(eps.dtype)
+
+
+def percent_timestep_range(start_percent: float, end_percent: float,
+                           num_train_timesteps: int = 1000) -> tuple[float, float] | None:
+    """ComfyUI's ``start_percent`` / ``end_percent`` (0 = the first, noisiest step; 1 = the last) as the
+    ``timestep_range`` of :class:`PoseGuidance`: percent ``p`` is timestep ``(1 - p) (T - 1)``, as ComfyUI's
+    ``percent_to_sigma`` maps it. ``(0, 1)`` -> None (every step)."""
+    start, end = float(start_percent), float(end_percent)
+    if not (0.0 <= start <= end <= 1.0):
+        raise ValueError(f"start_percent / end_percent: expected 0 <= start <= end <= 1, got {start_percent!r} / "
+                         f"{end_percent!r}")
+    if start == 0.0 and end == 1.0:
+        return None
+    last = num_train_timesteps - 1
+    return (1.0 - end) * last, (1.0 - start) * last
 
 
 def pose_heatmaps_coco17(pose: Pose, sigma: float = 2.0, person: int = 0,
