@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,6 +45,36 @@ def list_checkpoints(out: Path) -> list[Path]:
     root = out / CHECKPOINTS
     found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None] if root.is_dir() else []
     return sorted(found, key=checkpoint_step)
+
+
+def save_checkpoint(accelerator, out: Path, step: int, train_config: dict, export: Callable[[Path], None],
+                    keep: int | None = None) -> Path:
+    """``OUT/checkpoints/checkpoint-STEP``: the accelerate state (every process), then on the main process
+    ``train_config.json`` (``train_config``) and ``export(folder)``'s model files; only the newest
+    ``keep`` checkpoints are kept (None or 0: all)."""
+    path = out / CHECKPOINTS / f"checkpoint-{step}"
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "train_config.json").write_text(
+            json.dumps(train_config, indent=2, default=str) + "\n", encoding="utf-8")
+        export(path)
+        if keep is not None and keep > 0:
+            for old in list_checkpoints(out)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def needs_final_checkpoint(out: Path, step: int) -> bool:
+    """True unless the newest checkpoint is already at ``step`` (the last step was a checkpoint step)."""
+    latest = list_checkpoints(out)
+    return not latest or checkpoint_step(latest[-1]) != step
+
+
+def cli_args(args: argparse.Namespace) -> dict:
+    """The parsed arguments as recorded in ``train_config.json`` (without the sub-command function)."""
+    return {k: v for k, v in vars(args).items() if k != "func"}
 
 
 def resolve_resume(resume: str | None, out: Path, prog: str) -> Path | None:

@@ -55,7 +55,6 @@ import csv
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -65,7 +64,7 @@ import torch
 import torch.nn as nn
 
 from . import common
-from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, plain_forward, resolve_resume
+from .common import CHECKPOINTS, EpochSampler, plain_forward, resolve_resume
 from ..core.flow_models.model_files import (FILE_KEY, KINDS, MARKER, MODEL_DIR, detect_model_kind,  # noqa: F401
                                             export_model, load_flow_model, load_flow_modules, save_model_file)
 
@@ -716,21 +715,10 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         export_model(kind, mods, folder, info)
 
     def save_checkpoint(step: int) -> Path:
-        path = out / CHECKPOINTS / f"checkpoint-{step}"
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(path))
-        if accelerator.is_main_process:
-            (path / "train_config.json").write_text(json.dumps(
-                {"kind": kind, "step": step, "model_config": model_config, "stage1_steps": stage1_steps,
-                 "args": {k: v for k, v in vars(args).items() if k != "func"}}, indent=2, default=str) + "\n",
-                encoding="utf-8")
-            export(path / MODEL_DIR, step)
-            limit = args.checkpoints_total_limit
-            if limit is not None and limit > 0:
-                for old in list_checkpoints(out)[:-limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return path
+        config = {"kind": kind, "step": step, "model_config": model_config, "stage1_steps": stage1_steps,
+                  "args": common.cli_args(args)}
+        return common.save_checkpoint(accelerator, out, step, config, lambda folder: export(folder / MODEL_DIR, step),
+                                      args.checkpoints_total_limit)
 
     if args.log_with:
         accelerator.init_trackers("posetransfer_flow", config={k: v for k, v in vars(args).items()
@@ -780,8 +768,7 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
             save_checkpoint(state.step)
 
-    latest = list_checkpoints(out)
-    if not latest or checkpoint_step(latest[-1]) != state.step:
+    if common.needs_final_checkpoint(out, state.step):
         save_checkpoint(state.step)
     model_dir = out / MODEL_DIR
     export(model_dir, state.step)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from . import common
-from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, parse_size, resolve_resume
+from .common import CHECKPOINTS, EpochSampler, parse_size, resolve_resume
 
 PROG = "train_pcdms"
 MODEL_FILE = "model.safetensors"
@@ -485,22 +484,13 @@ def _train(args, accelerator, out: Path) -> dict:
     probes = {}
 
     def save_checkpoint() -> Path:
-        path = out / CHECKPOINTS / f"checkpoint-{state.step}"
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(path))
-        value = probe()
-        probes[state.step] = value
-        if accelerator.is_main_process:
-            (path / "train_config.json").write_text(json.dumps(
-                {"kind": f"pcdms_{stage}", "step": state.step, "model_config": model_config,
-                 "args": vars(args)}, indent=2, default=str) + "\n", encoding="utf-8")
-            save_pcdms_safetensors(raw_model, path / MODEL_FILE)
-            log({"step": state.step, "probe_loss": value})
-            limit = args.checkpoints_total_limit
-            if limit is not None and limit > 0:
-                for old in list_checkpoints(out)[:-limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        probes[state.step] = value = probe()
+        config = {"kind": f"pcdms_{stage}", "step": state.step, "model_config": model_config,
+                  "args": common.cli_args(args)}
+        path = common.save_checkpoint(accelerator, out, state.step, config,
+                                      lambda folder: save_pcdms_safetensors(raw_model, folder / MODEL_FILE),
+                                      args.checkpoints_total_limit)
+        log({"step": state.step, "probe_loss": value})
         return path
 
     truncate_log(state.step)
@@ -546,8 +536,7 @@ def _train(args, accelerator, out: Path) -> dict:
             print(f"[{PROG}] step {state.step} loss={record['loss']:.4g}", flush=True)
         if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
             save_checkpoint()
-    latest = list_checkpoints(out)
-    if not latest or checkpoint_step(latest[-1]) != state.step:
+    if common.needs_final_checkpoint(out, state.step):
         save_checkpoint()
     elif state.step not in probes:
         probes[state.step] = probe()

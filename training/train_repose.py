@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ import numpy as np
 import torch
 
 from . import common
-from .common import CHECKPOINTS, EpochSampler, checkpoint_step, list_checkpoints, parse_size, resolve_resume
+from .common import CHECKPOINTS, EpochSampler, parse_size, resolve_resume
 from .datasets import InputSpec
 
 PROG = "train_repose"
@@ -357,23 +356,11 @@ def _train(args, accelerator, out: Path) -> dict:
     probes = {}
 
     def save_checkpoint() -> Path:
-        path = out / CHECKPOINTS / f"checkpoint-{state.step}"
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(path))
-        value = probe()
-        probes[state.step] = value
-        if accelerator.is_main_process:
-            (path / "train_config.json").write_text(json.dumps(
-                {"kind": KIND, "step": state.step, "model_config": model_config,
-                 "args": {k: v for k, v in vars(args).items() if k != "func"}}, indent=2, default=str) + "\n",
-                encoding="utf-8")
-            export(path / MODEL_DIR)
-            log({"step": state.step, "probe_loss": value})
-            limit = args.checkpoints_total_limit
-            if limit is not None and limit > 0:
-                for old in list_checkpoints(out)[:-limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+        probes[state.step] = value = probe()
+        config = {"kind": KIND, "step": state.step, "model_config": model_config, "args": common.cli_args(args)}
+        path = common.save_checkpoint(accelerator, out, state.step, config, lambda folder: export(folder / MODEL_DIR),
+                                      args.checkpoints_total_limit)
+        log({"step": state.step, "probe_loss": value})
         return path
 
     truncate_log(state.step)
@@ -426,8 +413,7 @@ def _train(args, accelerator, out: Path) -> dict:
                   f"vlb={record['vlb']:.4g}", flush=True)
         if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
             save_checkpoint()
-    latest = list_checkpoints(out)
-    if not latest or checkpoint_step(latest[-1]) != state.step:
+    if common.needs_final_checkpoint(out, state.step):
         save_checkpoint()
     elif state.step not in probes:
         probes[state.step] = probe()
