@@ -13,6 +13,7 @@ from ..core.detect import DEFAULT_SCORE_THRESHOLD, DETECT_MODES, PoseDetector
 from ..core.images import tensor_to_images
 from ..core.pose_io import dump_pose_keypoint
 from . import bridge
+from .checks import IMAGE_NOTE
 from .loaded_models import file_stamp
 
 CATEGORY = "posetransfer/pose"
@@ -66,7 +67,7 @@ class PoseTransferPoseDetect:
         pose_files = files or [NO_FILE]
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The photo(s) to detect people in; each image of the batch gives one "
-                                           "frame of the output."}),
+                                           "frame of the output." + IMAGE_NOTE}),
             "detector_model": ([NO_FILE] + files, {
                 "default": _default(files, ("yolox",)) if files else NO_FILE,
                 "tooltip": "YOLOX person detector ONNX file in models/posetransfer (e.g. yolox_l.onnx). (none): "

@@ -163,8 +163,11 @@ class PoseTransferFlowModelLoader:
         path = model_path(model_name)
 
         def build():
-            with torch.inference_mode(False):  # plain weights: ComfyUI runs loaders in inference mode
-                return ManagedFlowModel(load_flow_model(path, None if kind == "auto" else kind, device="cpu"))
+            try:
+                with torch.inference_mode(False):  # plain weights: ComfyUI runs loaders in inference mode
+                    return ManagedFlowModel(load_flow_model(path, None if kind == "auto" else kind, device="cpu"))
+            except (OSError, ValueError, RuntimeError) as exc:  # corrupt files (diffusers: OSError; torch)
+                raise ValueError(f"model_name: cannot load flow model {model_name!r}: {exc}") from None
 
         return (_CACHE.get((file_stamp(path), kind), build),)
 

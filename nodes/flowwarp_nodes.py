@@ -19,6 +19,7 @@ from ..core.pose_io import dump_pose_keypoint, load_pose_keypoint
 from ..core.retarget import ANCHORS
 from ..core.segmentation import SEGMENTATION_METHODS
 from . import bridge
+from .checks import IMAGE_NOTE, with_person
 
 CATEGORY = "posetransfer/warp"
 FLOW_MODEL_TYPE = "POSE_FLOW_MODEL"
@@ -100,7 +101,7 @@ class PoseTransferFlowWarp:
             "required": {
                 "image": ("IMAGE", {
                     "tooltip": "The photo(s) of the person to move: 1 image (animated along all target poses) or "
-                               "one image per target pose."}),
+                               "one image per target pose." + IMAGE_NOTE}),
                 "source_pose": ("POSE_KEYPOINT", {
                     "tooltip": "OpenPose keypoints detected on 'image' (e.g. DWPose): one frame per image. A pose "
                                "detected on a resized copy of the image is rescaled if the aspect ratio matches."}),
@@ -166,6 +167,8 @@ class PoseTransferFlowWarp:
                                   retarget=bool(retarget), anchor=anchor, source_person=int(source_person),
                                   target_person=int(target_person))
         _check_flow_model(flow_model, method)
+        with_person(sources, "source_pose", options.source_person, "source_person")
+        with_person(targets, "target_pose", options.target_person, "target_person")
         height, width = images.shape[1:3]
         sources = [_fit_source_pose(p, width, height, f"source_pose[{i}]") for i, p in enumerate(sources)]
         if not options.retarget:  # retargeted poses all lie on the photo's canvas

@@ -34,6 +34,7 @@ from ..core.pcdms.pipelines import (
 from ..core.pose_io import pcdms_pose_vector
 from ..core.render import render_skeleton_batch
 from . import bridge
+from .checks import IMAGE_NOTE, float_in, image, int_in, one_or, with_person
 from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
 from .flowwarp_nodes import _fit_source_pose, _poses
 from .repose_nodes import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory
@@ -430,10 +431,32 @@ _GUIDANCE_INPUT = (GUIDANCE_TYPE, {"tooltip": "Optional RePose pose gradient gui
 
 
 def _images(images, what: str) -> torch.Tensor:
-    images = torch.as_tensor(images)
-    if images.ndim != 4 or images.shape[-1] < 3:
-        raise ValueError(f"{what}: expected an IMAGE (B, H, W, 3), got {tuple(images.shape)}")
-    return images[..., :3].float()
+    return image(images, what)
+
+
+def _settings(steps, cfg, layout, resolution, min_steps: int = 1) -> tuple[int, float, str, int]:
+    """The common widget values, checked (a direct call or an API prompt can bypass the widgets' limits)."""
+    if layout not in LAYOUT_MODES:
+        raise ValueError(f"layout: expected one of {LAYOUT_MODES}, got {layout!r}")
+    return (int_in(steps, "steps", min_steps, 1000), float_in(cfg, "cfg", 0.0, 30.0), layout,
+            int_in(resolution, "resolution", 64, 2048, multiple=8))
+
+
+def _target_poses(target_pose) -> list:
+    poses = with_person(_poses(target_pose, "target_pose"), "target_pose")
+    for i, p in enumerate(poses[1:], 1):
+        if (p.width, p.height) != (poses[0].width, poses[0].height):
+            raise ValueError(f"target_pose[{i}]: canvas {p.width}x{p.height} differs from target_pose[0]'s "
+                             f"{poses[0].width}x{poses[0].height}; the outputs are stacked into one IMAGE and need "
+                             f"one size: bring the target poses to one canvas")
+    return poses
+
+
+def _check_sources(image: torch.Tensor, sources: list, n_targets: int) -> None:
+    """1 source image (or one per target pose frame), and one source_pose frame per source image."""
+    one_or(image.shape[0], "source_image", n_targets, "target_pose frame")
+    if len(sources) != image.shape[0]:
+        raise ValueError(f"source_pose: expected one frame per source_image ({image.shape[0]}), got {len(sources)}")
 
 
 def _render(poses) -> torch.Tensor:
@@ -442,7 +465,8 @@ def _render(poses) -> torch.Tensor:
 
 def _source_poses(source_pose, image: torch.Tensor):
     h, w = image.shape[1:3]
-    return [_fit_source_pose(p, w, h, "source_pose") for p in _poses(source_pose, "source_pose")]
+    poses = with_person(_poses(source_pose, "source_pose"), "source_pose")
+    return [_fit_source_pose(p, w, h, f"source_pose[{i}]") for i, p in enumerate(poses)]
 
 
 def _scheduler(name: str, default):
@@ -493,24 +517,27 @@ class PoseTransferPriorEmbed:
         inputs = {
             "pcdms_model": (MODEL_TYPE, {"tooltip": "The PCDMs prior (stage 1) checkpoint."}),
             "pcdms_encoders": (ENCODERS_TYPE, {"tooltip": "PCDMs encoders with clip_vision connected."}),
-            "source_image": ("IMAGE", {"tooltip": "The photo of the person (1 image, or one per target pose)."}),
+            "source_image": ("IMAGE", {"tooltip": "The photo of the person (1 image, or one per target pose)."
+                                                    + IMAGE_NOTE}),
             "source_pose": ("POSE_KEYPOINT", {"tooltip": "Keypoints detected on source_image (first person)."}),
             "target_pose": ("POSE_KEYPOINT", {"tooltip": "The pose(s) to move the person into (first person of "
                                                          "each frame)."}),
         }
         inputs.update(_common_inputs(20, 0.0, scheduler=False))
+        inputs["steps"] = ("INT", dict(inputs["steps"][1], min=2))  # the unCLIP scheduler needs 2 steps or more
         inputs["layout"][1]["tooltip"] = "How the source photo is framed before CLIP sees it (official: squash)."
         return {"required": inputs}
 
     def embed(self, pcdms_model, pcdms_encoders, source_image, source_pose, target_pose, seed=42, steps=20, cfg=0.0,
               layout="pad", resolution=512):
         pm = _require(pcdms_model, ("prior",), "PCDMs Prior Embed")
+        steps, cfg, layout, resolution = _settings(steps, cfg, layout, resolution, min_steps=2)
         clip = _encoder(pcdms_encoders, "clip", "the prior").keeping(_keep(pm, None))
         image = _images(source_image, "source_image")
-        sp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "source_pose")
-                                        for p in _source_poses(source_pose, image)]))
-        tp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "target_pose")
-                                        for p in _poses(target_pose, "target_pose")]))
+        sources, targets = _source_poses(source_pose, image), _target_poses(target_pose)
+        _check_sources(image, sources, len(targets))
+        sp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "source_pose") for p in sources]))
+        tp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "target_pose") for p in targets]))
         pipe = PriorPipeline(pm.model, clip, size=resolution, layout=layout)
         with _run(pm, steps) as callback:
             out = pipe(sp, tp, source_image=image, steps=steps, guidance_scale=cfg, seed=seed, callback=callback)
@@ -539,7 +566,8 @@ class PoseTransferPCDMsInpaint:
             "pcdms_encoders": (ENCODERS_TYPE, {"tooltip": "PCDMs encoders with dino_vision connected (and "
                                                           "clip_vision for stage 2 without a prior)."}),
             "vae": ("VAE", {"tooltip": "The Stable Diffusion 2.1 VAE (the SD 1.x / 2.x VAE)."}),
-            "source_image": ("IMAGE", {"tooltip": "The photo of the person (1 image, or one per target pose)."}),
+            "source_image": ("IMAGE", {"tooltip": "The photo of the person (1 image, or one per target pose)."
+                                                    + IMAGE_NOTE}),
             "source_pose": ("POSE_KEYPOINT", {"tooltip": "Keypoints detected on source_image; rendered as the "
                                                          "source skeleton."}),
             "target_pose": ("POSE_KEYPOINT", {"tooltip": "The pose(s) to generate; one output image per frame, at "
@@ -554,11 +582,14 @@ class PoseTransferPCDMsInpaint:
     def generate(self, pcdms_model, pcdms_encoders, vae, source_image, source_pose, target_pose, seed=42, steps=20,
                  cfg=2.0, scheduler="default", layout="pad", resolution=512, prior_embed=None, guidance=None):
         pm = _require(pcdms_model, ("inpaint", "simplified"), "PCDMs Inpaint")
+        steps, cfg, layout, resolution = _settings(steps, cfg, layout, resolution)
         keep = _keep(pm, guidance)
         dino = _encoder(pcdms_encoders, "dino", "PCDMs Inpaint").keeping(keep)
         image = _images(source_image, "source_image")
-        source_pose_image = _render(_source_poses(source_pose, image))
-        target_pose_image = _render(_poses(target_pose, "target_pose"))
+        sources, targets = _source_poses(source_pose, image), _target_poses(target_pose)
+        _check_sources(image, sources, len(targets))
+        source_pose_image = _render(sources)
+        target_pose_image = _render(targets)
         codec = comfy_latent_codec(vae, keep)
         kwargs = dict(steps=steps, guidance_scale=cfg, seed=seed)
         guide = _guidance_kwargs(guidance, vae, keep)
@@ -574,6 +605,9 @@ class PoseTransferPCDMsInpaint:
                 if not isinstance(prior_embed, PCDMsEmbed):
                     raise ValueError(f"prior_embed: expected PCDMS_EMBED, got {type(prior_embed).__name__}")
                 embedding = prior_embed.embeddings
+                if embedding.shape[0] != len(targets):
+                    raise ValueError(f"prior_embed: expected one embedding per target_pose frame ({len(targets)}), "
+                                     f"got {embedding.shape[0]}; give PCDMs Prior Embed the same target_pose")
             else:  # the source photo's CLIP embedding stands in for the target's
                 clip = _encoder(pcdms_encoders, "clip", "PCDMs Inpaint without prior_embed").keeping(keep)
                 embedding = PriorPipeline(None, clip, size=resolution, layout=layout).encode_source(image)
@@ -603,7 +637,7 @@ class PoseTransferPCDMsRefine:
             "vae": ("VAE", {"tooltip": "The Stable Diffusion 2.1 VAE (the SD 1.x / 2.x VAE)."}),
             "coarse_image": ("IMAGE", {"tooltip": "The PCDMs Inpaint output (or any image of the person in the "
                                                   "target pose)."}),
-            "source_image": ("IMAGE", {"tooltip": "The source photo (1 image, or one per coarse image)."}),
+            "source_image": ("IMAGE", {"tooltip": "The source photo (1 image, or one per coarse image)." + IMAGE_NOTE}),
         }
         inputs.update(_common_inputs(20, 2.0))
         return {"required": inputs, "optional": {"guidance": _GUIDANCE_INPUT}}
@@ -611,12 +645,14 @@ class PoseTransferPCDMsRefine:
     def refine(self, pcdms_model, pcdms_encoders, vae, coarse_image, source_image, seed=42, steps=20, cfg=2.0,
                scheduler="default", layout="pad", resolution=512, guidance=None):
         pm = _require(pcdms_model, ("refine",), "PCDMs Refine")
+        steps, cfg, layout, resolution = _settings(steps, cfg, layout, resolution)
         keep = _keep(pm, guidance)
         dino = _encoder(pcdms_encoders, "dino", "PCDMs Refine").keeping(keep)
         pipe = RefinePipeline(pm.model, comfy_latent_codec(vae, keep), dino, _scheduler(scheduler, "unipc"),
                               resolution, layout)
         coarse = _images(coarse_image, "coarse_image")
         source = _images(source_image, "source_image")
+        one_or(source.shape[0], "source_image", coarse.shape[0], "coarse_image")
         guide = _guidance_kwargs(guidance, vae, keep)
         with _run(pm, steps, guidance, guide) as callback:
             out = pipe(coarse, source, steps=steps, guidance_scale=cfg, seed=seed, callback=callback, **guide)

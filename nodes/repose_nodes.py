@@ -14,6 +14,7 @@ once) and runs outside ComfyUI's inference mode.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import posixpath
@@ -29,10 +30,12 @@ from ..core.repose.denoiser import RePoseDenoiser, repose_noise_scheduler
 from ..core.repose.guidance import PoseGuidance, percent_timestep_range
 from ..core.repose.model_files import MARKER, load_repose_model
 from ..core.repose.pose_align import PoseAlign
-from ..core.repose.pose_estimator import HIGHER_HRNET_W32_CONFIG, HIGHER_HRNET_W48_CONFIG, load_higher_hrnet
+from ..core.repose.pose_estimator import (HIGHER_HRNET_W32_CONFIG, HIGHER_HRNET_W48_CONFIG, HigherHRNet,
+                                           load_higher_hrnet)
 from ..core.repose.sampler import (RePoseSampler, VaeCodec, diffusers_upsampler_conv, fused_upsamplers,
                                    is_plain_conv3x3)
 from . import bridge
+from .checks import IMAGE_NOTE, float_in, image, int_in, with_person
 from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
 from .flowwarp_nodes import _poses
 
@@ -203,7 +206,7 @@ def _working_size(canvas_w: int, canvas_h: int, resolution: int, factor: int) ->
 
 def _pose_images(target_pose, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """The target skeleton(s) rendered on the working frame: (B, 3, H, W) 0..1 and the canvas (W, H)."""
-    poses = _poses(target_pose, "target_pose")
+    poses = with_person(_poses(target_pose, "target_pose"), "target_pose")
     canvas = (poses[0].width, poses[0].height)
     if any((p.width, p.height) != canvas for p in poses):
         raise ValueError("target_pose: all frames must share one canvas size")
@@ -213,10 +216,7 @@ def _pose_images(target_pose, size: tuple[int, int]) -> tuple[torch.Tensor, tupl
 
 
 def _to_frame(images, size: tuple[int, int], what: str) -> torch.Tensor:
-    images = torch.as_tensor(images)
-    if images.ndim != 4 or images.shape[-1] < 3:
-        raise ValueError(f"{what}: expected an IMAGE (B, H, W, 3), got {tuple(images.shape)}")
-    x = images[..., :3].float().movedim(-1, 1)
+    x = image(images, what).movedim(-1, 1)
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return x.clamp(0, 1)
@@ -281,8 +281,11 @@ class PoseTransferRePoseLoader:
         path = os.path.dirname(marker)
 
         def build():
-            with torch.inference_mode(False):
-                denoiser, pose_align, info = load_repose_model(path, device="cpu", dtype=torch_dtype)
+            try:
+                with torch.inference_mode(False):
+                    denoiser, pose_align, info = load_repose_model(path, device="cpu", dtype=torch_dtype)
+            except (OSError, ValueError) as exc:  # unreadable / corrupt config or weights (diffusers: OSError)
+                raise ValueError(f"model_name: cannot load RePose model {model_name!r}: {exc}") from None
             return RePoseModel(denoiser, pose_align, model_name, info)
 
         return (_CACHE.get(("model", file_stamp(path), str(torch_dtype)), build),)
@@ -310,7 +313,8 @@ class PoseTransferPoseAlign:
             "repose_model": (MODEL_TYPE, {"tooltip": "The RePose model (its PoseAlign is used)."}),
             "vae": ("VAE", {"tooltip": "The VAE the model was trained with (the SD 1.x / 2.x VAE for the paper "
                                        "setting)."}),
-            "source_image": ("IMAGE", {"tooltip": "The photo of the person (1 image, or one per target pose)."}),
+            "source_image": ("IMAGE", {"tooltip": "The photo of the person (1 image, or one per target pose)."
+                                                    + IMAGE_NOTE}),
             "target_pose": ("POSE_KEYPOINT", {"tooltip": "The pose(s) to move the person into; one result per "
                                                          "frame."}),
             "resolution": ("INT", {"default": 256, "min": 16, "max": 2048, "step": 8,
@@ -323,9 +327,10 @@ class PoseTransferPoseAlign:
 
     def align(self, repose_model, vae, source_image, target_pose, resolution=256, iterations=0):
         model = _require_model(repose_model)
+        resolution, iterations = int_in(resolution, "resolution", 16, 2048), int_in(iterations, "iterations", 0, 20)
         codec = ComfyVaeCodec(vae, keep=(model.managed_pose_align,))
         poses = _poses(target_pose, "target_pose")
-        size = _working_size(poses[0].width, poses[0].height, int(resolution), codec.factor)
+        size = _working_size(poses[0].width, poses[0].height, resolution, codec.factor)
         pose_images, canvas = _pose_images(target_pose, size)
         source = _to_frame(source_image, size, "source_image")
         b = pose_images.shape[0]
@@ -356,8 +361,13 @@ def _load_estimator(path: str):
     HigherHRNet config (keyword arguments of HigherHRNet)."""
     sidecar = os.path.splitext(path)[0] + ".json"
     if os.path.isfile(sidecar):
-        with open(sidecar, encoding="utf-8") as f:
-            config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()}
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()}
+            inspect.signature(HigherHRNet).bind(**config)  # unknown keys fail here, not deep in torch
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ValueError(f"{sidecar}: expected a JSON dict of HigherHRNet settings (the config beside the "
+                             f"checkpoint), got an unusable file ({exc})") from None
         return load_higher_hrnet(path, config)
     try:
         return load_higher_hrnet(path, HIGHER_HRNET_W32_CONFIG)
@@ -421,6 +431,7 @@ class PoseTransferPoseGuidance:
                              "HigherHRNet checkpoint there and refresh")
         if mask_from not in MASK_FROM:
             raise ValueError(f"mask_from: expected one of {MASK_FROM}, got {mask_from!r}")
+        scale, threshold = float_in(scale, "scale", 0.0, 100.0), float_in(threshold, "threshold", -1.0, 10.0)
         if not 0 < float(decode_scale) <= 1:
             raise ValueError(f"decode_scale: expected a factor in (0, 1] (1 = exact), got {decode_scale!r}")
         timestep_range = percent_timestep_range(start_percent, end_percent)  # T = 1000: RePose and PCDMs
@@ -430,7 +441,10 @@ class PoseTransferPoseGuidance:
             with torch.inference_mode(False):
                 return bridge.managed(_load_estimator(path))
 
-        managed = _CACHE.get(("estimator", file_stamp(path)), build)
+        try:
+            managed = _CACHE.get(("estimator", file_stamp(path)), build)
+        except ValueError as exc:
+            raise ValueError(f"estimator_name: {exc}") from None
         factory = PoseGuidanceFactory(managed.module, float(scale), float(threshold), mask_from, estimator_name,
                                       managed, float(decode_scale), timestep_range)
         factory.make()  # validates the settings now rather than at sampling time
@@ -499,10 +513,15 @@ class PoseTransferRePoseSampler:
         if guidance is not None and not isinstance(guidance, PoseGuidanceFactory):
             raise ValueError(f"guidance: expected GUIDANCE from RePose PoseGuidance, got {type(guidance).__name__}")
         feats = repose_features
+        steps, w_c = int_in(steps, "steps", 1, 1000), float_in(w_c, "w_c", 0.0, 30.0)
         guided = guidance is not None and guidance.scale != 0
         estimator = guidance.managed if guided else None
         codec = ComfyVaeCodec(vae, keep=(model.managed_denoiser, estimator))
         pose_images, canvas = _pose_images(target_pose, feats.size)
+        if canvas != feats.canvas:
+            raise ValueError(f"target_pose: canvas {canvas[0]}x{canvas[1]}, but repose_features were computed for "
+                             f"{feats.canvas[0]}x{feats.canvas[1]}; connect the same target_pose to PoseAlign and "
+                             f"the sampler")
         if pose_images.shape[0] != feats.frames:
             raise ValueError(f"target_pose: {pose_images.shape[0]} frame(s), but repose_features were computed for "
                              f"{feats.frames}; connect the same target_pose to PoseAlign and the sampler")

@@ -111,6 +111,10 @@ def load_flow_modules(path: str | os.PathLike, kind: str | None = None) -> tuple
             modules["refiner"] = SingleTransformRefiner.from_pretrained(path / "refiner")
     else:
         modules["model"] = PartFlowNet.from_pretrained(path)
+    needed = "flow_net" if found == "single" else "model"
+    if needed not in modules:
+        raise ValueError(f"{path}: a {_KIND_NAMES.get(found, found)} flow model file without its {needed!r} module "
+                         f"(it holds {sorted(modules) or 'no modules'}); export it again with --single-file")
     for m in modules.values():
         m.eval()
     return found, modules

@@ -506,10 +506,13 @@ class PriorPipeline:
             tp = torch.cat([torch.zeros_like(tp), tp])
 
         scheduler = _fresh(self.scheduler)
+        unclip = isinstance(scheduler, UnCLIPScheduler)
+        if steps < (2 if unclip else 1):  # the unCLIP scheduler divides by steps - 1
+            raise ValueError(f"steps: expected at least {2 if unclip else 1} for the prior's "
+                             f"{type(scheduler).__name__}, got {steps}")
         scheduler.set_timesteps(steps, device=device)
         timesteps = scheduler.timesteps
         latents = _initial_latents(latents, (n, d), generator, device, dtype, scheduler)
-        unclip = isinstance(scheduler, UnCLIPScheduler)
         step_generator = None if official_rng else generator
         for i, t in enumerate(timesteps):
             x_in = torch.cat([latents, latents]) if do_cfg else latents

@@ -352,7 +352,11 @@ def load_higher_hrnet(path: str | Path, config: dict | None = None, map_location
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"HigherHRNet checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # not a zip / pickle, or objects beyond tensors: never loaded unsafely
+        raise ValueError(f"{path}: not a readable HigherHRNet checkpoint (torch.load(weights_only=True) failed: "
+                         f"{str(exc).splitlines()[0]})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
