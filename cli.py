@@ -281,7 +281,8 @@ def _cmd_detect(args) -> int:
 
     _existing(args.image, "IMG")
     pose = detect_pose_file(args.image, args.out, _build_detector(args), whole_image=args.person_detector is None)
-    print(f"{len(pose.people)} people -> {args.out}")
+    n = len(pose.people)
+    print(f"{n} {'person' if n == 1 else 'people'} -> {args.out}")
     return 0
 
 

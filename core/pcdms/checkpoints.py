@@ -291,7 +291,7 @@ def load_pcdms(
             roots = sorted({k.split(".", 1)[0] for k in state_dict})[:10]
             raise PCDMsCheckpointError(
                 f"{path}: cannot tell the PCDMs kind from the keys (top-level names: {', '.join(roots)}); "
-                f"pass kind= one of {', '.join(KINDS)}")
+                f"give the kind (kind=, or --kind on the command line): one of {', '.join(KINDS)}")
     kind = canonical_kind(kind)
     if file_kind is not None and canonical_kind(file_kind) != kind:
         raise PCDMsCheckpointError(f"{path}: holds a '{file_kind}' model, not '{kind}'")
