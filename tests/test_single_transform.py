@@ -13,7 +13,7 @@ from posetransfer.core.flow import affine_to_flow, base_coords, resize_flow, war
 from posetransfer.core.flow_models.losses import (
     MultiScalePerceptualLoss, PoseConditionedDiscriminator, VGG19Features, adversarial_discriminator_loss,
     adversarial_generator_loss, affine_preserving_loss, invert_affine, make_affine_task, random_upright_affine,
-    vgg19_layer_index)
+    vgg19_layer_index, vgg19_min_size)
 from posetransfer.core.flow_models.single_transform import (
     TINY_FLOW_NET_CONFIG, TINY_REFINER_CONFIG, SingleTransformEstimator, SingleTransformFlowNet,
     SingleTransformRefiner, guided_correlation, guided_correlation_naive, pose_to_heatmaps,
@@ -226,6 +226,20 @@ def test_vgg19_layout_and_torchvision_state_dict(tmp_path):
     assert not any(p.requires_grad for p in net.parameters())
     with pytest.raises(ValueError, match="missing"):
         VGG19Features(("relu2_1",)).load_torchvision_state_dict(sd)
+
+
+def test_perceptual_loss_rejects_scales_too_small_for_its_layers():
+    # relu N_1 sits behind N - 1 2x2 max-pools; a pool layer counts its own.
+    assert [vgg19_min_size(n) for n in ("relu1_1", "relu1_2", "pool1", "relu2_1", "conv4_4", "relu5_1", "pool5")] \
+        == [1, 1, 2, 2, 8, 16, 32]
+    per = MultiScalePerceptualLoss(VGG19Features(("relu1_1", "relu5_1"), width_divisor=16))  # the extractor's layers
+    per.check_input_size(128, 128)                       # 16x16 at 1/8: enough; 1/8 of 128x96 is 16x12:
+    with pytest.raises(ValueError, match=r"scale 0.125 a 128x96 image is 16x12, smaller than the 16 px that relu5_1"):
+        per(torch.rand(1, 3, 128, 96), torch.rand(1, 3, 128, 96))
+    shallow = MultiScalePerceptualLoss(VGG19Features(("relu1_1", "relu2_1"), width_divisor=16), layers=("relu2_1",))
+    shallow.check_input_size(16, 16)                     # 2x2 at 1/8: enough for relu2_1
+    with pytest.raises(ValueError, match="relu2_1"):
+        shallow.check_input_size(8, 8)
 
 
 def test_perceptual_and_adversarial_losses():

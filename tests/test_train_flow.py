@@ -345,6 +345,15 @@ def test_gfla_dataset_frames_and_errors(gfla, tmp_path):
     assert train_flow.main(common(tmp_path / "empty", tmp_path / "o", "single", 1)) == 2
 
 
+def test_perceptual_layers_too_deep_for_the_image_size_fail_at_start(gfla, tmp_path, capsys):
+    # The tiny single model trains at 32x32: the default relu5_1 needs 16 px, and 1/8 of 32 is 4. Before the check,
+    # step 1 (the affine task) ran and step 2 crashed inside VGG's max-pool.
+    assert train_flow.main(common(gfla, tmp_path / "o", "single", 2)) == 2
+    err = capsys.readouterr().err
+    assert "--perceptual-scales / --perceptual-layers" in err and "relu5_1" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / train_flow.LOG_JSONL).exists()      # no step ran
+
+
 def test_self_supervised_pairs(parts_run, tmp_path, capsys):
     rng = np.random.default_rng(3)
     photos = tmp_path / "photos"

@@ -604,6 +604,10 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         scales = tuple(float(s) for s in args.perceptual_scales.split(","))
         perceptual = MultiScalePerceptualLoss(_Autocast(build_extractor(args, layers), accelerator), scales=scales,
                                               layers=layers)
+        try:  # the training images' size: fail now, not at the first reconstruction step
+            perceptual.check_input_size(*spec.size)
+        except ValueError as exc:
+            raise ValueError(f"--perceptual-scales / --perceptual-layers: {exc}") from None
         perceptual = _Float32(perceptual.to(accelerator.device), accelerator)
         (flow_net, refiner, disc, opt_g, opt_d, sched_g, sched_d, loader) = accelerator.prepare(
             modules["flow_net"], modules["refiner"], modules["discriminator"], opts.generator, opts.discriminator,

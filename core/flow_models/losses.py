@@ -29,7 +29,7 @@ from ..flow import affine_to_flow, resize_flow, warp
 from ..keypoints import NUM_JOINTS
 
 __all__ = [
-    "VGG19Features", "VGG19_LAYOUT", "vgg19_layer_index",
+    "VGG19Features", "VGG19_LAYOUT", "vgg19_layer_index", "vgg19_min_size",
     # single spatial transformation
     "MultiScalePerceptualLoss", "PoseConditionedDiscriminator", "adversarial_generator_loss",
     "adversarial_discriminator_loss", "AffineRange", "random_upright_affine", "invert_affine", "make_affine_task",
@@ -63,6 +63,17 @@ def vgg19_layer_index(name: str) -> int:
             return idx + (1 if m.group(1) == "relu" else 0)
         idx += 2
     raise ValueError(f"layer {name!r}: VGG-19 has no such layer (blocks 1-2 have 2 convs, 3-5 have 4)")
+
+
+def vgg19_min_size(name: str) -> int:
+    """The smallest image side that reaches layer ``name`` with a non-empty map: 2 ** (2x2 max-pools up to it)."""
+    target, idx, pools = vgg19_layer_index(name), 0, 0
+    for item in VGG19_LAYOUT:
+        if idx > target:
+            break
+        pools += item == "M"
+        idx += 1 if item == "M" else 2
+    return 2 ** pools
 
 
 class VGG19Features(nn.Module):
@@ -171,9 +182,28 @@ class MultiScalePerceptualLoss(nn.Module):
             raise ValueError("layer_weights: give one weight per entry of layers (and give layers)")
         self.layer_weights = None if layer_weights is None else tuple(layer_weights)
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """ValueError (naming the scale and the layer) when an image of ``height`` x ``width`` gets too small for a
+        requested VGG-19 layer at one of the scales (its max-pools would leave an empty map). Other extractors'
+        layer names are not checked."""
+        try:
+            needs = {n: vgg19_min_size(n) for n in self.layers or getattr(self.extractor, "layers", ())}
+        except ValueError:
+            return
+        if not needs:
+            return
+        layer = max(needs, key=needs.get)
+        for s in self.scales:
+            h, w = max(1, round(height * s)), max(1, round(width * s))
+            if min(h, w) < needs[layer]:
+                raise ValueError(f"perceptual loss: at scale {s:g} a {height}x{width} image is {h}x{w}, smaller than "
+                                 f"the {needs[layer]} px that {layer} needs; drop that scale (--perceptual-scales) "
+                                 f"or the deep layers (--perceptual-layers), or train at a larger size")
+
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if output.shape != target.shape:
             raise ValueError(f"output {tuple(output.shape)} and target {tuple(target.shape)} differ")
+        self.check_input_size(*output.shape[-2:])
         total = output.new_zeros(())
         for s in self.scales:
             if s == 1.0:
