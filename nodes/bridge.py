@@ -50,10 +50,34 @@ class ProgressBar:
         utils = _optional("comfy.utils")
         self._bar = utils.ProgressBar(self.total) if utils is not None else None
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, preview=None) -> None:
+        """Advance by ``n``; ``preview`` (from a :func:`latent_previewer`) is shown on the node while it runs."""
         self.current += n
         if self._bar is not None:
-            self._bar.update(n)
+            if preview is None:
+                self._bar.update(n)
+            else:
+                self._bar.update_absolute(self.current, self.total, preview)
+
+
+def latent_previewer():
+    """A function ``latents -> preview`` for :meth:`ProgressBar.update`, drawing the clean-latent estimate of a
+    sampling step the way ComfyUI's own samplers do (its ``--preview-method``: Latent2RGB factors or TAESD, for
+    the SD 1.x / 2.x latent space that our models use, latents scaled by the VAE's scaling factor; latents with
+    other than 4 channels get no preview). None without ComfyUI or with previews off."""
+    lp, formats = _optional("latent_preview"), _optional("comfy.latent_formats")
+    if lp is None or formats is None:
+        return None
+    previewer = lp.get_previewer(get_device(), formats.SD15())
+    if previewer is None:
+        return None
+
+    def preview(latents: torch.Tensor):
+        if latents is None or latents.ndim != 4 or latents.shape[1] != 4:
+            return None
+        return previewer.decode_latent_to_preview_image("JPEG", latents[:1].detach().float())
+
+    return preview
 
 
 def set_interrupt_callback(callback) -> None:

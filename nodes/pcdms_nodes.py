@@ -388,9 +388,13 @@ def _run(pm: PCDMsModel, steps: int, guidance=None, guide: dict | None = None):
     step callback."""
     bridge.check_interrupt()
     bar = bridge.ProgressBar(steps)
+    previewer = bridge.latent_previewer()
 
     def callback(info):
-        bar.update(1)
+        x0 = info.pred_original
+        if x0 is not None and info.stage in ("inpaint", "simplified"):
+            x0 = x0[..., x0.shape[-1] // 2:]  # the target half of the [source | target] canvas
+        bar.update(1, previewer(x0) if previewer is not None and x0 is not None else None)
         bridge.check_interrupt()
 
     estimator = guidance.managed if guide else None

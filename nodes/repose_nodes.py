@@ -529,9 +529,10 @@ class PoseTransferRePoseSampler:
         if tuple(feats.aligned.features.shape[-2:]) != latent_grid:
             raise ValueError("repose_features: computed with another VAE (latent grid mismatch)")
         bar = bridge.ProgressBar(int(steps))
+        previewer = bridge.latent_previewer()
 
         def callback(info):
-            bar.update(1)
+            bar.update(1, previewer(info.pred_original) if previewer is not None else None)
             bridge.check_interrupt()
 
         bridge.check_interrupt()

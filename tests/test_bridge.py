@@ -36,6 +36,9 @@ def fake_comfy(monkeypatch, tmp_path):
         def update(self, n):
             calls.append(("update", n))
 
+        def update_absolute(self, value, total=None, preview=None):
+            calls.append(("update_absolute", value, total, preview))
+
     utils.ProgressBar = FakeBar
     comfy.model_management, comfy.utils = mm, utils
 
@@ -120,6 +123,40 @@ def test_calls_comfy_when_present(fake_comfy):
     assert bar.current == 2
     assert bridge.input_directory() == str(fake_comfy.root / "comfy_input")
     assert calls == ["get_torch_device", "interrupt", ("bar", 5), ("update", 2)]
+
+
+def test_step_previews_go_through_comfys_previewer(fake_comfy, monkeypatch):
+    # Without ComfyUI's latent_preview module: no previewer (the nodes then send plain progress).
+    monkeypatch.setitem(sys.modules, "latent_preview", None)
+    assert bridge.latent_previewer() is None
+    drawn = []
+
+    class Previewer:
+        def decode_latent_to_preview_image(self, fmt, x0):
+            drawn.append((fmt, x0.clone()))
+            return ("JPEG", "picture", 512)
+
+    formats = types.ModuleType("comfy.latent_formats")
+    formats.SD15 = lambda: "sd15-format"
+    lp = types.ModuleType("latent_preview")
+    previewers = {"sd15-format": Previewer()}
+    lp.get_previewer = lambda device, fmt: fake_comfy.calls.append(("get_previewer", device, fmt)) or \
+        previewers.get(fmt)
+    monkeypatch.setitem(sys.modules, "latent_preview", lp)
+    monkeypatch.setitem(sys.modules, "comfy.latent_formats", formats)
+    preview = bridge.latent_previewer()
+    assert ("get_previewer", torch.device("meta"), "sd15-format") in fake_comfy.calls
+    x0 = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    assert preview(x0) == ("JPEG", "picture", 512)
+    fmt, seen = drawn[0]
+    assert fmt == "JPEG" and seen.dtype == torch.float32 and torch.equal(seen, x0[:1].float())   # first image only
+    assert preview(torch.randn(1, 8, 3, 5)) is None and len(drawn) == 1                      # not an SD latent
+    bar = bridge.ProgressBar(3)
+    bar.update(1, preview(x0))
+    bar.update(1)
+    assert fake_comfy.calls[-2:] == [("update_absolute", 1, 3, ("JPEG", "picture", 512)), ("update", 1)]
+    previewers.clear()                                                  # ComfyUI's --preview-method none
+    assert bridge.latent_previewer() is None
 
 
 def test_model_folder_with_comfy(fake_comfy):

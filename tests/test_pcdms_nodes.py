@@ -278,6 +278,25 @@ def test_simplified_and_refine(m, enc, data, bars):
         node.refine(m["refine"], enc["clip_only"], data["vae"], coarse, data["image"], **FAST)
 
 
+def test_steps_send_previews_of_the_target(m, enc, data, monkeypatch):
+    seen, sent = [], []
+    monkeypatch.setattr(bridge, "latent_previewer", lambda: lambda x0: seen.append(x0.clone()) or ("JPEG", len(seen)))
+
+    class PreviewBar(bridge.ProgressBar):
+        def update(self, n=1, preview=None):
+            sent.append(preview)
+            super().update(n, preview)
+
+    monkeypatch.setattr(bridge, "ProgressBar", PreviewBar)
+    coarse = inpaint(m, enc, data, kind="simplified", encoders="dino_only", steps=2)
+    # 64 px frame, TinyVAE factor 8: the [source | target] canvas is 8x16 latents; the preview is its target half.
+    assert [tuple(x.shape[-3:]) for x in seen] == [(4, 8, 8)] * 2 and sent == [("JPEG", 1), ("JPEG", 2)]
+    pn.PoseTransferPCDMsRefine().refine(m["refine"], enc["dino_only"], data["vae"], coarse, data["image"], seed=5,
+                                        **FAST, cfg=2.0)
+    assert [tuple(x.shape[-3:]) for x in seen[2:]] == [(4, 8, 8)] * 2 and sent[2:] == [("JPEG", 3), ("JPEG", 4)]
+    assert all(torch.isfinite(x).all() for x in seen)
+
+
 @pytest.mark.parametrize("node, kind", [("prior", "inpaint"), ("inpaint", "refine"), ("inpaint", "prior"),
                                         ("refine", "simplified")])
 def test_wrong_kind_is_a_clear_error(m, enc, data, node, kind):

@@ -33,6 +33,7 @@ from posetransfer.core.pcdms.pipelines import (
     SimplifiedPipeline,
     make_prior_scheduler,
     make_scheduler,
+    clean_estimate,
     rescale_noise_cfg,
     run_pcdms,
 )
@@ -706,3 +707,16 @@ def test_vae_wrapper_scale_and_posterior_order(models):
         assert isinstance(comfy, LatentCodec)
         close(comfy.encode(px), dist.mean * 0.18215, 1e-5)
         close(comfy.decode(z), codec.decode(z), 1e-6)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_clean_estimate_equals_the_schedulers_own(prediction_type):
+    # The step previews' clean-latent estimate, for schedulers that do not return one (UniPC, DPM-Solver): equal to
+    # DDIM's pred_original_sample for each prediction type.
+    sched = DDIMScheduler(beta_schedule="scaled_linear", prediction_type=prediction_type, clip_sample=False)
+    sched.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(2, 4, 3, 5, generator=g), torch.randn(2, 4, 3, 5, generator=g)
+    for t in sched.timesteps[[0, 4, 9]]:
+        ref = sched.step(out, t, x).pred_original_sample
+        torch.testing.assert_close(clean_estimate(sched, x, out, t), ref, rtol=1e-5, atol=1e-5)

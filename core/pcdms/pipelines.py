@@ -89,6 +89,7 @@ __all__ = [
     "make_scheduler",
     "make_prior_scheduler",
     "rescale_noise_cfg",
+    "clean_estimate",
     "flatten_pose",
     "StepInfo",
     "PCDMsInterrupted",
@@ -212,17 +213,31 @@ class StepInfo:
     num_steps: int
     timestep: int
     latents: torch.Tensor
+    pred_original: torch.Tensor | None = None  # UNet stages: this step's clean-latent estimate (previews)
 
 
 class PCDMsInterrupted(RuntimeError):
     """Raised when a per-step callback returns False."""
 
 
-def _notify(callback, stage, i, n, t, latents):
+def _notify(callback, stage, i, n, t, latents, pred_original=None):
     if callback is None:
         return
-    if callback(StepInfo(stage, i + 1, n, int(t), latents)) is False:
+    if callback(StepInfo(stage, i + 1, n, int(t), latents, pred_original)) is False:
         raise PCDMsInterrupted(f"PCDMs {stage}: interrupted at step {i + 1} of {n}")
+
+
+def clean_estimate(scheduler, x: torch.Tensor, model_output: torch.Tensor, t) -> torch.Tensor | None:
+    """The clean-latent estimate of one step from the variance-preserving ``x`` (the scheduler-scaled model input)
+    and the model output, by the scheduler's ``prediction_type``: Tweedie for epsilon (RePoseDM eq 13),
+    ``sqrt(a) x - sqrt(1 - a) v`` for v, the output itself for sample; None for others."""
+    a = scheduler.alphas_cumprod[int(round(float(t)))].to(device=x.device, dtype=x.dtype)
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        return (x - (1 - a).sqrt() * model_output) / a.sqrt()
+    if kind == "v_prediction":
+        return a.sqrt() * x - (1 - a).sqrt() * model_output
+    return model_output if kind == "sample" else None
 
 
 def _generator(generator, seed):
@@ -419,8 +434,12 @@ class _UNetDenoiser:
                                     decode=decode, target=guidance_target, col0=guide_col0)
             if step_noise is not None:
                 kwargs["variance_noise"] = _noise_at(step_noise, i, latents.shape, latents.device, latents.dtype)
-            latents = scheduler.step(pred, t, latents, **kwargs, return_dict=False)[0]
-            _notify(callback, self.stage, i, len(timesteps), t, latents)
+            out = scheduler.step(pred, t, latents, **kwargs, return_dict=True)
+            latents = out.prev_sample
+            if callback is not None:  # the scheduler's own estimate where it gives one (DDIM, DDPM, Euler)
+                x0 = getattr(out, "pred_original_sample", None)
+                _notify(callback, self.stage, i, len(timesteps), t, latents,
+                        clean_estimate(scheduler, x, pred, t) if x0 is None else x0)
         return latents
 
     # --- images in and out ---
