@@ -19,6 +19,8 @@ from ..core.render import render_skeleton
 from ..core.retarget import ANCHORS, retarget_pose
 from . import bridge
 
+MAX_CANVAS = 16384  # ComfyUI's MAX_RESOLUTION
+
 CATEGORY = "posetransfer/pose"
 NO_FILE = "(none)"
 POSE_TOOLTIP = ("OpenPose keypoints (POSE_KEYPOINT, e.g. from the DWPose / OpenPose preprocessors of "
@@ -151,6 +153,9 @@ class PoseTransferRenderPose:
     def render(self, pose_keypoint, stick_scaling=True):
         poses = _poses(pose_keypoint, "pose_keypoint")
         width, height = poses[0].width, poses[0].height
+        if max(width, height) > MAX_CANVAS:
+            raise ValueError(f"pose_keypoint: canvas {width}x{height} is larger than {MAX_CANVAS} px per side "
+                             f"(ComfyUI's largest image); resize the pose first")
         bar = bridge.ProgressBar(len(poses))
         images = []
         for pose in poses:

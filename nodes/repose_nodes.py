@@ -74,13 +74,15 @@ class RePoseModel:
 @dataclass
 class RePoseFeatures:
     """REPOSE_FEATURES: PoseAlign's output (``F_S^N`` and the flow, on the CPU) for the working frame ``size``
-    (H, W), with the source images (B, 3, H, W, 0..1) and the target pose canvas (W, H) it was computed for."""
+    (H, W), with the source images (B, 3, H, W, 0..1), the target pose canvas (W, H) and the rendered target
+    pose images (B, 3, H, W) it was computed for."""
 
     aligned: object
     source_images: torch.Tensor
     size: tuple[int, int]
     canvas: tuple[int, int]
     frames: int
+    pose_images: torch.Tensor | None = None
 
 
 @dataclass
@@ -348,7 +350,7 @@ class PoseTransferPoseAlign:
         aligned = type(out)(features=out.features.float().cpu(), flow=out.flow.float().cpu(),
                             image_flow=out.image_flow.float().cpu(), warped_image=out.warped_image.float().cpu())
         preview = _to_canvas((aligned.warped_image + 1) / 2, canvas)
-        return (RePoseFeatures(aligned, source.cpu(), size, canvas, b), preview)
+        return (RePoseFeatures(aligned, source.cpu(), size, canvas, b, pose_images.cpu()), preview)
 
 
 # -------------------------------------------------------------------------------------------- guidance
@@ -525,6 +527,10 @@ class PoseTransferRePoseSampler:
         if pose_images.shape[0] != feats.frames:
             raise ValueError(f"target_pose: {pose_images.shape[0]} frame(s), but repose_features were computed for "
                              f"{feats.frames}; connect the same target_pose to PoseAlign and the sampler")
+        if feats.pose_images is not None and not torch.equal(pose_images.cpu(), feats.pose_images):
+            raise ValueError("target_pose: not the pose that PoseAlign aligned repose_features to (the source would "
+                             "be sampled into one pose with features warped to another); connect the same "
+                             "target_pose to PoseAlign and the sampler")
         latent_grid = (feats.size[0] // codec.factor, feats.size[1] // codec.factor)
         if tuple(feats.aligned.features.shape[-2:]) != latent_grid:
             raise ValueError("repose_features: computed with another VAE (latent grid mismatch)")

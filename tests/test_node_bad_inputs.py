@@ -95,6 +95,8 @@ def test_pose_nodes_pinned_errors():
     with pytest.raises(ValueError, match=r"pose_keypoint\[0\].*keypoint 0 is not finite"):
         pose_nodes.PoseTransferRenderPose().render(
             [{"people": [{"pose_keypoints_2d": [NAN] * 54}], "canvas_width": 8, "canvas_height": 8}])
+    with pytest.raises(ValueError, match="pose_keypoint: canvas 1000000x8 is larger than 16384 px"):  # not a 30 TB image
+        pose_nodes.PoseTransferRenderPose().render([{"people": [], "canvas_width": 1000000, "canvas_height": 8}])
     with pytest.raises(ValueError, match="pose_json: canvas width: expected a positive integer"):
         pose_nodes.PoseTransferLoadPose().load("(none)", '{"people": [], "canvas_width": 0, "canvas_height": 4}')
 
@@ -132,6 +134,11 @@ def test_repose_sampler_checks_widgets_and_the_target_canvas():
         sample(model, feats, vae, pose("jumper", 48), steps=1)
     with pytest.raises(ValueError, match="repose_model: expected a REPOSE_MODEL"):   # a PCDMs model wired in
         sample(pn.PCDMsModel(torch.nn.Linear(1, 1), "inpaint"), feats, vae, pose("jumper", 32))
+    # Same canvas and frame count, another pose than PoseAlign's: refused (it rendered the jumper).
+    rendered, _ = rn._pose_images(pose("jumper", 32), (32, 32))
+    feats = rn.RePoseFeatures(aligned, torch.zeros(1, 3, 32, 32), (32, 32), (32, 32), 1, rendered)
+    with pytest.raises(ValueError, match="target_pose: not the pose that PoseAlign aligned repose_features to"):
+        sample(model, feats, vae, pose("fashion_standing", 32), steps=1)
 
 
 def test_repose_guidance_bad_values_and_corrupt_files(comfy_free):
