@@ -445,3 +445,18 @@ def spy_module_moves(monkeypatch, move: bool = True) -> list:
 
     monkeypatch.setattr(torch.nn.Module, "to", to)
     return moves
+
+
+def record_previews(monkeypatch, bridge) -> tuple[list, list]:
+    """Stand in for ComfyUI's previewer: returns ``(seen, sent)``, the latents each step hands to
+    ``bridge.latent_previewer()``'s function and the previews the progress bar gets (``("JPEG", k)`` for the k-th)."""
+    seen, sent = [], []
+    monkeypatch.setattr(bridge, "latent_previewer", lambda: lambda x0: seen.append(x0.clone()) or ("JPEG", len(seen)))
+
+    class PreviewBar(bridge.ProgressBar):
+        def update(self, n=1, preview=None):
+            sent.append(preview)
+            super().update(n, preview)
+
+    monkeypatch.setattr(bridge, "ProgressBar", PreviewBar)
+    return seen, sent

@@ -279,15 +279,7 @@ def test_simplified_and_refine(m, enc, data, bars):
 
 
 def test_steps_send_previews_of_the_target(m, enc, data, monkeypatch):
-    seen, sent = [], []
-    monkeypatch.setattr(bridge, "latent_previewer", lambda: lambda x0: seen.append(x0.clone()) or ("JPEG", len(seen)))
-
-    class PreviewBar(bridge.ProgressBar):
-        def update(self, n=1, preview=None):
-            sent.append(preview)
-            super().update(n, preview)
-
-    monkeypatch.setattr(bridge, "ProgressBar", PreviewBar)
+    seen, sent = comfy_doubles.record_previews(monkeypatch, bridge)
     coarse = inpaint(m, enc, data, kind="simplified", encoders="dino_only", steps=2)
     # 64 px frame, TinyVAE factor 8: the [source | target] canvas is 8x16 latents; the preview is its target half.
     assert [tuple(x.shape[-3:]) for x in seen] == [(4, 8, 8)] * 2 and sent == [("JPEG", 1), ("JPEG", 2)]

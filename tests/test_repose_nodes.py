@@ -89,15 +89,7 @@ def test_nodes_end_to_end(comfy_free, monkeypatch):
 
 
 def test_sampler_sends_step_previews(comfy_free, monkeypatch):
-    seen, sent = [], []
-    monkeypatch.setattr(bridge, "latent_previewer", lambda: lambda x0: seen.append(x0.clone()) or ("JPEG", len(seen)))
-
-    class PreviewBar(bridge.ProgressBar):
-        def update(self, n=1, preview=None):
-            sent.append(preview)
-            super().update(n, preview)
-
-    monkeypatch.setattr(bridge, "ProgressBar", PreviewBar)
+    seen, sent = comfy_doubles.record_previews(monkeypatch, bridge)
     align_and_sample(comfy_doubles.TinyVAE(), steps=3)
     # the clean-latent estimate of each step, on the 4x4 latent grid of the 32 px frame
     assert [tuple(x.shape) for x in seen] == [(1, 4, 4, 4)] * 3 and sent == [("JPEG", 1), ("JPEG", 2), ("JPEG", 3)]
