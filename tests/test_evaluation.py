@@ -360,6 +360,28 @@ def _pose(points: dict[int, tuple[float, float]], w=100, h=200) -> Pose:
     return Pose([Person.from_xy([points.get(i) for i in range(18)])], w, h)
 
 
+def test_target_poses_are_placed_on_padded_images(tmp_path):
+    # DeepFashion's annotations are in a 256x176 frame; its 256x256 images carry 40 px of padding a side: x + 40.
+    from posetransfer.core.evaluation.evaluate import TargetPoses
+    from posetransfer.core.pose_io import write_gfla_annotations
+    ann = tmp_path / "ann.csv"
+    write_gfla_annotations(ann, {"a.png": _pose({1: (100, 50), 8: (0, 255)}, 176, 256)})
+    padded = TargetPoses(str(ann), annotation_size=(256, 176)).get("a.png", (256, 256))
+    assert (padded.width, padded.height) == (256, 256)
+    assert padded.people[0].xy[1].tolist() == [140, 50] and padded.people[0].xy[8].tolist() == [40, 255]
+    double = TargetPoses(str(ann), annotation_size=(256, 176)).get("a.png", (512, 352))   # same aspect: a scale
+    assert double.people[0].xy[1].tolist() == [200, 100]
+    as_is = TargetPoses(str(ann)).get("a.png", (256, 256))                    # no frame given: image pixels
+    assert as_is.people[0].xy[1].tolist() == [100, 50]
+    # OpenPose JSON targets with their own canvas are placed the same way.
+    (tmp_path / "poses").mkdir()
+    (tmp_path / "poses" / "a.json").write_text(json.dumps({"people": [{"pose_keypoints_2d": [0, 0, 0, 100, 50, 1]
+                                                                       + [0, 0, 0] * 16}],
+                                                          "canvas_width": 176, "canvas_height": 256}))
+    from_json = TargetPoses(folder=str(tmp_path / "poses")).get("a.png", (256, 256))
+    assert from_json.people[0].xy[1].tolist() == [140, 50]
+
+
 def test_pose_accuracy_known_answer():
     target = _pose({0: (50, 0), 1: (50, 40), 10: (30, 200), 13: (70, 180)})       # bbox 40 x 200 -> ref 200
     pred = _pose({0: (50, 10), 1: (50, 70), 10: (30, 200)})                        # 10 px, 30 px, 0 px, missing

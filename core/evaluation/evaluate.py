@@ -262,24 +262,27 @@ class TargetPoses:
                 raise ValueError(f"--annotations: no row for the ground truth {name}")
             pose = self.table[key]
             if self.annotation_size is None:  # coordinates are pixels of the ground-truth image
-                pose = Pose(pose.people, gt_size_hw[1], gt_size_hw[0])
-            return pose
+                return Pose(pose.people, gt_size_hw[1], gt_size_hw[0])
+            return _scale_pose(pose, gt_size_hw)
         for cand in (f"{_stem(name)}.json", f"{_stem(name)}_keypoints.json"):
             path = os.path.join(self.folder, cand)
             if os.path.isfile(path):
                 poses = read_openpose_json(path, default_size=gt_size_hw)
                 if not poses or not poses[0].people:
                     raise ValueError(f"--target-poses: {path}: expected a person, got none")
-                return poses[0]
+                return _scale_pose(poses[0], gt_size_hw)
         raise ValueError(f"--target-poses: no {_stem(name)}.json or {_stem(name)}_keypoints.json in {self.folder}")
 
 
 def _scale_pose(pose: Pose, size_hw: tuple[int, int]) -> Pose:
+    """``pose`` on an image of ``size_hw``: its canvas scaled uniformly to fit and centred (the same aspect ratio:
+    a plain scale; DeepFashion's 256x176 annotation frame in its 256x256 images padded with 40 px a side: x + 40)."""
     h, w = size_hw
     if (pose.height, pose.width) == (h, w):
         return pose
-    s = np.array([w / pose.width, h / pose.height])
-    return pose.map_points(lambda xy: xy * s, width=w, height=h)
+    s = min(w / pose.width, h / pose.height)
+    offset = np.array([(w - pose.width * s) / 2, (h - pose.height * s) / 2])
+    return pose.map_points(lambda xy: xy * s + offset, width=w, height=h)
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -685,7 +688,9 @@ def add_evaluate_arguments(p) -> None:
     p.add_argument("--masks", metavar="DIR", help="person masks named like the ground truth (masked metrics)")
     p.add_argument("--annotations", metavar="CSV", help="GFLA/PIDM annotation CSV of the targets (masks, PCK)")
     p.add_argument("--annotation-size", metavar="HxW",
-                   help="frame of the annotation coordinates (default: each ground-truth image's size)")
+                   help="frame of the annotation coordinates (default: each ground-truth image's size); a frame of "
+                        "another aspect ratio is centred in the image, e.g. 256x176 for DeepFashion images stored "
+                        "256x256 with 40 px padding (x + 40)")
     p.add_argument("--target-poses", metavar="DIR", help="OpenPose JSON of the targets, named like the ground truth")
     p.add_argument("--pck-alpha", type=float, default=DEFAULT_ALPHA, help="PCK threshold (fraction of bbox size)")
     p.add_argument("--batch-size", type=int, default=16, help="network batch size (memory only)")
