@@ -388,7 +388,9 @@ class PoseTransferPoseGuidance:
                    "that pose error steers the noise prediction. Load the official HigherHRNet checkpoint "
                    "(pose_higher_hrnet_w32_512.pth, or W48) from models/posetransfer. Each guided step costs one VAE "
                    "decode and one estimator pass, forward and backward (about 3x an unguided step); "
-                   "start_percent / end_percent limit which steps are guided.")
+                   "start_percent / end_percent limit which steps are guided. As the paper writes eq 11, the "
+                   "estimator's features of the generated image are compared with those of the rendered target "
+                   "skeleton (a photo against a stick figure; see core/repose/guidance.py).")
     CATEGORY = CATEGORY
     FUNCTION = "make"
     RETURN_TYPES = (GUIDANCE_TYPE,)

@@ -105,7 +105,7 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="micro-batches per optimisation step (default: 1)")
     g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper: 1e-4)")
     g.add_argument("--cond-drop-prob", type=float, default=0.1, help="classifier-free null condition rate (0.1)")
-    g.add_argument("--vlb-weight", type=float, default=0.001, help="lambda of eq 4 (0.001)")
+    g.add_argument("--vlb-weight", type=float, default=0.001, help="weight of L_vlb in eq 4 (improved DDPM's lambda, 0.001)")
     g.add_argument("--ema-decay", type=float, default=0.9999)
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="0: no clipping")
     g.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"),
@@ -118,7 +118,8 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=50, metavar="N", help="console lines every N steps")
     g = p.add_argument_group("pose guidance at training time (eq 15)")
     g.add_argument("--pose-guidance", metavar="PATH|tiny", default=None,
-                   help="HigherHRNet checkpoint (.pth; W32 or W48) for eq 15 in the training loss")
+                   help="HigherHRNet checkpoint (.pth; W32 or W48) for eq 15 in the training loss (a model "
+                        "trained so expects the same guidance, same eta, at sampling)")
     g.add_argument("--guidance-scale", type=float, default=1.0, help="eta of eq 15 (1.0)")
     g.add_argument("--guidance-threshold", type=float, default=0.1, help="W_h threshold (0.1)")
     return p

@@ -10,7 +10,8 @@
   (1e-4 .. 0.02, DDPM's), ``variance_type="learned_range"``, no clipping (latents are not bounded).
 * :func:`hybrid_loss`: eq 4, ``L_mse + L_vlb`` as improved DDPM's hybrid objective: ``L_mse`` on ``eps``,
   ``L_vlb`` the KL between the true posterior ``q(y_{t-1} | y_t, y_0)`` and ``p_theta`` whose mean uses a
-  stop-gradient ``eps`` (so ``L_vlb`` trains only the variance), weighted by ``lambda = 0.001``.
+  stop-gradient ``eps`` (so ``L_vlb`` trains only the variance), weighted by improved DDPM's ``lambda = 0.001``
+  (eq 4 itself writes no weight).
 * :func:`training_loss` (eq 4 on one batch, no backward: what the accelerate script accumulates),
   :func:`training_step` (loss + backward + clip + step + EMA in plain torch), :func:`draw_training_noise`,
   :class:`RePoseTrainConfig`, :func:`make_optimizer` (AdamW 1e-4), :func:`make_ema` (diffusers' :class:`EMAModel`,
@@ -28,7 +29,10 @@ Choices where the paper is vague (configurable):
   ``mse + vb``. At ``t = 0`` the decoder term is a continuous Gaussian NLL (latents are not 8-bit pixels, so the
   discretised likelihood does not apply).
 * ``p = 0.1`` drops the condition per sample; eq 15 at training time (``pose_guidance=...``) adds
-  ``sqrt(1 - a_t) grad G`` (no gradient to the weights through it) to the predicted noise of eq 3.
+  ``sqrt(1 - a_t) grad G`` (no gradient to the weights through it, taken at the conditional Tweedie estimate,
+  zero for the dropped samples) to the predicted noise of eq 3, as eq 3 / eq 17 write it. Consequence: training
+  ``eps_theta + o`` towards ``eps`` trains ``eps_theta`` towards ``eps - o``, so a model trained with pose guidance
+  expects the same guidance (same ``eta``) at sampling; sampled without it, its prediction is offset by ``-o``.
 """
 
 from __future__ import annotations

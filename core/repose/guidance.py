@@ -11,8 +11,13 @@ image the estimator should see, e.g. the target half of the side-by-side canvas)
   resized to the feature grid. Following the paper, the heatmaps are those of the generated image
   (``mask_from="generated"``); ``"target"`` and ``"union"`` are options (see below).
 * Eq 13, Tweedie: ``y^_0 = (y_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` (``a_t`` = alpha_bar_t), ``P~_t = decode(y^_0)``.
-* Eq 15: ``eps~ = eps + eta * sqrt(1 - a_t) * grad G`` (``eta`` = ``scale``, 1 = the paper's eq 15).
+* Eq 15: ``eps~ = eps + eta * sqrt(1 - a_t) * grad G`` (``eta`` = ``scale``, 1 = the paper's eq 15). The paper's
+  eq 14 -> 15 step is not consistent: eq 14 with its stated ``eta = sqrt(1 - a_t)`` would give
+  ``eps + sqrt(a_t) grad G``; we implement eq 15 as printed (the sign lowers ``G``: checked numerically).
 * Eq 16 (:meth:`PoseGuidance.guide_cfg`): ``eps = eps_u + w_c * ((eps_c - eps_u) + eta sqrt(1 - a_t) grad G)``.
+  An interpretation: eq 16 writes ``eps_u + w_c (eps_interaction + ...)``; read literally with ``eps_interaction =
+  eps_c`` it would add ``w_c eps_c`` to ``eps_u`` (about 3 eps for w_c = 2), so ``eps_interaction`` is read as the
+  classifier-free difference ``eps_c - eps_u`` (Ho & Salimans, whom the paper cites for it).
 
 Why Tweedie (eq 13) instead of eq 10's literal ``VAE_decoder(eps - eps_theta)``: ``eps - eps_theta`` is a noise
 residual, not an image -- at sampling time the true ``eps`` does not exist, and during training the residual is
@@ -35,6 +40,15 @@ gradients, no retained graph) and is skipped when ``W_h`` is empty (the gradient
 :class:`~.sampler.VaeCodec`'s decode the decoder's upsamplers run as exact transposed convolutions
 (``fused_upsample``); ``guidance_decode_scale < 1`` in the sampler is the only approximation offered, opt-in
 (benchmarks/RESULTS_repose.md).
+
+What ``P`` is: eq 11 applies ``P_phi`` to "the valid pose" ``P``, which in RePoseDM is the target pose image that
+conditions the denoiser -- a rendered skeleton. We follow that letter (the samplers pass their skeleton images as
+the target), so with ``compare="features"`` a photo's backbone features are compared with a stick figure's: the
+two images differ in domain, ``G`` is not zero even for a perfectly posed person, and inside ``W_h`` the gradient
+also pulls towards the skeleton's look. The paper does not say more; guidance measurably lowers the pose error only
+on the toy with a same-domain exact estimator (tests), nothing is measured on real weights here. A target given as
+keypoint heatmaps (:func:`pose_heatmaps_coco17`, ``PoseTarget(heatmaps=...)``) with ``compare="heatmaps"`` avoids the
+domain gap; it is a core option, not the nodes' default.
 
 ``mask_from``: with ``"generated"`` (the paper) the weight marks where the generated image shows joints, so
 guidance corrects joints that appear but are misplaced/deformed. ``"target"`` uses the heatmaps of the target

@@ -30,6 +30,8 @@ Choices where the paper is vague (all configurable):
 * Depth ``D`` = ``dim`` (64), one head by default (eq 5 scales by ``1/sqrt(D)``); the latents are embedded to ``D``
   by a conv3x3 per input (the paper's "convolution layer of depth D"). No positional encoding in the attention
   (eq 5 has none); the correlation's offsets ``r`` carry the geometry.
+* Correlation radius ``R`` (eq 6's ``||r||_inf <= R``): not given in the paper; 4 (81 offsets) at every level
+  (``correlation_radius``), the same at all levels although the attention windows shrink.
 * Border: keys outside the map are excluded from the window's softmax (not zero-padded keys); the correlation is 0
   there. Post-norm residual blocks (GMFlow / LocalTrans style), FFN width ``4 D`` with GELU.
 * Aggregator: max-pool ``pool_size`` (2, ceil mode) then a zero-initialised 1x1 head to 2 channels (a flow must
