@@ -48,12 +48,14 @@ def tiny_inception() -> FIDInception:
 
 
 def tiny_lpips() -> LPIPS:
-    model = LPIPS(channels=(4, 6, 8, 8, 8))
-    with torch.no_grad():
+    with torch.random.fork_rng():  # the biases' default init: the same model whatever ran before
+        torch.manual_seed(0)
+        model = _relu_init(LPIPS(channels=(4, 6, 8, 8, 8)))
+    with torch.no_grad():  # after _relu_init, which re-draws every conv: lpips' linear weights are >= 0
         for k in range(5):
             w = getattr(model, f"lin{k}").model[1].weight
-            w.copy_(torch.rand(w.shape, generator=torch.Generator().manual_seed(k)))  # lpips weights are >= 0
-    return _relu_init(model)
+            w.copy_(torch.rand(w.shape, generator=torch.Generator().manual_seed(k)))
+    return model
 
 
 def _noisy(img: np.ndarray, seed: int, amount: float = 25.0) -> np.ndarray:
@@ -465,6 +467,30 @@ def test_evaluate_end_to_end_writes_csv_and_json(folders):
     assert 0 < m["masked_ssim"] <= 1 and "masked_lpips" in m
     stats = load_statistics(out / "fid_reference_statistics.npz")
     assert stats[0].shape == (tiny_inception().feature_dim,)
+
+
+def test_pidm_masked_lpips_scores_the_images_as_stored(folders):
+    # PIDM's calculate_mask_lpips does not resize (its plain LPIPS does, to 176x256): per row, masked LPIPS = LPIPS of
+    # the masked [-1, 1] images at their stored 44x64.
+    from posetransfer.core.evaluation.evaluate import pose_mask
+    from posetransfer.core.pose_io import write_gfla_annotations
+    target = _pose({0: (20, 5), 1: (20, 15), 8: (15, 40), 11: (25, 40), 10: (15, 60)}, 44, 64)
+    ann = folders / "ann.csv"
+    write_gfla_annotations(ann, {f"t{i}.png": target for i in range(5)})
+    model = tiny_lpips()
+    evaluate(str(folders / "pred"), str(folders / "gt"), profile="pidm", out_dir=str(folders / "out"),
+             lpips_model=model, fid=False, annotations=str(ann), progress=False, batch_size=4)
+    rows = list(csv.DictReader(open(folders / "out" / "per_image.csv")))
+    mask = pose_mask(target, (64, 44)).astype(np.float32)[:, :, None]
+
+    def signed(path):
+        return torch.from_numpy(read_raw(path) / np.float32(127.5) - 1).permute(2, 0, 1)[None]
+
+    m = torch.from_numpy(mask).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expect = float(model(signed(folders / "pred" / "s3_to_t3.png") * m, signed(folders / "gt" / "t3.png") * m))
+    assert float(rows[3]["masked_lpips"]) == pytest.approx(expect, rel=1e-5)
+    assert get_profile("pidm").to_dict()["masked_lpips"] == "as LPIPS, on the images as stored"
 
 
 def test_evaluate_best_of_n_and_pairs(folders):

@@ -489,6 +489,9 @@ def evaluate(pred_dir: str, gt_dir: str, *, pairs: str | None = None, profile: s
                 _check_same(lp, lg, pred_path, item.gt, prof, "LPIPS")
                 lpips_b.add(idx, (lp, lg), lp.shape)
                 if mask_gt is not None:
+                    if not prof.masked_lpips_resized:  # PIDM's calculate_mask_lpips: the images as stored
+                        lg, lp = prof.lpips_image(raw_gt, resize=False), prof.lpips_image(raw_pred, resize=False)
+                        _check_same(lp, lg, pred_path, item.gt, prof, "masked LPIPS")
                     ml = _resize_mask(mask_gt, lg.shape[:2]).astype(np.float32)[:, :, None]
                     lpips_mb.add(idx, (lp * ml, lg * ml), lp.shape)
             if fid:

@@ -91,6 +91,7 @@ class Profile:
     lpips_batch: int                # the mean keeps full batches only
     fid_batch: int                  # the statistics keep full batches only
     fid_reference: str = "training images"
+    masked_lpips_resized: bool = True  # False: masked LPIPS on the images as stored (PIDM's calculate_mask_lpips)
 
     def ssim_kwargs(self) -> dict:
         """Keyword arguments of :func:`.metrics.structural_similarity` (``data_range`` comes per image)."""
@@ -121,6 +122,7 @@ class Profile:
             "psnr": "data_range=1 on 0..1 float32", "l1": "mean |gt - pred| on 0..1 float32",
             "lpips": (f"AlexNet LPIPS v0.1, input {'[0,1] (sic)' if self.lpips_input == 'unit' else '[-1,1]'}, "
                       f"mean over full batches of {self.lpips_batch}"),
+            "masked_lpips": "as LPIPS" if self.masked_lpips_resized else "as LPIPS, on the images as stored",
             "fid": (f"torchvision Inception-v3 pool3 (2048), bilinear to 299, transform_input on 0..1 input, "
                     f"full batches of {self.fid_batch}, reference: {self.fid_reference}"),
         }
@@ -139,10 +141,11 @@ class Profile:
         out = rec * np.float32(255.0)
         return out.astype(np.float64) if self.ssim_float64 else out
 
-    def lpips_image(self, raw: np.ndarray) -> np.ndarray:
-        """float32 0..255 RGB -> the float32 array the paper fed to lpips (``[0,1]`` or ``[-1,1]``)."""
+    def lpips_image(self, raw: np.ndarray, resize: bool = True) -> np.ndarray:
+        """float32 0..255 RGB -> the float32 array the paper fed to lpips (``[0,1]`` or ``[-1,1]``);
+        ``resize=False`` skips the profile's resize (masked LPIPS, see ``masked_lpips_resized``)."""
         img = _check_raw(raw)
-        if self.lpips_resize is not None:
+        if resize and self.lpips_resize is not None:
             img = self.lpips_resize(img)
         if self.lpips_input == "unit":
             return img / np.float32(255.0)
@@ -178,7 +181,7 @@ PROFILES: dict[str, Profile] = {
         name="pidm", paper="PIDM (Bhunia et al., CVPR 2023)", source="ankanbhunia/PIDM utils/metrics.py",
         rec_resize=None, lpips_resize=Resize("linear", *DEEPFASHION_WH),
         fid_resize=Resize("linear", *DEEPFASHION_WH), ssim_sigma=1.2, ssim_float64=True,
-        lpips_input="signed", lpips_batch=64, fid_batch=64),
+        lpips_input="signed", lpips_batch=64, fid_batch=64, masked_lpips_resized=False),
     "gfla": Profile(
         name="gfla", paper="GFLA (Ren et al., CVPR 2020)",
         source="RenYurui/Global-Flow-Local-Attention script/metrics.py",
