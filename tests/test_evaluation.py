@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from posetransfer.core.evaluation import metrics as M
 from posetransfer.core.evaluation.evaluate import add_evaluate_arguments, evaluate, evaluate_main, pair_files
@@ -513,6 +514,21 @@ def test_evaluate_best_of_n_and_pairs(folders):
     assert [r["best_of_index"] for r in summary["rows"]] == [i % 3 for i in range(5)]
     assert summary["metrics"]["ssim"] == pytest.approx(1.0)
     assert summary["best_of"]["n"] == 3 and "SSIM" in summary["best_of"]["selected_by"]
+    # pcdms: the samples are ranked as its test script ranks them (uint8, PIL-bicubic ground truth, skimage's
+    # default covariance, data_range 255), the chosen one scored with the profile's SSIM.
+    from posetransfer.core.evaluation.evaluate import pcdms_selection_ssim
+    g8 = read_raw(gt / "t1.png").astype(np.uint8)
+    p8 = read_raw(best / "sample0" / "s1_to_t1.png").astype(np.uint8)
+    big = cv2.resize(p8, (88, 128), interpolation=cv2.INTER_NEAREST)
+    g_big = np.asarray(Image.fromarray(g8).resize((88, 128), Image.BICUBIC))
+    assert pcdms_selection_ssim(read_raw(gt / "t1.png"), big.astype(np.float32)) == pytest.approx(
+        skimage_metrics.structural_similarity(g_big, big, gaussian_weights=True, sigma=1.2, channel_axis=2),
+        abs=1e-9)
+    rows = evaluate(str(best), str(gt), pairs=str(pairs), profile="pcdms", size=(44, 64), best_of=3, lpips=False,
+                    fid=False, progress=False)["rows"]
+    assert [r["best_of_index"] for r in rows] == [i % 3 for i in range(5)] and rows[0]["ssim"] == pytest.approx(1)
+    assert float(rows[1]["best_of_ssims"].split()[0]) == pytest.approx(
+        pcdms_selection_ssim(read_raw(gt / "t1.png"), p8.astype(np.float32)), abs=1e-6)
     with pytest.raises(ValueError, match="expected 2 sample sub-folders"):
         pair_files(str(best), str(gt), best_of=2)
     (pred / "zz_to_missing.png").write_bytes((pred / "s0_to_t0.png").read_bytes())

@@ -34,13 +34,14 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from ..keypoints import Person, Pose
 from ..pose_io import read_gfla_annotations, read_openpose_json, read_pairs_csv
 from . import metrics as M
 from .fid import activation_statistics, compute_features, frechet_distance, load_statistics, save_statistics
 from .pose_accuracy import DEFAULT_ALPHA, detect_pose, pose_accuracy, summarize
-from .profiles import IMAGE_EXTENSIONS, PROFILES, Profile, get_profile, read_raw, used_count
+from .profiles import BEST_OF_SELECTIONS, IMAGE_EXTENSIONS, PROFILES, Profile, get_profile, read_raw, used_count
 
 CSV_NAME = "per_image.csv"
 SUMMARY_NAME = "summary.json"
@@ -274,6 +275,15 @@ class TargetPoses:
         raise ValueError(f"--target-poses: no {_stem(name)}.json or {_stem(name)}_keypoints.json in {self.folder}")
 
 
+def pcdms_selection_ssim(raw_gt: np.ndarray, raw_pred: np.ndarray) -> float:
+    """The SSIM PCDMs' test script ranks its samples by (``BEST_OF_SELECTIONS["pcdms-script"]``): float32 0..255
+    images as read (uint8 values) -> uint8, the ground truth resized to the sample's size with PIL bicubic."""
+    gt8, pred8 = np.asarray(raw_gt).astype(np.uint8), np.asarray(raw_pred).astype(np.uint8)
+    if gt8.shape != pred8.shape:
+        gt8 = np.asarray(Image.fromarray(gt8).resize((pred8.shape[1], pred8.shape[0]), Image.BICUBIC))
+    return M.structural_similarity(gt8, pred8, gaussian_weights=True, sigma=1.2, channel_axis=2)
+
+
 def _scale_pose(pose: Pose, size_hw: tuple[int, int]) -> Pose:
     """``pose`` on an image of ``size_hw``: its canvas scaled uniformly to fit and centred (the same aspect ratio:
     a plain scale; DeepFashion's 256x176 annotation frame in its 256x256 images padded with 40 px a side: x + 40)."""
@@ -454,9 +464,11 @@ def evaluate(pred_dir: str, gt_dir: str, *, pairs: str | None = None, profile: s
             chosen, cand_ssims = 0, []
             if len(item.preds) > 1:
                 for path in item.preds:
-                    rec = prof.rec_image(read_raw(path))
+                    raw_c = read_raw(path)
+                    rec = prof.rec_image(raw_c)
                     _check_same(rec, gt_rec, path, item.gt, prof)
-                    cand_ssims.append(ssim_of(gt_rec, rec))
+                    cand_ssims.append(ssim_of(gt_rec, rec) if prof.best_of_selection == "profile"
+                                      else pcdms_selection_ssim(raw_gt, raw_c))
                 chosen = int(np.argmax(cand_ssims))
             pred_path = item.preds[chosen]
             raw_pred = read_raw(pred_path)
@@ -464,7 +476,8 @@ def evaluate(pred_dir: str, gt_dir: str, *, pairs: str | None = None, profile: s
             _check_same(pred_rec, gt_rec, pred_path, item.gt, prof)
             row: dict[str, Any] = {"pred": os.path.relpath(pred_path, pred_dir), "gt": os.path.basename(item.gt),
                                    "source": item.source}
-            row["ssim"] = cand_ssims[chosen] if cand_ssims else ssim_of(gt_rec, pred_rec)
+            row["ssim"] = cand_ssims[chosen] if cand_ssims and prof.best_of_selection == "profile" \
+                else ssim_of(gt_rec, pred_rec)
             row["psnr"] = M.psnr(gt_rec, pred_rec, data_range=1)
             row["l1"] = M.l1(gt_rec, pred_rec)
             row["mae"] = M.mae_ratio(gt_rec, pred_rec)
@@ -555,8 +568,8 @@ def evaluate(pred_dir: str, gt_dir: str, *, pairs: str | None = None, profile: s
             "profile": prof.to_dict(), "pred_dir": os.path.abspath(pred_dir), "gt_dir": os.path.abspath(gt_dir),
             "pairs": os.path.abspath(pairs) if pairs else None, "count": n,
             "best_of": None if best_of is None else {
-                "n": best_of, "selected_by": "highest SSIM (the profile's settings) against the ground truth, "
-                                             "as PCDMs' test scripts keep the best of 4 samples",
+                "n": best_of, "selected_by": BEST_OF_SELECTIONS[prof.best_of_selection] + " (as PCDMs' test "
+                                             "scripts keep the best of 4 samples)",
                 "note": "best-of-N scores are not comparable with single-sample scores"},
             "metrics": summary_metrics, "lpips": lpips_info, "fid": fid_info, "notes": notes,
         }

@@ -92,6 +92,7 @@ class Profile:
     fid_batch: int                  # the statistics keep full batches only
     fid_reference: str = "training images"
     masked_lpips_resized: bool = True  # False: masked LPIPS on the images as stored (PIDM's calculate_mask_lpips)
+    best_of_selection: str = "profile"  # how best-of-N picks a sample: "profile" (this SSIM) or "pcdms-script"
 
     def ssim_kwargs(self) -> dict:
         """Keyword arguments of :func:`.metrics.structural_similarity` (``data_range`` comes per image)."""
@@ -123,6 +124,7 @@ class Profile:
             "lpips": (f"AlexNet LPIPS v0.1, input {'[0,1] (sic)' if self.lpips_input == 'unit' else '[-1,1]'}, "
                       f"mean over full batches of {self.lpips_batch}"),
             "masked_lpips": "as LPIPS" if self.masked_lpips_resized else "as LPIPS, on the images as stored",
+            "best_of_selection": BEST_OF_SELECTIONS[self.best_of_selection],
             "fid": (f"torchvision Inception-v3 pool3 (2048), bilinear to 299, transform_input on 0..1 input, "
                     f"full batches of {self.fid_batch}, reference: {self.fid_reference}"),
         }
@@ -170,13 +172,24 @@ def _check_raw(raw: np.ndarray) -> np.ndarray:
 
 DEEPFASHION_WH = (176, 256)
 
+BEST_OF_SELECTIONS = {
+    "profile": "highest SSIM with this profile's settings",
+    # stage3_batchtest_refined_model.py: compare_ssim(np.array(t_img), np.array(gen_img), gaussian_weights=True,
+    # sigma=1.2, channel_axis=2, ata_range=...) -- the misspelt data_range is ignored, so uint8's 255 applies,
+    # with skimage's default use_sample_covariance=True; t_img is the ground truth resized by PIL bicubic to the
+    # generated size.
+    "pcdms-script": "highest SSIM as PCDMs' test script picks its best of 4: uint8 at the generated size, the "
+                    "ground truth resized there with PIL bicubic, gaussian sigma 1.2, sample covariance, "
+                    "data_range 255 (its data_range argument is misspelt and ignored)",
+}
+
 PROFILES: dict[str, Profile] = {
     "pcdms": Profile(
         name="pcdms", paper="PCDMs (Shen et al., ICLR 2024)",
         source="tencent-ailab/PCDMs metrics.py, caculate_metrics_256.py",
         rec_resize=Resize("cubic", *DEEPFASHION_WH), lpips_resize=Resize("cubic", *DEEPFASHION_WH),
         fid_resize=Resize("cubic", *DEEPFASHION_WH), ssim_sigma=1.2, ssim_float64=False,
-        lpips_input="unit", lpips_batch=64, fid_batch=128),
+        lpips_input="unit", lpips_batch=64, fid_batch=128, best_of_selection="pcdms-script"),
     "pidm": Profile(
         name="pidm", paper="PIDM (Bhunia et al., CVPR 2023)", source="ankanbhunia/PIDM utils/metrics.py",
         rec_resize=None, lpips_resize=Resize("linear", *DEEPFASHION_WH),
