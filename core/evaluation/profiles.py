@@ -24,6 +24,12 @@ pred.max() - pred.min()``. PSNR: ``data_range=1`` on the 0..1 images; L1: mean a
 Note: PIDM scores SSIM/PSNR/L1 on the images as stored (only LPIPS and FID are resized), which differs from
 the one-line summary in formats.md.
 
+The other papers of this project released no evaluation code: RePoseDM copies its baseline rows from PIDM / PCDMs
+and evaluates at 256x176 (closest: ``pidm``, an assumption); the structure-aware part flow follows GFLA at
+256x256 (``gfla`` on the 256x256 images, FID against the training images); the single-spatial-transformation paper
+reports an L1 around 15.5 that reads as a 0..255 scale (ours is on 0..1: multiply by 255) and an LPIPS with VGG,
+which is not implemented here (AlexNet only).
+
 All FIDs use torchvision's Inception-v3 (``inception_v3_google-0cc3c7bd.pth``) through the pytorch-fid-style
 wrapper these scripts ship: bilinear resize to 299x299, then torchvision's ``transform_input`` arithmetic
 applied to the 0..1 input (see :mod:`.inception`).
