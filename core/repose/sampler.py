@@ -35,7 +35,7 @@ from diffusers.schedulers import DDPMScheduler
 from diffusers.utils import BaseOutput
 
 from .denoiser import RePoseDenoiser, repose_noise_scheduler
-from .guidance import PoseGuidance
+from .guidance import PoseGuidance, tweedie_x0
 from .pose_align import PoseAlign
 
 __all__ = ["VaeCodec", "nearest_up_conv3x3", "fused_upsamplers", "diffusers_upsampler_conv", "is_plain_conv3x3", "StepInfo", "SamplingInterrupted", "denoise_loop",
@@ -215,7 +215,7 @@ def denoise_loop(
         if callback is not None:
             pred = getattr(out, "pred_original_sample", None)
             if pred is None:
-                pred = (x_in - (1 - abar).sqrt() * eps) / abar.sqrt()
+                pred = tweedie_x0(x_in, eps, abar)
             if callback(StepInfo(i, total, t, latents, pred)) is False:
                 raise SamplingInterrupted(f"sampling stopped by the callback at step {i + 1}/{total}")
     return latents
