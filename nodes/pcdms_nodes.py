@@ -419,6 +419,10 @@ def _guidance_kwargs(guidance, vae, keep=()) -> dict:
         raise ValueError(f"guidance: expected GUIDANCE from RePose PoseGuidance, got {type(guidance).__name__}")
     if guidance.scale == 0:
         return {}
+    if guidance.target != "skeleton":
+        raise ValueError(f"guidance: target {guidance.target!r} works in RePose Sampler only; the PCDMs samplers "
+                         f"compare with their framed target skeleton (Inpaint) or coarse image (Refine): set "
+                         f"RePose PoseGuidance's target to skeleton")
     return {"pose_guidance": guidance.make(),
             "guidance_decode": ComfyVaeCodec(vae, keep=keep).decoder(guidance.decode_scale)}
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from ..core.geometry import resize
 from ..core.render import render_skeleton
 from ..core.repose.denoiser import RePoseDenoiser, repose_noise_scheduler
-from ..core.repose.guidance import PoseGuidance, percent_timestep_range
+from ..core.repose.guidance import (PoseGuidance, PoseTarget, percent_timestep_range,
+                                    pose_heatmaps_coco17)
 from ..core.repose.model_files import MARKER, load_repose_model
 from ..core.repose.pose_align import PoseAlign
 from ..core.repose.pose_estimator import (HIGHER_HRNET_W32_CONFIG, HIGHER_HRNET_W48_CONFIG, HigherHRNet,
@@ -85,6 +86,22 @@ class RePoseFeatures:
     pose_images: torch.Tensor | None = None
 
 
+# What eq 11 compares the generated image with. "skeleton": the estimator's backbone features of the rendered target
+# skeleton (the paper's letter: P is the pose image; a stick figure, another domain than the photo). "keypoints":
+# the estimator's heatmaps of the generated image against Gaussian heatmaps drawn at the target keypoints (our
+# option; sigma KEYPOINT_SIGMA px of the decoded image, about 3 px on HigherHRNet's stride-2 heatmap grid, between the
+# sigma 2 its two resolutions were trained with).
+GUIDANCE_TARGETS = ("skeleton", "keypoints")
+KEYPOINT_SIGMA = 6.0
+
+
+def keypoint_target(poses, size: tuple[int, int]) -> PoseTarget:
+    """Gaussian COCO-17 heatmaps (B, 17, H, W) of the first person of each pose, on the working frame ``size``."""
+    h, w = size
+    return PoseTarget(heatmaps=torch.cat([pose_heatmaps_coco17(resize(None, p, w, h)[1], sigma=KEYPOINT_SIGMA)
+                                          for p in poses]))
+
+
 @dataclass
 class PoseGuidanceFactory:
     """GUIDANCE: makes a core :class:`~..core.repose.guidance.PoseGuidance` (eq 11-16) around one pose estimator.
@@ -100,6 +117,7 @@ class PoseGuidanceFactory:
     managed: bridge.ManagedModel | None = field(default=None, repr=False, compare=False)  # the estimator's
     decode_scale: float = 1.0  # < 1: the guidance decodes a downsized latent (cheaper, approximate)
     timestep_range: tuple[float, float] | None = None  # guide only these timesteps (None: every step)
+    target: str = "skeleton"  # what P is: "skeleton" (the paper) or "keypoints" (see GUIDANCE_TARGETS)
 
     def __post_init__(self):
         if self.managed is None:  # held here so that the estimator keeps one ComfyUI ModelPatcher
@@ -108,6 +126,8 @@ class PoseGuidanceFactory:
     def make(self, target_image: torch.Tensor | None = None, **overrides) -> PoseGuidance:
         kwargs = dict(scale=self.scale, threshold=self.threshold, mask_from=self.mask_from,
                       timestep_range=self.timestep_range)
+        if self.target == "keypoints":
+            kwargs["compare"] = "heatmaps"
         kwargs.update(overrides)
         return PoseGuidance(self.estimator, target_image, **kwargs)
 
@@ -426,15 +446,23 @@ class PoseTransferPoseGuidance:
                 "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                 "tooltip": "Guide up to this point of sampling (1 = the last step). 0..1 = every step (the "
                            "paper)."}),
+            "target": (list(GUIDANCE_TARGETS), {
+                "default": "skeleton",
+                "tooltip": "What the generated image is compared with. skeleton (the paper's eq 11): the "
+                           "estimator's features of the rendered target skeleton -- a stick figure, not a photo, "
+                           "so the comparison is never exact. keypoints: the estimator's joint heatmaps against "
+                           "heatmaps drawn at the target keypoints (RePose Sampler only)."}),
         }}
 
     def make(self, estimator_name, scale=1.0, threshold=0.1, mask_from="generated", decode_scale=1.0,
-             start_percent=0.0, end_percent=1.0):
+             start_percent=0.0, end_percent=1.0, target="skeleton"):
         if not estimator_name or estimator_name == NO_MODEL:
             raise ValueError("estimator_name: no pose estimator (.pth) in the posetransfer model folder; put the "
                              "HigherHRNet checkpoint there and refresh")
         if mask_from not in MASK_FROM:
             raise ValueError(f"mask_from: expected one of {MASK_FROM}, got {mask_from!r}")
+        if target not in GUIDANCE_TARGETS:
+            raise ValueError(f"target: expected one of {GUIDANCE_TARGETS}, got {target!r}")
         scale, threshold = float_in(scale, "scale", 0.0, 100.0), float_in(threshold, "threshold", -1.0, 10.0)
         if not 0 < float(decode_scale) <= 1:
             raise ValueError(f"decode_scale: expected a factor in (0, 1] (1 = exact), got {decode_scale!r}")
@@ -450,7 +478,7 @@ class PoseTransferPoseGuidance:
         except ValueError as exc:
             raise ValueError(f"estimator_name: {exc}") from None
         factory = PoseGuidanceFactory(managed.module, float(scale), float(threshold), mask_from, estimator_name,
-                                      managed, float(decode_scale), timestep_range)
+                                      managed, float(decode_scale), timestep_range, target)
         factory.make()  # validates the settings now rather than at sampling time
         return (factory,)
 
@@ -550,7 +578,9 @@ class PoseTransferRePoseSampler:
             pose_guidance = None
             if guided:
                 bridge.make_plain(estimator.module)  # ComfyUI may have offloaded it under inference mode
-                pose_guidance = guidance.make()
+                pose_guidance = guidance.make(
+                    target=keypoint_target(_poses(target_pose, "target_pose"), feats.size)
+                    if guidance.target == "keypoints" else None)
             sampler = RePoseSampler(model.denoiser, None, codec, make_scheduler(scheduler))
             out = sampler(feats.source_images.clone(), pose_images, num_inference_steps=int(steps),
                           guidance_scale=float(w_c), pose_guidance=pose_guidance, seed=int(seed),

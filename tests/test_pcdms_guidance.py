@@ -173,3 +173,5 @@ def test_nodes_accept_guidance(m, enc, data):
     check_image(refined, tuple(plain.shape))
     with pytest.raises(ValueError, match="GUIDANCE"):
         inpaint(m, enc, data, guidance=object())
+    with pytest.raises(ValueError, match="target 'keypoints' works in RePose Sampler only"):
+        inpaint(m, enc, data, guidance=PoseGuidanceFactory(factory.estimator, target="keypoints"))

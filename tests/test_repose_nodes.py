@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ import comfy_doubles
 from comfy_doubles import SAMPLES
 from posetransfer.core.repose import TINY_POSE_ALIGN_CONFIG, TINY_UNET_CONFIG, PoseAlign, PoseGuidance, RePoseDenoiser
 from posetransfer.core.repose.model_files import MARKER, is_repose_model, load_repose_model, save_repose_model
+from posetransfer.core.pose_io import load_pose_keypoint
 from posetransfer.nodes import bridge, repose_nodes
 from posetransfer.training import train_repose
 
@@ -94,6 +96,28 @@ def test_sampler_sends_step_previews(comfy_free, monkeypatch):
     # the clean-latent estimate of each step, on the 4x4 latent grid of the 32 px frame
     assert [tuple(x.shape) for x in seen] == [(1, 4, 4, 4)] * 3 and sent == [("JPEG", 1), ("JPEG", 2), ("JPEG", 3)]
     assert all(torch.isfinite(x).all() for x in seen)
+
+
+def test_keypoint_heatmap_target(comfy_free):
+    # The target keypoints drawn as COCO-17 Gaussians on the working frame: the nose at (20, 12) of a 40x48 canvas
+    # lands at (9.75, 5.75) of a 20x24 frame (pixel centres scale), so its channel peaks at pixel (10, 6).
+    pose = load_pose_keypoint(json.dumps({"people": [{"pose_keypoints_2d": [20, 12, 1] + [0, 0, 0] * 17}],
+                                          "canvas_width": 40, "canvas_height": 48}))
+    hm = repose_nodes.keypoint_target(pose, (48 // 2, 40 // 2)).heatmaps
+    assert hm.shape == (1, 17, 24, 20) and hm[0, 1:].max() == 0                 # nose only (COCO-17 channel 0)
+    assert divmod(int(hm[0, 0].argmax()), 20) == (6, 10)
+    assert hm[0, 0].max() == pytest.approx(np.exp(-2 * 0.25 ** 2 / (2 * repose_nodes.KEYPOINT_SIGMA ** 2)), rel=1e-5)
+    (kp,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=50.0, threshold=-1.0,
+                                                        target="keypoints")
+    assert kp.target == "keypoints" and kp.make().compare == "heatmaps"
+    vae = comfy_doubles.TinyVAE()
+    plain = align_and_sample(vae)[2]
+    (sk,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=50.0, threshold=-1.0)
+    by_skeleton, by_keypoints = align_and_sample(vae, guidance=sk)[2], align_and_sample(vae, guidance=kp)[2]
+    assert torch.isfinite(by_keypoints).all()
+    assert (by_keypoints - plain).abs().max() > 1e-4 and (by_keypoints - by_skeleton).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="target: expected one of"):
+        repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, target="photo")
 
 
 def test_guidance_node_steers_and_is_a_pose_guidance_factory(comfy_free):

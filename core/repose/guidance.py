@@ -48,7 +48,7 @@ two images differ in domain, ``G`` is not zero even for a perfectly posed person
 also pulls towards the skeleton's look. The paper does not say more; guidance measurably lowers the pose error only
 on the toy with a same-domain exact estimator (tests), nothing is measured on real weights here. A target given as
 keypoint heatmaps (:func:`pose_heatmaps_coco17`, ``PoseTarget(heatmaps=...)``) with ``compare="heatmaps"`` avoids the
-domain gap; it is a core option, not the nodes' default.
+domain gap: our option, not the paper's (the PoseGuidance node's ``target=keypoints``, RePose Sampler only).
 
 ``mask_from``: with ``"generated"`` (the paper) the weight marks where the generated image shows joints, so
 guidance corrects joints that appear but are misplaced/deformed. ``"target"`` uses the heatmaps of the target
