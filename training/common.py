@@ -24,6 +24,29 @@ def make_accelerator(**kwargs):
     return Accelerator(**kwargs)
 
 
+def run_with_accelerator(args, out: Path, run: Callable[[object], dict], logs: bool = False, **kwargs) -> dict:
+    """``run(accelerator)`` with the Accelerator every script builds (``--mixed-precision``, ``--cpu``, the output
+    folder as project dir (``logs``: with ``OUT/logs``), ``--gradient-accumulation-steps`` counted per call, not per
+    dataloader, plus ``kwargs``); then training ends, and in a single process accelerate's global state is reset so
+    that a later in-process run can build its own Accelerator."""
+    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+
+    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs") if logs else None)
+    accelerator = make_accelerator(
+        mixed_precision=args.mixed_precision, cpu=args.cpu, project_config=project,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
+                                                                sync_with_dataloader=False), **kwargs)
+    try:
+        return run(accelerator)
+    finally:
+        accelerator.end_training()
+        if accelerator.num_processes == 1:
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+
+
 def plain_forward(accelerator, *models) -> None:
     """Undo accelerate's per-model autocast + fp32-output wrapper on prepared models (it rebuilds diffusers'
     ``BaseOutput`` dataclasses wrongly); the scripts run each whole step, losses included, under

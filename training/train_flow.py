@@ -514,29 +514,16 @@ def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training; returns ``{"step", "history", "output_dir", "model_dir"}`` (``history``:
     the logged records of this call)."""
     _check_args(args)
-    from accelerate.utils import (DistributedDataParallelKwargs, GradientAccumulationPlugin, ProjectConfiguration,
-                                  set_seed)
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from diffusers.optimization import get_scheduler
 
     from .datasets import InputSpec
 
     out = Path(args.output_dir)
     kind = args.model
-    accelerator = common.make_accelerator(
-        mixed_precision=args.mixed_precision, cpu=args.cpu, log_with=args.log_with,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
-                                                                sync_with_dataloader=False),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    try:
-        return _train(args, accelerator, out, kind, get_scheduler, set_seed, InputSpec)
-    finally:
-        accelerator.end_training()
-        if accelerator.num_processes == 1:  # let a later in-process run build its own Accelerator
-            from accelerate.state import AcceleratorState, GradientState
-
-            AcceleratorState._reset_state(True)
-            GradientState._reset_state()
+    return common.run_with_accelerator(
+        args, out, lambda accelerator: _train(args, accelerator, out, kind, get_scheduler, set_seed, InputSpec),
+        logs=True, log_with=args.log_with, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, InputSpec) -> dict:

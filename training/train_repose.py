@@ -214,26 +214,12 @@ class TrainState:
 # ------------------------------------------------------------------------------------------------ training
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training; returns ``{"step", "history", "probe", "output_dir", "model_dir"}``."""
-    from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
-
     if args.batch_size < 1 or args.max_steps < 0 or args.gradient_accumulation_steps < 1:
         raise ValueError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-steps >= 0")
     if not 0 <= args.cond_drop_prob <= 1:
         raise ValueError(f"--cond-drop-prob: expected 0..1, got {args.cond_drop_prob}")
     out = Path(args.output_dir)
-    accelerator = common.make_accelerator(
-        mixed_precision=args.mixed_precision, cpu=args.cpu, project_config=ProjectConfiguration(project_dir=str(out)),
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=args.gradient_accumulation_steps,
-                                                                sync_with_dataloader=False))
-    try:
-        return _train(args, accelerator, out)
-    finally:
-        accelerator.end_training()
-        if accelerator.num_processes == 1:  # let a later in-process run build its own Accelerator
-            from accelerate.state import AcceleratorState, GradientState
-
-            AcceleratorState._reset_state(True)
-            GradientState._reset_state()
+    return common.run_with_accelerator(args, out, lambda accelerator: _train(args, accelerator, out))
 
 
 def _train(args, accelerator, out: Path) -> dict:
