@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from . import bridge
 from .checks import IMAGE_NOTE, float_in, image, int_in, with_person
 from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
 from .flowwarp_nodes import _poses
+
+log = logging.getLogger(__name__)
 
 CATEGORY = "posetransfer/repose"
 MODEL_TYPE = "REPOSE_MODEL"
@@ -547,6 +550,11 @@ class PoseTransferRePoseSampler:
         feats = repose_features
         steps, w_c = int_in(steps, "steps", 1, 1000), float_in(w_c, "w_c", 0.0, 30.0)
         guided = guidance is not None and guidance.scale != 0
+        trained = model.info.get("trained_with_pose_guidance")
+        if trained and (not guided or guidance.scale != trained.get("scale")):
+            log.warning("RePose Sampler: %s was trained with pose guidance (eq 15 in the loss, scale %s), so its noise "
+                        "prediction expects that guidance; sampling %s", model.name or "the model",
+                        trained.get("scale"), f"with scale {guidance.scale}" if guided else "without it")
         estimator = guidance.managed if guided else None
         codec = ComfyVaeCodec(vae, keep=(model.managed_denoiser, estimator))
         pose_images, canvas = _pose_images(target_pose, feats.size)

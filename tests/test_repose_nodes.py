@@ -120,6 +120,21 @@ def test_keypoint_heatmap_target(comfy_free):
         repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, target="photo")
 
 
+def test_sampler_warns_when_a_guidance_trained_model_samples_otherwise(comfy_free, monkeypatch, caplog):
+    (model,) = repose_nodes.PoseTransferRePoseLoader().load(comfy_doubles.REPOSE_MODEL_DIR)
+    vae = comfy_doubles.TinyVAE()
+    with caplog.at_level("WARNING", logger=repose_nodes.log.name):
+        align_and_sample(vae)
+    assert not caplog.records                                      # a model trained without guidance: nothing
+    monkeypatch.setitem(model.info, "trained_with_pose_guidance", {"scale": 1.0, "threshold": 0.1})
+    (same,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=1.0)
+    with caplog.at_level("WARNING", logger=repose_nodes.log.name):
+        align_and_sample(vae, guidance=same)
+        assert not caplog.records
+        align_and_sample(vae)
+    assert "was trained with pose guidance" in caplog.text and "without it" in caplog.text
+
+
 def test_guidance_node_steers_and_is_a_pose_guidance_factory(comfy_free):
     vae = comfy_doubles.TinyVAE()
     names = repose_nodes.PoseTransferPoseGuidance.INPUT_TYPES()["required"]["estimator_name"][0]
@@ -276,6 +291,9 @@ def test_training_with_pose_guidance_and_errors(gfla, tmp_path, capsys):
     result = train_repose.train(train_repose.parse_args(args_for(gfla, tmp_path / "g", 2, "--pose-guidance",
                                                                  "tiny", "--checkpoint-every", "0")))
     assert result["step"] == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result["history"])
+    # the model records it: eq 15 in the loss means the model expects that guidance at sampling
+    info = load_repose_model(result["model_dir"])[2]
+    assert info["trained_with_pose_guidance"] == {"scale": 1.0, "threshold": 0.1, "estimator": "tiny"}
     assert train_repose.main(args_for(gfla, tmp_path / "e", 1, "--resolution", "15x12")) == 2
     assert "multiples" in capsys.readouterr().err
 

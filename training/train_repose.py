@@ -335,8 +335,12 @@ def _train(args, accelerator, out: Path) -> dict:
         ema.store(params)
         ema.copy_to(params)
         try:
-            save_repose_model(folder, raw_den, raw_pa, {"step": state.step, "ema": True,
-                                                        "resolution": [h, w], "dataset": args.dataset})
+            info = {"step": state.step, "ema": True, "resolution": [h, w], "dataset": args.dataset}
+            if guidance is not None:  # eq 15 in the loss: the model expects the same guidance at sampling
+                info["trained_with_pose_guidance"] = {"scale": args.guidance_scale,
+                                                      "threshold": args.guidance_threshold,
+                                                      "estimator": str(args.pose_guidance)}
+            save_repose_model(folder, raw_den, raw_pa, info)
         finally:
             ema.restore(params)
 
