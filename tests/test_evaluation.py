@@ -463,11 +463,18 @@ def test_evaluate_end_to_end_writes_csv_and_json(folders):
     m = data["metrics"]
     assert m["ssim"] == pytest.approx(np.mean([float(r["ssim"]) for r in rows]))
     assert m["lpips"] > 0 and data["lpips"]["images_used"] == 5
-    assert m["fid"] is not None and "NOT the published protocol" in data["fid"]["reference_note"]
+    assert "fid" not in m and m["fid_vs_test_gt"] is not None          # not the papers' FID: kept apart by name
+    assert "NOT the published protocol" in data["fid"]["reference_note"]
     assert m["pose_pck"] == 1.0 and m["pose_keypoint_error_px"] == pytest.approx(3.0)   # 3 px < 0.1 * 55
     assert 0 < m["masked_ssim"] <= 1 and "masked_lpips" in m
     stats = load_statistics(out / "fid_reference_statistics.npz")
     assert stats[0].shape == (tiny_inception().feature_dim,)
+    # a reference given with --fid-ref (here the saved statistics of the same images) is reported as "fid"
+    again = evaluate(str(folders / "pred"), str(folders / "gt"), profile="pcdms", size=(44, 64), lpips=False,
+                     fid_model=tiny_inception(), fid_ref=str(out / "fid_reference_statistics.npz"), progress=False,
+                     batch_size=4)
+    assert again["metrics"]["fid"] == pytest.approx(m["fid_vs_test_gt"], rel=1e-6)
+    assert "fid_vs_test_gt" not in again["metrics"] and "reference_note" not in again["fid"]
 
 
 def test_pidm_masked_lpips_scores_the_images_as_stored(folders):

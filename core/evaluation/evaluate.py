@@ -558,8 +558,10 @@ def evaluate(pred_dir: str, gt_dir: str, *, pairs: str | None = None, profile: s
                           "rule": "mean over full batches only, in file-name order (the paper's loop)"}
         fid_info = None
         if fid:
-            summary_metrics["fid"], fid_info = _fid(np.concatenate(fid_feats), fid_model, prof, items, fid_ref,
-                                                    out_dir, batch_size, device, report)
+            value, fid_info = _fid(np.concatenate(fid_feats), fid_model, prof, items, fid_ref, out_dir, batch_size,
+                                   device, report)
+            # against the test ground truth (no --fid-ref) the number is not the papers' FID: another name
+            summary_metrics["fid" if fid_ref is not None else "fid_vs_test_gt"] = value
         if pose_results:
             summary_metrics.update({f"pose_{k}": v for k, v in summarize(pose_results).items()})
             notes.append(f"pose accuracy: PCK@{pck_alpha} of max(bbox w, h) of the target joints, detector "
