@@ -50,3 +50,17 @@ def test_save_checkpoint_writes_state_config_model_and_keeps_the_newest(tmp_path
                                                                    "checkpoint-20", "checkpoint-25"]
     assert not (tmp_path / common.CHECKPOINTS / "checkpoint-25" / "train_config.json").exists()
     assert exported[-1] == "checkpoint-20"
+
+
+def test_diffusion_scripts_check_step_and_batch_arguments():
+    import argparse
+
+    import pytest
+
+    ok = dict(batch_size=1, max_steps=0, gradient_accumulation_steps=1, cond_drop_prob=0.1)
+    common.check_diffusion_args(argparse.Namespace(**ok))
+    for bad, match in (({"batch_size": 0}, "--batch-size"), ({"max_steps": -1}, "--max-steps"),
+                       ({"gradient_accumulation_steps": 0}, "--gradient-accumulation-steps"),
+                       ({"cond_drop_prob": 1.5}, "--cond-drop-prob: expected 0..1, got 1.5")):
+        with pytest.raises(ValueError, match=match):
+            common.check_diffusion_args(argparse.Namespace(**{**ok, **bad}))

@@ -24,6 +24,14 @@ def make_accelerator(**kwargs):
     return Accelerator(**kwargs)
 
 
+def check_diffusion_args(args) -> None:
+    """The step and batch arguments the diffusion scripts share, checked before anything is built."""
+    if args.batch_size < 1 or args.max_steps < 0 or args.gradient_accumulation_steps < 1:
+        raise ValueError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-steps >= 0")
+    if not 0 <= args.cond_drop_prob <= 1:
+        raise ValueError(f"--cond-drop-prob: expected 0..1, got {args.cond_drop_prob}")
+
+
 def run_with_accelerator(args, out: Path, run: Callable[[object], dict], logs: bool = False, **kwargs) -> dict:
     """``run(accelerator)`` with the Accelerator every script builds (``--mixed-precision``, ``--cpu``, the output
     folder as project dir (``logs``: with ``OUT/logs``), ``--gradient-accumulation-steps`` counted per call, not per

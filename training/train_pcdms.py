@@ -371,10 +371,7 @@ class _Stage:
 # ------------------------------------------------------------------------------------------------ training
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training; returns ``{"step", "history", "probe", "output_dir", "model_path"}``."""
-    if args.batch_size < 1 or args.max_steps < 0 or args.gradient_accumulation_steps < 1:
-        raise ValueError("--batch-size and --gradient-accumulation-steps must be >= 1, --max-steps >= 0")
-    if not 0 <= args.cond_drop_prob <= 1:
-        raise ValueError(f"--cond-drop-prob: expected 0..1, got {args.cond_drop_prob}")
+    common.check_diffusion_args(args)
     out = Path(args.output_dir)
     return common.run_with_accelerator(args, out, lambda accelerator: _train(args, accelerator, out))
 
