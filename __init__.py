@@ -12,6 +12,12 @@ __version__ = "0.1.0"
 # Only a default: it takes effect when torch is imported after this (CLI, scripts), never overrides the user.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+if __package__:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+else:
+    # Imported as a lone module, outside any package: pytest does this to the checkout folder (it holds an
+    # __init__.py) when the folder's name is not an identifier, e.g. ``ComfyUI-posetransfer``. There is no
+    # package to import the nodes from then, and nothing reads the mappings.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]
