@@ -23,6 +23,22 @@ class Made:
     def __init__(self):
         self.accelerators = []
         self.initial = []  # (module, {parameter name: clone}) in the order prepare saw them
+        # One entry per GradScaler.update(): {id(torch optimizer): inf/NaN found in its gradients} for each
+        # optimizer that called scaler.step since the previous update.
+        self.updates: list[dict[int, bool]] = []
+
+    def stepped(self, optimizer) -> int:
+        """How many updates the (accelerate-wrapped) ``optimizer`` really stepped in: stepped with finite grads."""
+        inner = getattr(optimizer, "optimizer", optimizer)
+        return sum(u.get(id(inner)) is False for u in self.updates)
+
+    def scale_after_each_update(self, init_scale: float) -> list[float]:
+        """What GradScaler's rule (halve on any inf, no growth within the interval) gives after each update."""
+        scales, s = [], init_scale
+        for u in self.updates:
+            s = s / 2 if any(u.values()) else s
+            scales.append(s)
+        return scales
 
     @property
     def accelerator(self):
@@ -42,6 +58,15 @@ def install(monkeypatch, init_scale: float = 2.0 ** 16, growth_interval: int = 2
         if acc.mixed_precision == "fp16":
             acc.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=growth_interval)
             acc.native_amp = True
+            update = acc.scaler.update
+
+            def recording_update(new_scale=None, scaler=acc.scaler):
+                made.updates.append({k: bool(sum(v.item() for v in st["found_inf_per_device"].values()))
+                                     for k, st in scaler._per_optimizer_states.items()
+                                     if st["found_inf_per_device"]})
+                return update(new_scale)
+
+            acc.scaler.update = recording_update
         prepare = acc.prepare
 
         def recording_prepare(*objects, **kw):

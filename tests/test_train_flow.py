@@ -177,10 +177,14 @@ def test_parts_thirty_steps_lower_the_loss(parts_run):
     assert all("d_loss" in h and "rec" not in g for h, g in zip(hist[15:], hist[:15]))
     sam0, sam1 = early_late([h["sam"] for h in hist[:15]], 3)
     rec0, rec1 = early_late([h["rec"] for h in hist[15:]], 3)
-    obj0, obj1 = early_late([h["loss"] - 2.0 * h["adv"] for h in hist[15:]], 3)  # eq 10 without the GAN game
+    per0, per1 = early_late([h["per"] for h in hist[15:]], 3)
     print(f"parts: stage 1 L_sam {sam0:.3f} -> {sam1:.3f}; stage 2 L_rec {rec0:.3f} -> {rec1:.3f}, "
-          f"eq 10 - L_adv {obj0:.3f} -> {obj1:.3f}")
-    assert sam1 < 0.85 * sam0 and rec1 < 0.8 * rec0 and obj1 < obj0
+          f"L_per {per0:.3f} -> {per1:.3f}")
+    # Stage 2 checks the terms G regresses on directly. Eq 10 as a whole is not asserted to fall in 15 steps: besides
+    # the GAN game it keeps lambda_sam * L_sam, which end-to-end training trades against L_rec and L_per, and that
+    # term's late/early ratio depends on the last bits of the CPU kernels (0.93-1.16 over three instruction sets
+    # on one machine; eq 10 - L_adv rose 2.850 -> 2.902 on another), while L_rec and L_per fell to 0.67-0.68.
+    assert sam1 < 0.85 * sam0 and rec1 < 0.8 * rec0 and per1 < 0.85 * per0
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-30"]  # --checkpoint-every 0: the end
     assert train_flow.detect_model_kind(out / "model") == "parts"
     assert train_flow.detect_model_kind(out / train_flow.SINGLE_FILE) == "parts"

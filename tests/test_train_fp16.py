@@ -128,30 +128,48 @@ def _flow(root, out, model, steps, *extra):
                                                             "--mixed-precision", "fp16", *extra)))
 
 
+def adam_steps(opt) -> int:
+    """Adam's own step counter (the same for every parameter it has stepped; 0 before its first step)."""
+    counts = {int(st["step"]) for st in opt.optimizer.state.values()}
+    assert len(counts) <= 1, counts
+    return counts.pop() if counts else 0
+
+
+def check_scaler_bookkeeping(made, history, init_scale):
+    """What holds whatever the float16 numbers: one GradScaler.update() per optimisation step; the logged scale
+    halves exactly after the steps in which some optimizer found inf/NaN gradients; each optimizer stepped (Adam's
+    counter) exactly in the updates where its own gradients were finite."""
+    assert len(made.updates) == len(history), "one update() per optimisation step"
+    assert scales(history) == made.scale_after_each_update(init_scale)
+    for opt in made.accelerator._optimizers:
+        assert adam_steps(opt) == made.stepped(opt)
+    for module, _ in made.initial:
+        assert fp16_cpu.all_finite(module)
+
+
 def test_train_flow_parts_fp16_trains_and_skips_per_optimizer(gfla4, tmp_path, monkeypatch):
+    """Whether a given step overflows at a given scale depends on the last bits of CPU float16 kernels (an
+    environment with other kernels saw scales [4, 4, 4, 2] where this one sees [4, 4, 4, 4]), so the test checks
+    the scaler's bookkeeping against the overflows that really happened, not a list of scales."""
     parts = (*PARTS, "--stage1-steps", "1")
     made = fp16_cpu.install(monkeypatch, init_scale=4.0)
     res = _flow(gfla4, tmp_path / "a", "parts", 4, *parts)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in res["history"])
     assert all(torch.isfinite(torch.tensor(r["d_loss"])) for r in res["history"][1:])
-    assert scales(res["history"]) == [4.0] * 4                                  # no overflow at scale 4
+    check_scaler_bookkeeping(made, res["history"], 4.0)
     assert all(n > 0 for n in states(made))                                      # stage 1, G and D all stepped
     for module, before in made.initial:
-        assert fp16_cpu.changed(module, before) > 0 and fp16_cpu.all_finite(module)
+        assert fp16_cpu.changed(module, before) > 0
     records = [json.loads(line) for line in (tmp_path / "a" / train_flow.LOG_JSONL).read_text().splitlines()]
-    assert [r["loss_scale"] for r in records] == [4.0] * 4
+    assert [r["loss_scale"] for r in records] == scales(res["history"])
 
-    # From scale 4096 (numbers of this tiny seeded run): stage 1 steps; in stage 2 the generator's gradients
-    # overflow every step and the discriminator's do not, so G never steps, D does, and the scale halves once
-    # per optimisation step (one update() for both optimisers).
+    # From scale 4096 the generator's float16 gradients overflow (in this run: in every stage-2 step, while the
+    # discriminator's do not): skipped steps leave that optimizer's state alone, the other one still steps.
     made = fp16_cpu.install(monkeypatch, init_scale=4096.0)
     res = _flow(gfla4, tmp_path / "b", "parts", 4, *parts)
-    assert scales(res["history"]) == [4096.0, 2048.0, 1024.0, 512.0]
-    opt1, opt_g, opt_d = made.accelerator._optimizers
-    assert len(opt1.optimizer.state) > 0 and len(opt_g.optimizer.state) == 0 and len(opt_d.optimizer.state) > 0
-    assert (opt_g.step_was_skipped, opt_d.step_was_skipped) == (True, False)
+    check_scaler_bookkeeping(made, res["history"], 4096.0)
+    assert any(any(u.values()) for u in made.updates)                            # the skip path ran
     net, disc = (m for m, _ in made.initial)
-    assert fp16_cpu.changed(disc, made.initial[1][1]) == len(made.initial[1][1])
     assert fp16_cpu.all_finite(net) and fp16_cpu.all_finite(disc)
 
 
