@@ -95,21 +95,33 @@ print(transformers.__version__, huggingface_hub.__version__, diffusers.__version
     assert int(n_nodes) > 10
 
 
-@pytest.mark.parametrize("env_file,pip_version", [("v0.3.64.txt", None), ("v0.3.64.txt", "26.3"),
-                                                    ("2026-12.txt", None)])
-def test_pip_plans_to_move_nothing(tmp_path, env_file, pip_version):
-    """pip's plan (``--dry-run``) for requirements.txt on a venv holding just the pinned distributions: with the
-    venv's own pip and with a current one, for ComfyUI's packages of October 2025 and of today (transformers 5.25
-    needs huggingface_hub >= 2.4: nothing may be downgraded to suit us either)."""
+@pytest.mark.parametrize("env_file,installer", [("v0.3.64.txt", "pip"), ("v0.3.64.txt", "pip==26.3"),
+                                                  ("v0.3.64.txt", "uv"), ("2026-12.txt", "pip")])
+def test_installers_plan_to_move_nothing(tmp_path, env_file, installer):
+    """The installer's plan (``--dry-run``) for requirements.txt on a venv holding just the pinned distributions:
+    with the venv's own pip, a current pip and uv (ComfyUI-Manager can use either), for ComfyUI's packages of
+    October 2025 and of today (transformers 5.25 needs huggingface_hub >= 2.4: nothing may be downgraded to suit
+    us either)."""
     before = pins(env_file)
     python = venv_with(tmp_path, {k: v for k, v in before.items() if k != "torch"}, no_deps=True)
-    if pip_version:
-        pip(python, "install", f"pip=={pip_version}")
-    report = tmp_path / "report.json"
-    pip(python, "install", "--dry-run", "--report", str(report), "-r", str(ROOT / "requirements.txt"),
-        f"torch=={before['torch']}")
-    planned = {canonical(i["metadata"]["name"]): i["metadata"]["version"]
-               for i in json.loads(report.read_text())["install"]}
+    request = ["-r", str(ROOT / "requirements.txt"), f"torch=={before['torch']}"]
+    if installer == "uv":
+        pip(python, "install", "uv")
+        # uv reads no pip configuration (the local torch file): it plans against the public release's metadata
+        request[-1] = f"torch=={before['torch'].split('+')[0]}"
+        out = subprocess.run([str(python.parent / "uv"), "pip", "install", "--python", str(python), "--dry-run",
+                              *request], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        planned = dict(line.strip()[2:].split("==", 1) for line in out.stderr.splitlines()
+                       if line.strip().startswith("+ ") and "==" in line)
+        planned = {canonical(k): v for k, v in planned.items()}
+    else:
+        if installer != "pip":
+            pip(python, "install", installer)
+        report = tmp_path / "report.json"
+        pip(python, "install", "--dry-run", "--report", str(report), *request)
+        planned = {canonical(i["metadata"]["name"]): i["metadata"]["version"]
+                   for i in json.loads(report.read_text())["install"]}
     moved = {k: (before[k], v) for k, v in planned.items() if k in before and k != "torch" and v != before[k]}
-    assert not moved, f"pip would move (before, planned): {moved}"
+    assert not moved, f"{installer} would move (before, planned): {moved}"
     assert "diffusers" in planned
