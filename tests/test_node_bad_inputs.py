@@ -95,7 +95,7 @@ def test_pose_nodes_pinned_errors():
     with pytest.raises(ValueError, match=r"pose_keypoint\[0\].*keypoint 0 is not finite"):
         pose_nodes.PoseTransferRenderPose().render(
             [{"people": [{"pose_keypoints_2d": [NAN] * 54}], "canvas_width": 8, "canvas_height": 8}])
-    with pytest.raises(ValueError, match="pose_keypoint: canvas 1000000x8 is larger than 16384 px"):  # not a 30 TB image
+    with pytest.raises(ValueError, match=r"pose_keypoint\[0\]: canvas 1000000x8 is larger than the 16384 px"):  # not a 30 TB image
         pose_nodes.PoseTransferRenderPose().render([{"people": [], "canvas_width": 1000000, "canvas_height": 8}])
     with pytest.raises(ValueError, match="pose_json: canvas width: expected a positive integer"):
         pose_nodes.PoseTransferLoadPose().load("(none)", '{"people": [], "canvas_width": 0, "canvas_height": 4}')
