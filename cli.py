@@ -174,7 +174,8 @@ def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs
     frames = iter_flow_warp([source], [source_pose], list(target_poses), options, estimator=estimator, names=names)
     writer = _FrameWriter(n, echo)
     try:
-        for i, r in enumerate(frames):
+        for i in range(n):  # not enumerate(frames): its cached tuple would keep the last frame alive
+            r = next(frames)
             image = _chw_to_hwc(r.image)
             mask = (1.0 - r.visibility).detach().cpu().numpy().astype(np.float32)  # white = to generate
             files = [_encoded(_numbered(outputs.out, i, n), image)]

@@ -8,6 +8,7 @@ RGB values are kept as stored.
 from __future__ import annotations
 
 import os
+import re
 
 import cv2
 import numpy as np
@@ -59,8 +60,11 @@ def _check_header_size(path: str) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 size = im.size
-    except Image.DecompressionBombError as exc:  # PIL's own limit (179 Mpx) is beyond ours
-        raise ValueError(f"{what}: {exc}; this package accepts at most {MAX_PIXELS // 2**20} Mpx") from None
+    except Image.DecompressionBombError as exc:  # beyond PIL's own limit (179 Mpx), so beyond ours
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{found.group(1)} pixels" if found else "more than 179 Mpx"
+        raise ValueError(f"{what}: {size} is larger than the {MAX_PIXELS // 2**20} Mpx in all this package "
+                         f"accepts (memory); resize it first") from None
     except Exception:  # noqa: BLE001 - not a format PIL knows (or not an image): OpenCV decides
         return
     check_canvas_size(*size, what)

@@ -186,7 +186,8 @@ class PoseTransferFlowWarp:
         used = []
         bar = bridge.ProgressBar(total)
         bridge.check_interrupt()
-        for i, r in enumerate(frames):
+        for i in range(total):  # not enumerate(frames): its cached tuple would keep the last frame alive
+            r = next(frames)
             if tuple(r.image.shape[-2:]) != (height, width):
                 raise ValueError(f"target_pose[{i}]: output size {r.image.shape[-1]}x{r.image.shape[-2]} differs "
                                  f"from the batch's {width}x{height}; all frames of one batch need one canvas"
