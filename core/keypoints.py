@@ -68,8 +68,8 @@ FACE_FLIP_PERMUTATION: tuple[int, ...] = _face_flip_permutation()
 # The largest canvas (of a pose or an image) any entry point accepts: checked on the width and height alone,
 # before anything of that size is allocated. MAX_SIDE is ComfyUI's MAX_RESOLUTION (no ComfyUI image is longer).
 # MAX_PIXELS (64 Mpx) holds 8K UHD (33 Mpx) and the photos of 61 Mpx cameras, yet bounds the memory: FlowWarp
-# needs about 320 bytes per pixel (README, Benchmark), so ~21 GB at the cap, where a 16384 x 16384 canvas would
-# need 86 GB (a 20000 x 20000 pose grew a ComfyUI server past 24 GB before it was killed).
+# peaked at about 200-270 bytes per pixel (1 and 4 Mpx, GrabCut), so 13-18 GB at the cap, where a 16384 x 16384
+# canvas would need 55-70 GB (a 20000 x 20000 pose grew a ComfyUI server past 24 GB before it was killed).
 MAX_SIDE = 16384
 MAX_PIXELS = 64 * 2**20
 # A present joint may lie off the canvas (a hand outside a cropped photo, a retargeted limb), but no further
