@@ -192,6 +192,7 @@ def tensor_to_mask(tensor, what: str = "mask") -> np.ndarray:
         raise ValueError(f"{what}: expected a non-empty MASK, got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise ValueError(f"{what}: expected a float MASK in 0..1, got dtype {tensor.dtype}")
+    check_canvas_size(int(tensor.shape[2]), int(tensor.shape[1]), what)
     return np.ascontiguousarray(_to_unit_float(tensor.detach().float().cpu().numpy(), what))
 
 
