@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +56,7 @@ def _read_poses(path: str, flag: str, default_size: tuple[int, int] | None = Non
     from .core.pose_io import read_openpose_json
 
     _existing(path, flag)
-    try:
-        poses = read_openpose_json(path, default_size=default_size)
-    except UnicodeDecodeError:
-        raise CLIError(f"{flag}: {path}: expected OpenPose JSON text, got binary data") from None
+    poses = read_openpose_json(path, default_size=default_size, what=f"{flag}: {path}")
     if not poses:
         raise CLIError(f"{flag}: {path}: expected at least one frame, got an empty list")
     return poses
@@ -72,13 +70,53 @@ def _numbered(path: str | None, index: int, count: int) -> str | None:
     return f"{stem}_{index:04d}{ext or '.png'}"
 
 
-def _save(path: str, image) -> str:
-    from .core.images import save_image
+def _write_files(files: Sequence[tuple[str, np.ndarray]]) -> list[str]:
+    """Write ``(path, encoded bytes)`` pairs all or none: each goes to a temporary name beside its path, and
+    the names are switched only once every file is written. Returns the paths."""
+    temps: list[str] = []
+    try:
+        for path, data in files:
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".posetransfer-", suffix=os.path.splitext(path)[1], dir=parent)
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.tobytes())
+        for (path, _), tmp in zip(files, temps):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return [path for path, _ in files]
 
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    save_image(path, image)
-    return path
+
+def _encoded(path: str, image) -> tuple[str, np.ndarray]:
+    from .core.images import encode_image
+
+    return path, encode_image(path, image)
+
+
+class _FrameWriter:
+    """Writes a sequence's frames as they are made (each frame's files all or none) and, when a later frame
+    fails, says which frames are already on disk: the error line ends with them."""
+
+    def __init__(self, count: int, echo: bool = True):
+        self.count, self.echo, self.done, self.paths = count, echo, 0, []
+
+    def write(self, files: Sequence[tuple[str, np.ndarray]]) -> None:
+        for path in _write_files(files):
+            if self.echo:
+                print(path, flush=True)
+            self.paths.append(path)
+        self.done += 1
+
+    def failed(self, exc: Exception) -> CLIError:
+        msg = str(exc) or type(exc).__name__
+        if self.done:
+            msg += (f"; frames 0 to {self.done - 1} of {self.count} were written ({self.paths[0]} ... "
+                    f"{self.paths[-1]}), the other {self.count - self.done} were not")
+        return CLIError(msg)
 
 
 def _chw_to_hwc(t) -> np.ndarray:
@@ -120,29 +158,40 @@ class TransferOutputs:
 
 
 def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs: TransferOutputs,
-                 estimator=None) -> list[str]:
-    """FlowWarp ``source`` into each target pose; write the result (and the optional pictures).
-    ``estimator``: a learned flow model (with ``options.method == "model"``). Returns the paths written, in order."""
+                 estimator=None, names: tuple[str, str] = ("source_pose", "target_pose"), echo: bool = True
+                 ) -> list[str]:
+    """FlowWarp ``source`` into each target pose; write the result (and the optional pictures) frame by frame
+    as each is made (a long pose sequence is never held in memory). Every input is checked before the first
+    frame; each frame's files are written all or none. ``estimator``: a learned flow model (with
+    ``options.method == "model"``); ``names`` label the poses in error messages; ``echo`` prints each path
+    once written. Returns the paths written, in order; a failure after some frames raises a
+    :class:`CLIError` that lists them."""
     from .core.flow import flow_to_color
-    from .core.flowwarp import flow_warp
+    from .core.flowwarp import iter_flow_warp
     from .core.render import render_skeleton
 
-    results = flow_warp([source], [source_pose], list(target_poses), options, estimator=estimator)
-    written = []
-    n = len(results)
-    for i, r in enumerate(results):
-        image = _chw_to_hwc(r.image)
-        mask = (1.0 - r.visibility).detach().cpu().numpy().astype(np.float32)  # white = to generate
-        written.append(_save(_numbered(outputs.out, i, n), image))
-        if outputs.mask_out:
-            written.append(_save(_numbered(outputs.mask_out, i, n), mask))
-        if outputs.flow_out:
-            written.append(_save(_numbered(outputs.flow_out, i, n), _chw_to_hwc(flow_to_color(r.flow[None])[0])))
-        if outputs.panel_out:
-            skeleton = render_skeleton(r.target_pose)
-            panel = make_panel([source, skeleton, image, mask])
-            written.append(_save(_numbered(outputs.panel_out, i, n), panel))
-    return written
+    n = len(target_poses)
+    frames = iter_flow_warp([source], [source_pose], list(target_poses), options, estimator=estimator, names=names)
+    writer = _FrameWriter(n, echo)
+    try:
+        for i in range(n):  # not enumerate(frames): its cached tuple would keep the last frame alive
+            r = next(frames)
+            image = _chw_to_hwc(r.image)
+            mask = (1.0 - r.visibility).detach().cpu().numpy().astype(np.float32)  # white = to generate
+            files = [_encoded(_numbered(outputs.out, i, n), image)]
+            if outputs.mask_out:
+                files.append(_encoded(_numbered(outputs.mask_out, i, n), mask))
+            if outputs.flow_out:
+                flow = _chw_to_hwc(flow_to_color(r.flow[None])[0])
+                files.append(_encoded(_numbered(outputs.flow_out, i, n), flow))
+            if outputs.panel_out:
+                panel = make_panel([source, render_skeleton(r.target_pose), image, mask])
+                files.append(_encoded(_numbered(outputs.panel_out, i, n), panel))
+            del r, image, mask
+            writer.write(files)
+    except (ValueError, OSError, cv2.error) as exc:
+        raise writer.failed(exc) from None
+    return writer.paths
 
 
 # ------------------------------------------------------------------------------------------- subcommands
@@ -191,6 +240,10 @@ def _cmd_transfer(args) -> int:
     if (args.source_pose is None or args.target_pose is None) and args.detector is None:
         raise CLIError("--detector: a pose model is needed to detect the poses not given as files "
                        "(--source-pose / --target-pose)")
+    for flag in ("source_person", "target_person"):  # -1 would silently pick the last person
+        if getattr(args, flag) < 0:
+            raise CLIError(f"--{flag.replace('_', '-')}: expected a person index 0 or more (0 = first person), "
+                           f"got {getattr(args, flag)}")
     estimator = _load_flow_model(args.method, args.model)
     source = load_image(src_path)
     size = source.shape[:2]
@@ -210,11 +263,11 @@ def _cmd_transfer(args) -> int:
                               segmentation=args.segmentation, background=args.background,
                               fill=args.fill, retarget=args.retarget, anchor=args.anchor,
                               source_person=args.source_person, target_person=args.target_person)
+    names = (f"--source-pose {args.source_pose}: frame" if args.source_pose else "detected source pose",
+             f"--target-pose {args.target_pose}: frame" if args.target_pose else "detected target pose")
     t0 = time.perf_counter()
-    written = run_transfer(source, source_poses[0], target_poses, options,
-                           TransferOutputs(args.out, args.mask_out, args.flow_out, args.panel_out), estimator)
-    for path in written:
-        print(path)
+    run_transfer(source, source_poses[0], target_poses, options,
+                 TransferOutputs(args.out, args.mask_out, args.flow_out, args.panel_out), estimator, names)
     print(f"{len(target_poses)} frame(s) in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return 0
 
@@ -255,7 +308,7 @@ def _cmd_demo(args) -> int:
         base = out_dir / case.name
         written = run_transfer(source, source_pose, target_poses, options,
                                TransferOutputs(f"{base}.png", f"{base}_mask.png", f"{base}_flow.png",
-                                               f"{base}_panel.png"))
+                                               f"{base}_panel.png"), echo=False)
         label = f"{case.source} -> {case.target}'s pose" + (" (retargeted)" if case.retarget else "")
         print(f"{label}: {time.perf_counter() - t0:.2f} s")
         for path in written:
@@ -280,6 +333,11 @@ def _cmd_detect(args) -> int:
     from .core.detect import detect_pose_file
 
     _existing(args.image, "IMG")
+    if args.detector is None:
+        raise CLIError("--detector: required: a DWPose / RTMPose ONNX keypoint model (e.g. dw-ll_ucoco_384.onnx) "
+                       "or 'mediapipe'")
+    if os.path.isdir(args.out):
+        raise CLIError(f"--out: {args.out} is a folder; expected a .json file name")
     pose = detect_pose_file(args.image, args.out, _build_detector(args), whole_image=args.person_detector is None)
     n = len(pose.people)
     print(f"{n} {'person' if n == 1 else 'people'} -> {args.out}")
@@ -326,9 +384,13 @@ def _cmd_render_pose(args) -> int:
     from .core.render import render_skeleton
 
     _writable(args.out, "--out")
-    poses = _read_poses(args.pose, "POSE")
-    for i, pose in enumerate(poses):
-        print(_save(_numbered(args.out, i, len(poses)), render_skeleton(pose)))
+    poses = _read_poses(args.pose, "POSE")  # every frame checked (canvas size, joints) before the first is drawn
+    writer = _FrameWriter(len(poses))
+    try:
+        for i, pose in enumerate(poses):
+            writer.write([_encoded(_numbered(args.out, i, len(poses)), render_skeleton(pose))])
+    except (ValueError, OSError, cv2.error) as exc:
+        raise writer.failed(exc) from None
     return 0
 
 

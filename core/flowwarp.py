@@ -17,7 +17,7 @@ the source background:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .flow import base_coords, coords_to_flow, warp
 from .inpaint import INPAINT_METHODS, fill_holes
-from .keypoints import Person, Pose
+from .keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
 from .part_flow import label_boxes, part_flow
 from .parts import DEFAULT_DEPTH_ORDER
 from .retarget import ANCHORS, retarget_pose
@@ -65,6 +65,10 @@ class FlowWarpOptions:
                               ("background", BACKGROUNDS), ("fill", INPAINT_METHODS), ("anchor", ANCHORS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("source_person", "target_person"):  # -1 must not silently pick the last person
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name}: expected a person index 0 or more (0 = first person), got {value!r}")
 
 
 @dataclass
@@ -108,6 +112,7 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
     """Segment the source person, label its parts and build the background (see module doc)."""
     image = _check_image(image, f"{what} image")
     h, w = image.shape[:2]
+    check_canvas_size(w, h, f"{what} image")
     if (pose.height, pose.width) != (h, w):
         raise ValueError(f"{what} pose: canvas {pose.width}x{pose.height} does not match the {what} image "
                          f"{w}x{h}; the pose must be detected on this image (or resized with it)")
@@ -179,6 +184,10 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
 
     pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes)
     body = (pf.person > 0) | pf.hole
+    if not body.any():  # else a picture with the person erased, silently
+        raise ValueError(f"{what}: no body part of the person could be placed on the {size[1]}x{size[0]} canvas "
+                         f"(it needs both ends of a limb, the torso's or a face joint, on or near the canvas, "
+                         f"that the source pose also has)")
     coords = torch.where(body, pf.coords, bg_coords)
     person_img = _sample(source.image, coords)
     alpha = pf.person
@@ -213,27 +222,65 @@ def _feather(alpha: torch.Tensor) -> torch.Tensor:
     return torch.maximum(a[0, 0], torch.where(alpha >= 1, alpha, torch.zeros_like(alpha))).clamp(0, 1)
 
 
-def flow_warp(images: Sequence[np.ndarray], source_poses: Sequence[Pose], target_poses: Sequence[Pose],
-              options: FlowWarpOptions = FlowWarpOptions(), estimator: FlowEstimator | None = None,
-              progress=None) -> list[FlowWarpResult]:
-    """Batch FlowWarp: N images with N source and N target poses, or 1 image (and 1 source pose) with N
-    target poses (a pose sequence -> N frames). ``progress(i, n)`` is called after each frame."""
+def _check_inputs(images, source_poses, target_poses, options: FlowWarpOptions,
+                  names: tuple[str, str]) -> None:
+    """Every check that needs no warping, for all frames at once: a bad last frame fails before the first is
+    made. ``names``: the labels of the source and target poses in the messages (``name[i]``)."""
     n_img, n_src, n_tgt = len(images), len(source_poses), len(target_poses)
     if n_img == 0 or n_tgt == 0:
         raise ValueError(f"expected at least one source image and one target pose, got {n_img} images and "
                          f"{n_tgt} target poses")
     if n_src != n_img:
-        raise ValueError(f"source_pose: expected one pose frame per source image ({n_img}), got {n_src}")
+        raise ValueError(f"{names[0]}: expected one pose frame per source image ({n_img}), got {n_src}")
     if n_img not in (1, n_tgt):
         raise ValueError(f"batch mismatch: {n_img} source images and {n_tgt} target poses; expected N images "
                          f"with N target poses, or 1 image with N target poses")
-    prepared: list[PreparedSource] = []
+    for j, image in enumerate(images):
+        shape = getattr(image, "shape", None)
+        if shape is None or len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"source[{j}] image: expected an RGB image array (H, W, 3) in 0..1, got "
+                             f"{shape if shape is not None else type(image).__name__}")
+        check_canvas_size(int(shape[1]), int(shape[0]), f"source[{j}] image")
+    for kind, index, poses in ((names[0], options.source_person, source_poses),
+                               (names[1], options.target_person, target_poses)):
+        for i, pose in enumerate(poses):
+            what = f"{kind}[{i}]"
+            if not isinstance(pose, Pose):
+                raise ValueError(f"{what}: expected a Pose, got {type(pose).__name__}")
+            check_joints(pose, what)
+            check_has_pose(pose.person(index, what), f"{what}, person {index}")
+
+
+def iter_flow_warp(images: Sequence[np.ndarray], source_poses: Sequence[Pose], target_poses: Sequence[Pose],
+                   options: FlowWarpOptions = FlowWarpOptions(), estimator: FlowEstimator | None = None,
+                   names: tuple[str, str] = ("source_pose", "target_pose")) -> Iterator[FlowWarpResult]:
+    """:func:`flow_warp` one frame at a time: checks every input now (before any frame), then returns an
+    iterator that makes each frame only when asked and keeps none, so a long pose sequence never sits in
+    memory whole. ``names`` label the source and target poses in error messages."""
+    _check_inputs(images, source_poses, target_poses, options, names)
+    return _frames(images, source_poses, target_poses, options, estimator, names)
+
+
+def _frames(images, source_poses, target_poses, options, estimator, names) -> Iterator[FlowWarpResult]:
+    prepared: dict[int, PreparedSource] = {}
+    for i, target in enumerate(target_poses):
+        j = 0 if len(images) == 1 else i
+        if j not in prepared:
+            if len(images) > 1:
+                prepared.clear()  # N images with N poses: each source serves one frame
+            prepared[j] = prepare_source(images[j], source_poses[j], options, what=f"source[{j}]")
+        yield warp_prepared(prepared[j], target, options, estimator, what=f"{names[1]}[{i}]")
+
+
+def flow_warp(images: Sequence[np.ndarray], source_poses: Sequence[Pose], target_poses: Sequence[Pose],
+              options: FlowWarpOptions = FlowWarpOptions(), estimator: FlowEstimator | None = None,
+              progress=None) -> list[FlowWarpResult]:
+    """Batch FlowWarp: N images with N source and N target poses, or 1 image (and 1 source pose) with N
+    target poses (a pose sequence -> N frames). ``progress(i, n)`` is called after each frame. Every input is
+    checked before the first frame (:func:`iter_flow_warp`, which also streams the frames)."""
     results = []
-    for i in range(n_tgt):
-        j = 0 if n_img == 1 else i
-        if len(prepared) <= j:
-            prepared.append(prepare_source(images[j], source_poses[j], options, what=f"source[{j}]"))
-        results.append(warp_prepared(prepared[j], target_poses[i], options, estimator, what=f"target_pose[{i}]"))
+    for result in iter_flow_warp(images, source_poses, target_poses, options, estimator):
+        results.append(result)
         if progress is not None:
-            progress(i + 1, n_tgt)
+            progress(len(results), len(target_poses))
     return results

@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .keypoints import FACE_FLIP_PERMUTATION, FLIP_PERMUTATION, NUM_FACE, NUM_JOINTS, Person, Pose
+from .keypoints import FACE_FLIP_PERMUTATION, FLIP_PERMUTATION, NUM_FACE, NUM_JOINTS, Person, Pose, check_canvas_size
 
 INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "area", "nearest")
 _CV2_FLAGS = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}
@@ -93,6 +93,7 @@ def resize(image: np.ndarray | None, pose: Pose | None, width: int, height: int,
     rule, i.e. cv2's INTER_NEAREST_EXACT). Keypoints map by ``x -> (x + 0.5) * width / W - 0.5`` (same for y).
     """
     width, height = _positive_int(width, "width"), _positive_int(height, "height")
+    check_canvas_size(width, height, "resize")
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation: expected one of {INTERPOLATIONS}, got {interpolation!r}")
     h, w = _check(image, pose)
@@ -132,6 +133,7 @@ def pad(image: np.ndarray | None, pose: Pose | None, left: int, top: int, right:
     left, top = _positive_int(left, "left", 0), _positive_int(top, "top", 0)
     right, bottom = _positive_int(right, "right", 0), _positive_int(bottom, "bottom", 0)
     h, w = _check(image, pose)
+    check_canvas_size(w + left + right, h + top + bottom, "pad")
     if image is not None:
         out = np.empty((h + top + bottom, w + left + right) + image.shape[2:], image.dtype)
         out[...] = value

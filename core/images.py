@@ -8,10 +8,13 @@ RGB values are kept as stored.
 from __future__ import annotations
 
 import os
+import re
 
 import cv2
 import numpy as np
 import torch
+
+from .keypoints import MAX_PIXELS, check_canvas_size
 
 _TOLERANCE = 1e-2  # float values this far outside 0..1 are clipped; further out is an error
 
@@ -44,9 +47,36 @@ def _rgb(arr: np.ndarray, what: str) -> np.ndarray:
     return np.repeat(arr, 3, axis=-1) if c == 1 else arr[..., :3]
 
 
+def _check_header_size(path: str) -> None:
+    """Refuse an image too large for :func:`~.keypoints.check_canvas_size` from its header alone (PIL opens
+    lazily); formats PIL does not know are left to OpenCV."""
+    import warnings
+
+    from PIL import Image
+
+    what = f"image file {path!r}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size = im.size
+    except Image.DecompressionBombError as exc:  # beyond PIL's own limit (179 Mpx), so beyond ours
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{found.group(1)} pixels" if found else "more than 179 Mpx"
+        raise ValueError(f"{what}: {size} is larger than the {MAX_PIXELS // 2**20} Mpx in all this package "
+                         f"accepts (memory); resize it first") from None
+    except Exception:  # noqa: BLE001 - not a format PIL knows (or not an image): OpenCV decides
+        return
+    check_canvas_size(*size, what)
+
+
 def load_image(path) -> np.ndarray:
-    """Read an image file -> float32 ``(H, W, 3)`` RGB in 0..1. Grey is repeated to RGB; alpha is dropped."""
+    """Read an image file -> float32 ``(H, W, 3)`` RGB in 0..1. Grey is repeated to RGB; alpha is dropped.
+    Images beyond :data:`~.keypoints.MAX_SIDE` / :data:`~.keypoints.MAX_PIXELS` are refused from their header,
+    before decoding."""
     path = os.fspath(path)
+    if os.path.isfile(path):
+        _check_header_size(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode also reads non-ASCII paths on Windows
     except OSError as exc:
@@ -64,6 +94,13 @@ def save_image(path, image) -> None:
     """Write an RGB image (float 0..1 or uint8; ``(H, W)``, ``(H, W, 1|3|4)``); the format follows the
     extension. Alpha is dropped."""
     path = os.fspath(path)
+    encode_image(path, image).tofile(path)
+
+
+def encode_image(path, image) -> np.ndarray:
+    """The bytes :func:`save_image` would write to ``path`` (format from its extension), as a uint8 array;
+    nothing is written."""
+    path = os.fspath(path)
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -75,7 +112,7 @@ def save_image(path, image) -> None:
     ok, buf = cv2.imencode(os.path.splitext(path)[1] or ".png", np.ascontiguousarray(arr[..., ::-1]))
     if not ok:
         raise ValueError(f"path: cannot encode an image for {path!r}; expected an extension such as .png")
-    buf.tofile(path)
+    return buf
 
 
 def images_to_tensor(images, what: str = "images") -> torch.Tensor:
@@ -117,6 +154,7 @@ def tensor_to_images(tensor, what: str = "image") -> np.ndarray:
         raise ValueError(f"{what}: expected a non-empty IMAGE, got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise ValueError(f"{what}: expected a float IMAGE in 0..1, got dtype {tensor.dtype}")
+    check_canvas_size(int(tensor.shape[2]), int(tensor.shape[1]), what)
     arr = _rgb(tensor.detach().float().cpu().numpy(), what)
     return np.ascontiguousarray(_to_unit_float(arr, what))
 
@@ -154,7 +192,8 @@ def tensor_to_mask(tensor, what: str = "mask") -> np.ndarray:
         raise ValueError(f"{what}: expected a non-empty MASK, got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
         raise ValueError(f"{what}: expected a float MASK in 0..1, got dtype {tensor.dtype}")
+    check_canvas_size(int(tensor.shape[2]), int(tensor.shape[1]), what)
     return np.ascontiguousarray(_to_unit_float(tensor.detach().float().cpu().numpy(), what))
 
 
-__all__ = ["load_image", "save_image", "images_to_tensor", "tensor_to_images", "mask_to_tensor", "tensor_to_mask"]
+__all__ = ["load_image", "save_image", "encode_image", "images_to_tensor", "tensor_to_images", "mask_to_tensor", "tensor_to_mask"]

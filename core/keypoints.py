@@ -65,6 +65,26 @@ def _face_flip_permutation() -> tuple[int, ...]:
 
 FACE_FLIP_PERMUTATION: tuple[int, ...] = _face_flip_permutation()
 
+# The largest canvas (of a pose or an image) any entry point accepts: checked on the width and height alone,
+# before anything of that size is allocated. MAX_SIDE is ComfyUI's MAX_RESOLUTION (no ComfyUI image is longer).
+# MAX_PIXELS (64 Mpx) holds 8K UHD (33 Mpx) and the photos of 61 Mpx cameras, yet bounds the memory: FlowWarp
+# peaked at about 200-270 bytes per pixel (1 and 4 Mpx, GrabCut), so 13-18 GB at the cap, where a 16384 x 16384
+# canvas would need 55-70 GB (a 20000 x 20000 pose grew a ComfyUI server past 24 GB before it was killed).
+MAX_SIDE = 16384
+MAX_PIXELS = 64 * 2**20
+# A present joint may lie off the canvas (a hand outside a cropped photo, a retargeted limb), but no further
+# than this many canvas widths / heights from it: beyond that it is a corrupt value (1e12, 1e300) that would
+# overflow the drawing code or make the part transforms singular.
+MAX_OFF_CANVAS = 4
+
+
+def check_canvas_size(width: int, height: int, what: str = "") -> None:
+    """ValueError (naming ``what`` when given) when a ``width`` x ``height`` canvas exceeds :data:`MAX_SIDE` per
+    side or :data:`MAX_PIXELS` in all (cheap: nothing is allocated)."""
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ValueError(f"{what + ': ' if what else ''}canvas {width}x{height} is larger than the {MAX_SIDE} px per side and "
+                         f"{MAX_PIXELS // 2**20} Mpx in all this package accepts (memory); resize it first")
+
 
 def _as_keypoint_array(value, count: int | None, what: str) -> np.ndarray:
     """Flat ``[x, y, c, ...]`` or ``(count, 3)`` -> float64 ``(count, 3)``; a ValueError names ``what``.
@@ -191,6 +211,7 @@ class Pose:
                     or int(v) != v or v <= 0:
                 raise ValueError(f"canvas {name}: expected a positive integer number of pixels, got {v!r}")
             setattr(self, name, int(v))
+        check_canvas_size(self.width, self.height)
         if not isinstance(self.people, list) or not all(isinstance(p, Person) for p in self.people):
             raise ValueError(f"people: expected a list of Person, got {type(self.people).__name__}")
 
@@ -211,9 +232,48 @@ class Pose:
         """The ``index``-th person, with a clear error when there is none."""
         if not self.people:
             raise ValueError(f"{what}: expected at least one person, got a frame with no people")
-        if not -len(self.people) <= index < len(self.people):
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+            raise ValueError(f"{what}: expected a person index 0 or more (0 = first person), got {index!r}")
+        if index >= len(self.people):
             raise ValueError(f"{what}: person index {index} out of range, the frame has {len(self.people)} people")
         return self.people[index]
+
+
+def _point_name(part: str, i: int) -> str:
+    return f"joint {i} ({JOINT_NAMES[i]})" if part == "body" else f"{part} point {i}"
+
+
+def check_joints(pose: Pose, what: str) -> None:
+    """ValueError naming ``what``, the person and the joint when a present keypoint (body, face or hands) lies
+    more than :data:`MAX_OFF_CANVAS` canvas sizes off the canvas (finiteness is :class:`Person`'s check)."""
+    lo = -MAX_OFF_CANVAS * np.array([pose.width, pose.height], dtype=np.float64)
+    hi = (1 + MAX_OFF_CANVAS) * np.array([pose.width, pose.height], dtype=np.float64)
+    for p, person in enumerate(pose.people):
+        for part in ("body", "face", "left_hand", "right_hand"):
+            arr = getattr(person, part)
+            if arr is None:
+                continue
+            bad = (arr[:, 2] > 0) & ((arr[:, :2] < lo) | (arr[:, :2] > hi)).any(axis=1)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                x, y = arr[i, :2]
+                raise ValueError(f"{what}: person {p}, {_point_name(part, i)} at ({x:.6g}, {y:.6g}) lies far "
+                                 f"outside the {pose.width}x{pose.height} canvas; expected coordinates within "
+                                 f"{MAX_OFF_CANVAS} canvas sizes of it (x from {lo[0]:g} to {hi[0]:g}, y from "
+                                 f"{lo[1]:g} to {hi[1]:g})")
+
+
+def check_has_pose(person: Person, what: str) -> None:
+    """ValueError naming ``what`` when ``person`` has no pose to move a body into: fewer than two present body
+    joints, or all of them on one point (within a pixel), which would give a picture without the person."""
+    pts = person.xy[person.present]
+    if len(pts) == 0:
+        raise ValueError(f"{what}: the person has no body joints (every confidence is 0); expected a detected "
+                         f"pose (check the detector's threshold, or pick another person)")
+    if len(pts) < 2 or (pts.max(axis=0) - pts.min(axis=0)).max() < 1.0:
+        x, y = pts[0]
+        raise ValueError(f"{what}: all {len(pts)} present body joint(s) lie on one point ({x:.6g}, {y:.6g}); "
+                         f"expected a pose with at least two joints apart")
 
 
 PoseBatch = list[Pose]

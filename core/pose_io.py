@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .keypoints import NUM_HAND, NUM_JOINTS, Person, Pose, _as_keypoint_array
+from .keypoints import NUM_HAND, NUM_JOINTS, Person, Pose, _as_keypoint_array, check_joints
 
 PathLike = str | os.PathLike
 
@@ -158,7 +158,28 @@ def _load_frame(frame: Any, coords: str, where: str, default_size: tuple[int, in
         scale = np.array([width, height], dtype=np.float64)
         people = [p.map_points(lambda xy: xy * scale) for p in people]
     extra = {k: copy.deepcopy(v) for k, v in frame.items() if k not in FRAME_KEYS}
-    return Pose(people, width, height, extra)
+    pose = Pose(people, width, height, extra)
+    check_joints(pose, where)
+    return pose
+
+
+def _parse_json(data: str | bytes | bytearray, what: str) -> Any:
+    """JSON text (or UTF-8 bytes) -> Python data; ValueError naming ``what`` for binary data, invalid JSON or
+    nesting too deep for the parser (``[`` x 100000 would otherwise raise RecursionError)."""
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{what}: expected OpenPose JSON text (UTF-8), got binary data (byte {exc.start} "
+                             f"is not UTF-8)") from None
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{what}: expected JSON text of a frame dict or a list of them, got JSON nested too "
+                         f"deeply to read") from None
+    except ValueError as exc:
+        raise ValueError(f"{what}: expected JSON text of a frame dict or a list of them, "
+                         f"got invalid JSON ({exc})") from None
 
 
 def load_pose_keypoint(data: Any, coords: str = "auto", what: str = "pose_keypoint",
@@ -173,16 +194,14 @@ def load_pose_keypoint(data: Any, coords: str = "auto", what: str = "pose_keypoi
 
     Missing face/hand arrays (None, ``[]`` or absent) stay None. Unknown keys of a frame go to
     ``Pose.extra``, of a person to ``Person.extra``, so :func:`dump_pose_keypoint` restores them.
-    A frame without canvas keys raises unless ``default_size=(height, width)`` is given.
+    A frame without canvas keys raises unless ``default_size=(height, width)`` is given. Canvases beyond
+    :data:`~.keypoints.MAX_SIDE` / :data:`~.keypoints.MAX_PIXELS` and present joints far off the canvas
+    (:func:`~.keypoints.check_joints`) raise before anything of the canvas' size is made.
     """
     if coords not in COORDS:
         raise ValueError(f"coords: expected one of {COORDS}, got {_short(coords)}")
     if isinstance(data, (str, bytes, bytearray)):
-        try:
-            data = json.loads(data)
-        except ValueError as exc:
-            raise ValueError(f"{what}: expected JSON text of a frame dict or a list of them, "
-                             f"got invalid JSON ({exc})") from None
+        data = _parse_json(data, what)
     if isinstance(data, dict):
         return [_load_frame(data, coords, what, default_size)]
     if isinstance(data, (list, tuple)):
@@ -232,13 +251,15 @@ def dump_pose_keypoint(poses: Pose | Sequence[Pose], normalized: bool = False) -
     return frames
 
 
-def read_openpose_json(path: PathLike, coords: str = "auto",
-                       default_size: tuple[int, int] | None = None) -> list[Pose]:
+def read_openpose_json(path: PathLike, coords: str = "auto", default_size: tuple[int, int] | None = None,
+                       what: str | None = None) -> list[Pose]:
     """An OpenPose-style JSON file (one frame dict, optionally with "version" and several people, or a list
-    of frame dicts) -> list of :class:`Pose`. See :func:`load_pose_keypoint`; errors name the file."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return load_pose_keypoint(text, coords=coords, what=os.fspath(path), default_size=default_size)
+    of frame dicts) -> list of :class:`Pose`. See :func:`load_pose_keypoint`; errors name ``what`` (default:
+    the file's path), binary files included."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return load_pose_keypoint(data, coords=coords, what=os.fspath(path) if what is None else what,
+                              default_size=default_size)
 
 
 def write_openpose_json(path: PathLike, poses: Pose | Sequence[Pose], normalized: bool = False) -> None:

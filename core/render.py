@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .flow import base_coords
-from .keypoints import COLORS, LIMBS, NUM_JOINTS, Person, Pose
+from .keypoints import COLORS, LIMBS, NUM_JOINTS, Person, Pose, check_joints
 from .part_fields import normalised_distance, part_geometry
 from .parts import BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME
 
@@ -60,8 +60,11 @@ def _draw_body(img: np.ndarray, body: np.ndarray, stickwidth: int) -> None:
 
 
 def _check_pose(pose: Pose) -> None:
+    """A Pose (its canvas within the size limit, :class:`Pose`'s own check) whose joints lie near its canvas:
+    far-off values (1e12) would overflow OpenCV's int drawing coordinates."""
     if not isinstance(pose, Pose):
         raise ValueError(f"pose: expected a Pose, got {type(pose).__name__}")
+    check_joints(pose, "pose")
 
 
 def render_skeleton(pose: Pose, canvas: np.ndarray | None = None, stick_scaling: bool = True) -> np.ndarray:

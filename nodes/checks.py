@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..core.images import tensor_to_images
+from ..core.pose_io import load_pose_keypoint
 
 IMAGE_NOTE = " RGBA: the alpha channel is dropped; a 1-channel image is used as grey."
 
@@ -15,6 +16,15 @@ IMAGE_NOTE = " RGBA: the alpha channel is dropped; a 1-channel image is used as 
 def image(tensor, what: str) -> torch.Tensor:
     """A ComfyUI IMAGE checked (a float tensor [B, H, W, C], C in 1 / 3 / 4, finite, in 0..1) -> [B, H, W, 3]."""
     return torch.from_numpy(tensor_to_images(tensor, what))
+
+
+def poses(data, what: str) -> list:
+    """A POSE_KEYPOINT input -> list of Pose (pixels); ValueError naming ``what`` when it is empty or malformed
+    (canvas beyond the size limit, joints far off the canvas: :func:`..core.pose_io.load_pose_keypoint`)."""
+    frames = load_pose_keypoint(data, what=what)
+    if not frames:
+        raise ValueError(f"{what}: expected at least one frame, got an empty list")
+    return frames
 
 
 def with_person(poses: list, what: str, index: int = 0, index_name: str | None = None) -> list:
@@ -48,4 +58,4 @@ def one_or(n: int, what: str, expected: int, per: str) -> None:
         raise ValueError(f"{what}: expected 1 or one per {per} ({expected}), got {n}")
 
 
-__all__ = ["IMAGE_NOTE", "image", "with_person", "int_in", "float_in", "one_or"]
+__all__ = ["IMAGE_NOTE", "image", "poses", "with_person", "int_in", "float_in", "one_or"]

@@ -10,27 +10,21 @@ from __future__ import annotations
 import torch
 
 from ..core.flow import flow_to_color
-from ..core.flowwarp import BACKGROUNDS, METHODS, FlowWarpOptions, flow_warp
+from ..core.flowwarp import BACKGROUNDS, METHODS, FlowWarpOptions, iter_flow_warp
 from ..core.geometry import resize
 from ..core.images import tensor_to_images
 from ..core.inpaint import INPAINT_METHODS
 from ..core.keypoints import Pose
-from ..core.pose_io import dump_pose_keypoint, load_pose_keypoint
+from ..core.pose_io import dump_pose_keypoint
 from ..core.retarget import ANCHORS
 from ..core.segmentation import SEGMENTATION_METHODS
 from . import bridge
 from .checks import IMAGE_NOTE, with_person
+from .checks import poses as _poses
 
 CATEGORY = "posetransfer/warp"
 FLOW_MODEL_TYPE = "POSE_FLOW_MODEL"
 ASPECT_TOLERANCE = 0.01  # a source pose whose canvas has the image's aspect ratio (within 1 %) is rescaled to it
-
-
-def _poses(data, what: str) -> list[Pose]:
-    poses = load_pose_keypoint(data, what=what)
-    if not poses:
-        raise ValueError(f"{what}: expected at least one frame, got an empty list")
-    return poses
 
 
 def _size(pose: Pose) -> str:
@@ -179,35 +173,38 @@ class PoseTransferFlowWarp:
                         f"the frames of one batch are stacked into one IMAGE and need one size. Turn retarget on "
                         f"(every frame on the photo's canvas) or bring the target poses to one canvas")
 
+        frames = iter_flow_warp(list(images), sources, targets, options,  # checks every frame's input now
+                                estimator=flow_model if method == "model" else None)
+        # The outputs are allocated once and filled frame by frame; no frame's intermediate results are kept,
+        # so memory follows the output batch (a long pose sequence used to hold every frame's results twice).
         total = len(targets)
+        height, width = (height, width) if options.retarget else (targets[0].height, targets[0].width)
+        out_image = torch.empty(total, height, width, 3)
+        generate = torch.empty(total, height, width)
+        flow_image = torch.empty(total, height, width, 3)
+        person = torch.empty(total, height, width)
+        used = []
         bar = bridge.ProgressBar(total)
-
-        def progress(done, n):
-            bar.update(1)
-            if done < n:
-                bridge.check_interrupt()
-
         bridge.check_interrupt()
-        results = flow_warp(list(images), sources, targets, options,
-                            estimator=flow_model if method == "model" else None, progress=progress)
-
-        first = tuple(results[0].image.shape[-2:])
-        for i, r in enumerate(results):
-            if tuple(r.image.shape[-2:]) != first:
+        for i in range(total):  # not enumerate(frames): its cached tuple would keep the last frame alive
+            r = next(frames)
+            if tuple(r.image.shape[-2:]) != (height, width):
                 raise ValueError(f"target_pose[{i}]: output size {r.image.shape[-1]}x{r.image.shape[-2]} differs "
-                                 f"from frame 0's {first[1]}x{first[0]}; all frames of one batch need one canvas")
+                                 f"from the batch's {width}x{height}; all frames of one batch need one canvas"
+                                 + (" (check flow_model)" if method == "model" else ""))
             if not torch.isfinite(r.image).all() or not torch.isfinite(r.flow).all():
                 raise ValueError(f"target_pose[{i}]: the warp produced NaN or infinite values"
                                  + (" (check flow_model)" if method == "model" else ""))
-
-        out_image = torch.stack([r.image.detach().float().cpu().permute(1, 2, 0) for r in results]).clamp(0, 1)
-        visibility = torch.stack([r.visibility.detach().float().cpu() for r in results])
-        person = torch.stack([r.person.detach().float().cpu() for r in results]).clamp(0, 1)
-        flows = torch.stack([r.flow.detach().float().cpu() for r in results])
-        flow_image = flow_to_color(flows).permute(0, 2, 3, 1)
-        return (out_image.contiguous(), (1 - visibility).clamp(0, 1).contiguous(),
-                flow_image.float().contiguous(), person.contiguous(),
-                dump_pose_keypoint([r.target_pose for r in results]))
+            out_image[i] = r.image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1)
+            generate[i] = (1 - r.visibility.detach().float().cpu()).clamp(0, 1)
+            flow_image[i] = flow_to_color(r.flow.detach().float().cpu()[None])[0].permute(1, 2, 0)
+            person[i] = r.person.detach().float().cpu().clamp(0, 1)
+            used.append(r.target_pose)
+            del r  # before the next frame is made
+            bar.update(1)
+            if i + 1 < total:  # ComfyUI's cancel stops the run within one frame
+                bridge.check_interrupt()
+        return out_image, generate, flow_image, person, dump_pose_keypoint(used)
 
 
 NODE_CLASS_MAPPINGS = {"PoseTransferFlowWarp": PoseTransferFlowWarp}

@@ -13,13 +13,12 @@ import os
 import numpy as np
 
 from ..core.images import images_to_tensor
-from ..core.keypoints import Pose
-from ..core.pose_io import dump_pose_keypoint, load_pose_keypoint
+from ..core.keypoints import Pose, check_has_pose
+from ..core.pose_io import dump_pose_keypoint, read_openpose_json
 from ..core.render import render_skeleton
 from ..core.retarget import ANCHORS, retarget_pose
 from . import bridge
-
-MAX_CANVAS = 16384  # ComfyUI's MAX_RESOLUTION
+from .checks import poses as _poses
 
 CATEGORY = "posetransfer/pose"
 NO_FILE = "(none)"
@@ -27,28 +26,29 @@ POSE_TOOLTIP = ("OpenPose keypoints (POSE_KEYPOINT, e.g. from the DWPose / OpenP
                 "comfyui_controlnet_aux): one frame dict per image, pixel or normalised coordinates.")
 
 
-def _poses(data, what: str) -> list[Pose]:
-    """POSE_KEYPOINT input -> list of Pose (pixels); ValueError naming ``what`` when it is empty or malformed."""
-    poses = load_pose_keypoint(data, what=what)
-    if not poses:
-        raise ValueError(f"{what}: expected at least one frame, got an empty list")
-    return poses
+def _inside(root: str, path: str) -> bool:
+    return os.path.commonpath([root, path]) == root
 
 
 def _json_files(folder: str) -> list[str]:
-    """Sorted ``*.json`` file names directly in ``folder`` (none when it does not exist)."""
+    """Sorted ``*.json`` file names directly in ``folder`` whose real file is inside it (none when it does not
+    exist)."""
     if not os.path.isdir(folder):
         return []
+    root = os.path.realpath(folder)
     return sorted(f for f in os.listdir(folder)
-                  if f.lower().endswith(".json") and os.path.isfile(os.path.join(folder, f)))
+                  if f.lower().endswith(".json") and os.path.isfile(os.path.join(folder, f))
+                  and _inside(root, os.path.realpath(os.path.join(folder, f))))
 
 
 def _input_file(name: str) -> str:
-    """Path of ``name`` inside the input folder; ValueError when it points outside."""
-    root = os.path.abspath(bridge.input_directory())
-    path = os.path.abspath(os.path.join(root, name))
-    if os.path.commonpath([root, path]) != root:
-        raise ValueError(f"pose_file: expected a file inside the input folder {root}, got {name!r}")
+    """Real path of ``name`` inside the input folder; ValueError when it, or the file a symlink leads to,
+    lies outside (a link in the input folder must not expose other files of the server)."""
+    root = os.path.realpath(bridge.input_directory())
+    path = os.path.realpath(os.path.join(root, name))
+    if not _inside(root, path):
+        raise ValueError(f"pose_file: expected a file inside the input folder {root}, got {name!r}"
+                         + (f" (it leads to {path})" if os.path.exists(path) else ""))
     return path
 
 
@@ -111,8 +111,10 @@ class PoseTransferLoadPose:
             if not os.path.isfile(path):
                 raise ValueError(f"pose_file: expected a .json file in the input folder, got {pose_file!r} "
                                  f"(not found at {path})")
-            with open(path, encoding="utf-8") as f:
-                poses = _poses(f.read(), f"pose_file {pose_file!r}")
+            what = f"pose_file {pose_file!r}"
+            poses = read_openpose_json(path, what=what)
+            if not poses:
+                raise ValueError(f"{what}: expected at least one frame, got an empty list")
         else:
             raise ValueError("pose_json / pose_file: expected pasted JSON text or a .json file from the input "
                              "folder, got neither")
@@ -152,10 +154,7 @@ class PoseTransferRenderPose:
 
     def render(self, pose_keypoint, stick_scaling=True):
         poses = _poses(pose_keypoint, "pose_keypoint")
-        width, height = poses[0].width, poses[0].height
-        if max(width, height) > MAX_CANVAS:
-            raise ValueError(f"pose_keypoint: canvas {width}x{height} is larger than {MAX_CANVAS} px per side "
-                             f"(ComfyUI's largest image); resize the pose first")
+        width, height = poses[0].width, poses[0].height  # within the size limit: Pose checks it
         bar = bridge.ProgressBar(len(poses))
         images = []
         for pose in poses:
@@ -208,7 +207,8 @@ class PoseTransferRetargetPose:
             bridge.check_interrupt()
             si = 0 if len(sources) == 1 else i
             sources[si].person(source_person, f"source_pose[{si}] (source_person)")
-            target.person(target_person, f"target_pose[{i}] (target_person)")
+            check_has_pose(target.person(target_person, f"target_pose[{i}] (target_person)"),
+                           f"target_pose[{i}] (target_person {target_person})")
             try:
                 out.append(retarget_pose(sources[si], target, anchor, source_person, target_person))
             except ValueError as exc:

@@ -460,3 +460,50 @@ def record_previews(monkeypatch, bridge) -> tuple[list, list]:
 
     monkeypatch.setattr(bridge, "ProgressBar", PreviewBar)
     return seen, sent
+
+
+# ------------------------------------------------------------------------ ComfyUI's progress bar and cancel
+class InterruptProcessingException(Exception):
+    """What ComfyUI's ``throw_exception_if_processing_interrupted`` raises once the user pressed cancel."""
+
+
+class FakeComfyProgress:
+    """Fake ``comfy.utils.ProgressBar`` and ``comfy.model_management.throw_exception_if_processing_interrupted``
+    (only those: ``folder_paths`` stays absent). :attr:`updates` lists every update a bar got (``n`` each);
+    with ``cancel_after=k`` the user presses cancel when the k-th update arrives, and ComfyUI's next interrupt
+    check raises :class:`InterruptProcessingException` (:attr:`checks` counts the checks)."""
+
+    def __init__(self, monkeypatch, cancel_after: int | None = None):
+        import types
+
+        self.totals: list[int] = []
+        self.updates: list[int] = []
+        self.checks = 0
+        self.cancelled = False
+        fake = self
+
+        class ProgressBar:
+            def __init__(self, total):
+                fake.totals.append(total)
+
+            def update(self, n):
+                fake.updates.append(n)
+                if cancel_after is not None and len(fake.updates) >= cancel_after:
+                    fake.cancelled = True
+
+            def update_absolute(self, value, total=None, preview=None):
+                fake.updates.append(value)
+
+        def throw_exception_if_processing_interrupted():
+            fake.checks += 1
+            if fake.cancelled:
+                raise InterruptProcessingException
+
+        comfy, utils, mm = (types.ModuleType(n) for n in ("comfy", "comfy.utils", "comfy.model_management"))
+        utils.ProgressBar = ProgressBar
+        mm.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+        mm.get_torch_device = lambda: torch.device("cpu")
+        comfy.utils, comfy.model_management = utils, mm
+        for name, module in (("comfy", comfy), ("comfy.utils", utils), ("comfy.model_management", mm),
+                             ("folder_paths", None)):
+            monkeypatch.setitem(sys.modules, name, module)

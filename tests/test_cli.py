@@ -143,3 +143,178 @@ def test_version_via_python_m_from_another_directory(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"posetransfer {posetransfer.__version__}"
+
+
+# ------------------------------------------------------------------------- bad input (issue 12, part 4)
+# Each case: one line "posetransfer: error: ..." naming the input, exit code 2, and no output file left.
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("posetransfer: error: ")
+    return err
+
+
+def pose_file(path, body=None, width=400, height=400, frames=1):
+    """An OpenPose JSON file of ``frames`` copies of the jumper's pose (or ``body``: 54 numbers) on a
+    ``width`` x ``height`` canvas."""
+    frame = json.loads(TGT_POSE.read_text())
+    if body is not None:
+        frame["people"][0]["pose_keypoints_2d"] = [float(v) for v in body]
+    frame["canvas_width"], frame["canvas_height"] = width, height
+    path.write_text(json.dumps(frame if frames == 1 else [frame] * frames))
+    return path
+
+
+def jumper_body():
+    return np.array(json.loads(TGT_POSE.read_text())["people"][0]["pose_keypoints_2d"]).reshape(18, 3)
+
+
+def no_files_but(folder, *keep):
+    """The files in ``folder`` other than ``keep`` (temporary files included)."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.mark.parametrize("width, height", [(16385, 8), (8200, 8200), (100000, 100000)])
+def test_render_pose_refuses_canvases_beyond_the_limit_before_drawing(tmp_path, capsys, width, height):
+    # 16384 px per side and 64 Mpx in all (core.keypoints.MAX_SIDE / MAX_PIXELS): refused from the numbers,
+    # nothing of that size is allocated (today's main wrote the 16385x8 and 8200x8200 pictures).
+    pose = pose_file(tmp_path / "big.json", width=width, height=height)
+    assert main(["render-pose", str(pose), "--out", str(tmp_path / "s.png")]) == 2
+    err = one_error_line(capsys)
+    assert "big.json" in err and f"canvas {width}x{height} is larger than" in err
+    assert no_files_but(tmp_path, "big.json") == []
+
+
+def test_transfer_refuses_a_huge_target_canvas_and_a_huge_photo(tmp_path, capsys):
+    target = pose_file(tmp_path / "big.json", width=20000, height=20000)
+    assert main(transfer_args(tmp_path / "o.png", target=target)) == 2
+    assert "--target-pose" in one_error_line(capsys)
+    # PNGs whose header says 9000 x 9000 or 20000 x 20000 (beyond PIL's own limit; the data is the 400 x 400
+    # sample's): refused from the header, not decoded.
+    import struct
+    import zlib
+
+    for side, said in ((9000, "canvas 9000x9000 is larger than"), (20000, "400000000 pixels is larger than")):
+        png = bytearray((SAMPLES / "jumper.png").read_bytes())
+        png[16:24] = struct.pack(">II", side, side)
+        png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+        huge = tmp_path / "huge.png"
+        huge.write_bytes(bytes(png))
+        args = transfer_args(tmp_path / "o.png")
+        args[args.index("--source") + 1] = str(huge)
+        assert main(args) == 2
+        err = one_error_line(capsys)
+        assert "huge.png" in err and said in err
+    assert no_files_but(tmp_path, "big.json", "huge.png") == []
+
+
+@pytest.mark.parametrize("value, extra", [(1e300, ()), (1e12, ("--panel-out",))])
+def test_transfer_refuses_joints_far_off_the_canvas_by_name(tmp_path, capsys, value, extra):
+    # 1e300 used to end in "Singular matrix"; 1e12 with --panel-out in a TypeError after out/mask/flow were
+    # written.
+    body = jumper_body()
+    body[4, 0] = value  # right wrist
+    target = pose_file(tmp_path / "far.json", body.reshape(-1))
+    outs = ["--mask-out", str(tmp_path / "m.png"), "--flow-out", str(tmp_path / "f.png")]
+    outs += [a for flag in extra for a in (flag, str(tmp_path / "p.png"))]
+    assert main(transfer_args(tmp_path / "o.png", *outs, target=target)) == 2
+    err = one_error_line(capsys)
+    assert "far.json" in err and "person 0, joint 4 (right_wrist)" in err and "outside the 400x400 canvas" in err
+    assert no_files_but(tmp_path, "far.json") == []
+
+
+@pytest.mark.parametrize("case", ["no joints", "one point"])
+def test_transfer_refuses_a_target_without_a_pose(tmp_path, capsys, case):
+    # Used to return 0 with a picture of the background only (the person erased), silently.
+    body = np.zeros((18, 3))
+    if case == "one point":
+        body[:] = (200.0, 200.0, 1.0)
+    target = pose_file(tmp_path / "t.json", body.reshape(-1))
+    for extra in ((), ("--retarget",)):
+        assert main(transfer_args(tmp_path / "o.png", *extra, target=target)) == 2
+        err = one_error_line(capsys)
+        assert "--target-pose" in err and "t.json: frame[0], person 0" in err
+        assert ("no body joints" if case == "no joints" else "on one point") in err
+    assert no_files_but(tmp_path, "t.json") == []
+
+
+@pytest.mark.parametrize("flag", ["--target-person", "--source-person"])
+def test_negative_person_index_is_refused(tmp_path, capsys, flag):
+    # -1 used to pick the last person silently.
+    assert main(transfer_args(tmp_path / "o.png", flag, "-1")) == 2
+    err = one_error_line(capsys)
+    assert flag in err and "got -1" in err
+    assert no_files_but(tmp_path) == []
+
+
+def test_detect_without_detector_is_one_line(tmp_path, capsys):
+    assert main(["detect", str(SRC), "--out", str(tmp_path / "p.json")]) == 2  # was a TypeError traceback
+    assert "--detector: required" in one_error_line(capsys)
+    assert no_files_but(tmp_path) == []
+
+
+def test_deeply_nested_json_is_one_line(tmp_path, capsys):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000)
+    assert main(["render-pose", str(deep), "--out", str(tmp_path / "s.png")]) == 2
+    err = one_error_line(capsys)
+    assert "deep.json" in err and "nested too deeply" in err
+
+
+def test_a_failing_picture_leaves_no_file_of_the_frame(tmp_path, capsys, monkeypatch):
+    # The panel (the last picture of a frame) fails: the result, mask and flow of that frame are not left
+    # behind either, nor temporary files.
+    import posetransfer.core.render as render
+
+    def broken(*args, **kwargs):
+        raise ValueError("pose: cannot draw")
+
+    monkeypatch.setattr(render, "render_skeleton", broken)
+    outs = [a for n in ("mask", "flow", "panel") for a in (f"--{n}-out", str(tmp_path / f"{n}.png"))]
+    assert main(transfer_args(tmp_path / "out.png", *outs, "--segmentation", "skeleton")) == 2
+    assert "cannot draw" in one_error_line(capsys)
+    assert no_files_but(tmp_path) == []
+
+
+def test_a_failure_mid_sequence_keeps_and_names_the_frames_done(tmp_path, capsys):
+    # Frame 2 of 3 has its person beyond the right edge of the canvas (within range, but nothing to draw):
+    # frames 0 and 1 were already written (streaming) and stay; the error says so; frame 2 is not written.
+    frames = [json.loads(TGT_POSE.read_text()) for _ in range(3)]
+    body = jumper_body()
+    body[:, 0] += 1000.0
+    frames[2]["people"][0]["pose_keypoints_2d"] = body.reshape(-1).tolist()
+    target = tmp_path / "seq.json"
+    target.write_text(json.dumps(frames))
+    out = tmp_path / "frame.png"
+    assert main(transfer_args(out, "--mask-out", str(tmp_path / "m.png"), "--segmentation", "skeleton",
+                              target=target)) == 2
+    err = one_error_line(capsys)
+    assert "frame[2]" in err and "no body part" in err
+    assert "frames 0 to 1 of 3 were written" in err and "frame_0000.png" in err and "m_0001.png" in err
+    assert no_files_but(tmp_path, "seq.json") == ["frame_0000.png", "frame_0001.png", "m_0000.png", "m_0001.png"]
+
+
+def test_a_pose_sequence_is_written_frame_by_frame(tmp_path, monkeypatch):
+    # Streaming: when frame i is made, frame i - 1 is already on disk and no earlier frame's results are
+    # alive (today's main held every frame until the end: 2.2 GB for 300 frames).
+    import gc
+    import weakref
+
+    import posetransfer.core.flowwarp as fw
+
+    made, on_disk = [], []
+    warp_prepared = fw.warp_prepared
+
+    def spy(source, target_pose, options, estimator=None, what="target pose"):
+        gc.collect()
+        alive = sum(ref() is not None for ref in made)
+        on_disk.append((alive, sorted(p.name for p in tmp_path.glob("frame_*.png"))))
+        result = warp_prepared(source, target_pose, options, estimator, what)
+        made.append(weakref.ref(result))
+        return result
+
+    monkeypatch.setattr(fw, "warp_prepared", spy)
+    target = pose_file(tmp_path / "seq.json", frames=4)
+    assert main(transfer_args(tmp_path / "frame.png", "--segmentation", "skeleton", target=target)) == 0
+    assert on_disk == [(0, [f"frame_{j:04d}.png" for j in range(i)]) for i in range(4)]

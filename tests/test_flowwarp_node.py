@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from posetransfer.core.flow import flow_to_color
 from posetransfer.core.geometry import resize
 from posetransfer.core.images import images_to_tensor, load_image
 from posetransfer.core.pose_io import dump_pose_keypoint, load_pose_keypoint
@@ -268,3 +269,120 @@ def test_interrupt_checked_before_any_work(fashion, bars):
     with pytest.raises(InterruptedError):
         run(image, source, [pose_only("jumper")] * 2)
     assert bars[0].current == 0
+
+
+# ------------------------------------------------------------- through ComfyUI's own progress bar and cancel
+
+def count_frames(monkeypatch):
+    """Spy on core.flowwarp.warp_prepared: per call, how many earlier frames' results are still alive."""
+    import gc
+    import weakref
+
+    import posetransfer.core.flowwarp as fw
+
+    made, alive_at_call = [], []
+    warp_prepared = fw.warp_prepared
+
+    def spy(*args, **kwargs):
+        gc.collect()
+        alive_at_call.append(sum(ref() is not None for ref in made))
+        result = warp_prepared(*args, **kwargs)
+        made.append(weakref.ref(result))
+        return result
+
+    monkeypatch.setattr(fw, "warp_prepared", spy)
+    return alive_at_call
+
+
+def test_progress_per_frame_and_cancel_within_one_frame_in_comfy(fashion, monkeypatch):
+    import comfy_doubles
+
+    image, source = fashion
+    targets = [pose_only("jumper")] * 6
+    comfy = comfy_doubles.FakeComfyProgress(monkeypatch)
+    run(image, source, targets, segmentation="skeleton")
+    assert comfy.totals == [6] and comfy.updates == [1] * 6 and comfy.checks >= 6
+
+    calls = count_frames(monkeypatch)
+    comfy = comfy_doubles.FakeComfyProgress(monkeypatch, cancel_after=2)  # cancel pressed during frame 2
+    with pytest.raises(comfy_doubles.InterruptProcessingException):
+        run(image, source, targets, segmentation="skeleton")
+    assert len(calls) == 2 and comfy.updates == [1, 1]  # frame 3 was never started
+
+
+# ------------------------------------------------------------------------- bad input (issue 12, part 4)
+
+def with_body(frame, change):
+    frame = json.loads(json.dumps(frame))
+    body = np.array(frame["people"][0]["pose_keypoints_2d"]).reshape(18, 3)
+    change(body)
+    frame["people"][0]["pose_keypoints_2d"] = body.reshape(-1).tolist()
+    return frame
+
+
+def test_canvases_beyond_the_limit_are_refused_before_allocating(fashion):
+    # A 20000 x 20000 target used to grow the node to 24 GB (inside ComfyUI that kills the server). The check
+    # reads the numbers only, so this test allocates nothing of that size.
+    image, source = fashion
+    big = dict(pose_only("jumper"), canvas_width=20000, canvas_height=20000)
+    for retarget in (False, True):
+        with pytest.raises(ValueError, match=r"target_pose: canvas 20000x20000 is larger than the 16384 px"):
+            run(image, source, big, retarget=retarget)
+    with pytest.raises(ValueError, match=r"source_pose: canvas 20000x20000"):
+        run(image, big, pose_only("jumper"))
+    wide = torch.zeros(1, 1, 1, 3).expand(1, 8, 16385, 3)  # a view: no 16385-wide picture is allocated
+    with pytest.raises(ValueError, match=r"image: canvas 16385x8 is larger than"):
+        PoseTransferFlowWarp().warp(wide, source, pose_only("jumper"))
+
+
+@pytest.mark.parametrize("value", [1e300, 1e12, -1e6])
+def test_joints_far_off_the_canvas_are_refused_by_name(fashion, value):
+    image, source = fashion
+    far = with_body(pose_only("jumper"), lambda b: b.__setitem__((4, 1), value))
+    with pytest.raises(ValueError, match=r"target_pose\[1\]: person 0, joint 4 \(right_wrist\) at .* outside the "
+                                         r"96x96 canvas"):
+        run(image, source, [pose_only("jumper"), far])
+    with pytest.raises(ValueError, match=r"source_pose: person 0, joint 4 \(right_wrist\)"):
+        run(image, with_body(source, lambda b: b.__setitem__((4, 1), value)), pose_only("jumper"))
+
+
+def test_targets_without_a_pose_and_negative_person_indices_are_refused(fashion):
+    # Used to give a picture with the person erased (no joints / all on one point) or the last person (-1).
+    image, source = fashion
+    empty = with_body(pose_only("jumper"), lambda b: b.__setitem__(slice(None), 0.0))
+    point = with_body(pose_only("jumper"), lambda b: b.__setitem__(slice(None), (40.0, 50.0, 1.0)))
+    for retarget in (False, True):
+        with pytest.raises(ValueError, match=r"target_pose\[1\], person 0: the person has no body joints"):
+            run(image, source, [pose_only("jumper"), empty], retarget=retarget, segmentation="skeleton")
+        with pytest.raises(ValueError, match=r"target_pose\[0\], person 0: all 18 present .* on one point"):
+            run(image, source, point, retarget=retarget, segmentation="skeleton")
+    for name in ("target_person", "source_person"):
+        with pytest.raises(ValueError, match=f"{name}: expected a person index 0 or more .* got -1"):
+            run(image, source, pose_only("jumper"), **{name: -1})
+
+
+def test_a_person_with_nothing_to_draw_is_refused(fashion):
+    # Joints within range but the whole person beyond the canvas edge: no body part lands on the canvas.
+    image, source = fashion
+    away = with_body(pose_only("jumper"), lambda b: b.__setitem__((slice(None), 0), b[:, 0] + 300))
+    with pytest.raises(ValueError, match=r"target_pose\[0\]: no body part of the person could be placed"):
+        run(image, source, away, retarget=False, segmentation="skeleton")
+
+
+def test_a_pose_sequence_keeps_no_frame_intermediates(fashion, monkeypatch):
+    # Memory follows the output batch: when frame i is made, no earlier frame's FlowWarpResult is alive (today's
+    # main kept all of them, and stacked copies: 4.6 GB for 300 frames). Same outputs as core flow_warp.
+    from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp
+
+    image, source = fashion
+    targets = [pose_only("jumper"), pose_only("model_red_background"), source, pose_only("jumper")]
+    expected = flow_warp([image], load_pose_keypoint(source), [load_pose_keypoint(t)[0] for t in targets],
+                         FlowWarpOptions(segmentation="skeleton", retarget=True))
+    calls = count_frames(monkeypatch)
+    out_image, generate, flow_image, person, _ = run(image, source, targets, segmentation="skeleton")
+    assert calls == [0, 0, 0, 0]
+    for i, r in enumerate(expected):
+        torch.testing.assert_close(out_image[i], r.image.permute(1, 2, 0).clamp(0, 1), rtol=0, atol=0)
+        torch.testing.assert_close(generate[i], 1 - r.visibility, rtol=0, atol=0)
+        torch.testing.assert_close(person[i], r.person.clamp(0, 1), rtol=0, atol=0)
+        torch.testing.assert_close(flow_image[i], flow_to_color(r.flow[None])[0].permute(1, 2, 0), rtol=0, atol=0)

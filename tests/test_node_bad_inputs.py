@@ -95,7 +95,7 @@ def test_pose_nodes_pinned_errors():
     with pytest.raises(ValueError, match=r"pose_keypoint\[0\].*keypoint 0 is not finite"):
         pose_nodes.PoseTransferRenderPose().render(
             [{"people": [{"pose_keypoints_2d": [NAN] * 54}], "canvas_width": 8, "canvas_height": 8}])
-    with pytest.raises(ValueError, match="pose_keypoint: canvas 1000000x8 is larger than 16384 px"):  # not a 30 TB image
+    with pytest.raises(ValueError, match=r"pose_keypoint\[0\]: canvas 1000000x8 is larger than the 16384 px"):  # not a 30 TB image
         pose_nodes.PoseTransferRenderPose().render([{"people": [], "canvas_width": 1000000, "canvas_height": 8}])
     with pytest.raises(ValueError, match="pose_json: canvas width: expected a positive integer"):
         pose_nodes.PoseTransferLoadPose().load("(none)", '{"people": [], "canvas_width": 0, "canvas_height": 4}')
@@ -253,3 +253,21 @@ def test_pcdms_loader_corrupt_files(comfy_free):
         pn.PoseTransferPCDMsLoader().load("junk.safetensors")
     with pytest.raises(ValueError, match=r"junk.pt: refused by torch.load\(weights_only=True\)"):
         pn.PoseTransferPCDMsLoader().load("junk.pt")
+
+
+# ------------------------------------------------------------------- one size limit (issue 12, part 4)
+def test_one_size_limit_for_images_masks_and_resizes():
+    # Expanded views: the shapes are beyond the limit, but no memory of that size exists.
+    from posetransfer.core.geometry import pad
+    from posetransfer.core.images import tensor_to_mask
+    from posetransfer.core.keypoints import MAX_PIXELS, MAX_SIDE
+
+    assert (MAX_SIDE, MAX_PIXELS) == (16384, 64 * 2**20)
+    with pytest.raises(ValueError, match=r"the_image: canvas 16385x4 is larger than the 16384 px per side"):
+        checks.image(torch.zeros(1, 1, 1, 3).expand(2, 4, 16385, 3), "the_image")
+    with pytest.raises(ValueError, match=r"the_mask: canvas 8193x8193 is larger .* 64 Mpx in all"):
+        tensor_to_mask(torch.zeros(1, 1, 1).expand(1, 8193, 8193), "the_mask")
+    with pytest.raises(ValueError, match=r"resize: canvas 20000x20000"):
+        resize(None, load_pose_keypoint(pose())[0], 20000, 20000)
+    with pytest.raises(ValueError, match=r"pad: canvas 16400x400"):
+        pad(None, load_pose_keypoint(pose())[0], 16000, 0, 0, 0)

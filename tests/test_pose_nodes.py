@@ -208,3 +208,47 @@ def test_select_errors_name_the_input():
         node.select(two_people(), "index", 2)
     with pytest.raises(ValueError, match="mode"):
         node.select(two_people(), "smallest", 0)
+
+
+# ------------------------------------------------------------------------- bad input (issue 12, part 4)
+
+def test_load_binary_and_deeply_nested_json_name_the_input(input_dir):
+    (input_dir / "photo.json").write_bytes((SAMPLES / "jumper.png").read_bytes())  # was a UnicodeDecodeError
+    with pytest.raises(ValueError, match=r"pose_file 'photo.json': expected OpenPose JSON text \(UTF-8\), got binary"):
+        PoseTransferLoadPose().load("photo.json", "")
+    with pytest.raises(ValueError, match="pose_json: .*nested too deeply"):  # was a RecursionError
+        PoseTransferLoadPose().load(NO_FILE, "[" * 100000)
+    (input_dir / "deep.json").write_text("[" * 100000)
+    with pytest.raises(ValueError, match="pose_file 'deep.json': .*nested too deeply"):
+        PoseTransferLoadPose().load("deep.json", "")
+
+
+def test_load_refuses_a_symlink_out_of_the_input_folder(input_dir, tmp_path_factory):
+    secret = tmp_path_factory.mktemp("elsewhere") / "secret.json"
+    shutil.copy(SAMPLES / "jumper.pose.json", secret)
+    (input_dir / "link.json").symlink_to(secret)
+    (input_dir / "inner.json").symlink_to(input_dir / "jumper.pose.json")  # a link that stays inside: fine
+    with pytest.raises(ValueError, match=r"pose_file: expected a file inside the input folder .*'link.json'"):
+        PoseTransferLoadPose().load("link.json", "")
+    assert "inside the input folder" in PoseTransferLoadPose.VALIDATE_INPUTS("link.json")
+    files = PoseTransferLoadPose.INPUT_TYPES()["required"]["pose_file"][0]
+    assert "link.json" not in files and "inner.json" in files
+    assert PoseTransferLoadPose().load("inner.json", "")[1:] == (400, 400)
+
+
+def test_pose_nodes_refuse_negative_indices_and_targets_without_a_pose():
+    with pytest.raises(ValueError, match=r"pose_keypoint\[0\] \(index\): expected a person index 0 or more"):
+        PoseTransferSelectPerson().select(two_people(), "index", -1)  # was: the last person
+    with pytest.raises(ValueError, match=r"target_pose\[0\] \(target_person\): expected a person index 0 or more"):
+        PoseTransferRetargetPose().retarget(frame("fashion_standing"), frame("jumper"), target_person=-1)
+    point = frame("jumper")
+    point["people"][0]["pose_keypoints_2d"] = [100.0, 120.0, 1.0] * 18
+    with pytest.raises(ValueError, match=r"target_pose\[0\] \(target_person 0\): all 18 present .* one point"):
+        PoseTransferRetargetPose().retarget(frame("fashion_standing"), point)
+
+
+def test_render_refuses_joints_far_off_the_canvas():
+    far = frame("jumper")
+    far["people"][0]["pose_keypoints_2d"][3] = 1e12  # neck x: used to overflow OpenCV's int coordinates
+    with pytest.raises(ValueError, match=r"pose_keypoint\[1\]: person 0, joint 1 \(neck\) at \(1e\+12, "):
+        PoseTransferRenderPose().render([frame("jumper"), far])
