@@ -84,7 +84,16 @@ spec = importlib.util.spec_from_file_location("ComfyUI-posetransfer", {str(ROOT 
 pack = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = pack
 spec.loader.exec_module(pack)
-from diffusers import UNet2DConditionModel
+# diffusers' save / load of each PCDMs model (a tiny config), through the hub helpers from_pretrained uses
+import importlib, tempfile, torch
+kinds = importlib.import_module(spec.name + ".core.pcdms.kinds")
+for kind in kinds.KINDS:
+    model = kinds.model_class(kind)(**kinds.tiny_config(kind))
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        again = type(model).from_pretrained(d)
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), kind
 print(transformers.__version__, huggingface_hub.__version__, diffusers.__version__, len(pack.NODE_CLASS_MAPPINGS))
 """
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=600,
