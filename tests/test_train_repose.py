@@ -41,9 +41,9 @@ def run(root, out, steps, batch, *extra):
 
 
 def weights(out, step):
-    """The raw (not EMA) weights of both prepared models in the accelerate checkpoint of ``step``."""
-    folder = out / "checkpoints" / f"checkpoint-{step}"
-    return {f"{name}.{k}": v for name in ("model", "model_1")
+    """The raw (not EMA) weights of both trained models in the checkpoint of ``step``."""
+    folder = out / "checkpoints" / f"checkpoint-{step}" / "weights"
+    return {f"{name}.{k}": v for name in ("denoiser", "pose_align")
             for k, v in load_file(str(folder / f"{name}.safetensors")).items()}
 
 
