@@ -336,3 +336,26 @@ def test_diffusion_scripts_check_step_and_batch_arguments():
                        ({"cond_drop_prob": 1.5}, "--cond-drop-prob: expected 0..1, got 1.5")):
         with pytest.raises(ValueError, match=match):
             common.check_diffusion_args(argparse.Namespace(**{**ok, **bad}))
+
+
+def check_the_output_dir_guard(main, argv, out: Path, capsys) -> None:
+    """A script's ``main(argv)`` into ``out`` holding a finished run (model, log): refused with one error line
+    naming the folder and both ways out, nothing touched; with ``--overwrite`` it trains, the old files gone."""
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text("the finished model")
+    (out / "model.safetensors").write_bytes(b"the finished model")
+    (out / "train_log.jsonl").write_text('{"step": 7, "loss": 1.0}\n')
+    (out / "checkpoints" / "checkpoint-7").mkdir(parents=True)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0] and "--resume latest" in err[0] and "--overwrite" in err[0], err
+    assert (out / "model" / "config.json").read_text() == "the finished model"
+    assert (out / "model.safetensors").read_bytes() == b"the finished model"
+    assert (out / "train_log.jsonl").read_text() == '{"step": 7, "loss": 1.0}\n'
+    assert main([*argv, "--overwrite"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert 7 not in steps and max(steps) == 1
+    assert [p.name for p in common.list_checkpoints(out)] == ["checkpoint-1"]
+    for old in (out / "model" / "config.json", out / "model.safetensors"):      # gone or written by the new run
+        assert not old.is_file() or not old.read_bytes().startswith(b"the finished model")

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from posetransfer.training import train_repose
+from test_train_common import check_the_output_dir_guard, plant
 
 
 @pytest.fixture(autouse=True)
@@ -91,13 +92,22 @@ def test_resume_with_accumulation_continues_exactly(gfla, tmp_path):
     extra = ("--gradient-accumulation-steps", "2", "--checkpoint-every", "2")
     full = run(gfla, tmp_path / "full", 4, 2, *extra)
     run(gfla, tmp_path / "part", 2, 2, *extra)
+    plant(tmp_path / "part" / "checkpoints" / "checkpoint-2", tmp_path / "pwned")  # accelerate's pickle file names
     resumed = run(gfla, tmp_path / "part", 4, 2, *extra, "--resume", "latest")
-    assert [r["step"] for r in resumed["history"]] == [3, 4]
+    assert [r["step"] for r in resumed["history"]] == [3, 4] and not (tmp_path / "pwned").exists()
     for a, b in zip(full["history"][2:], resumed["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     wa, wb = weights(tmp_path / "full", 4), weights(tmp_path / "part", 4)
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_run_into_a_used_output_dir_is_refused(gfla, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--model-config", "tiny", "--vae", "tiny", "--data", str(gfla), "--dataset", "deepfashion", "--resolution",
+            "16x12", "--output-dir", str(out), "--max-steps", "1", "--batch-size", "2", "--cpu", "--checkpoint-every",
+            "0"]
+    check_the_output_dir_guard(train_repose.main, argv, out, capsys)
 
 
 def test_training_step_is_training_loss_then_one_update():
