@@ -259,6 +259,25 @@ def test_a_new_run_into_a_used_output_dir_is_refused(gfla4, tmp_path, capsys):
     assert train_flow.detect_model_kind(out / "model") == "single"
 
 
+def test_vgg_file_that_is_not_plain_weights_is_one_error_line(gfla4, tmp_path, capsys):
+    from test_train_common import Payload
+
+    marker = tmp_path / "pwned"
+    torch.save(Payload(marker), tmp_path / "pickled.pth")              # a pickle with code in it
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")         # a whole module, not a state dict
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    torch.save({"classifier.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    for name, why in (("pickled.pth", "not a plain weights file"), ("module.pth", "not a plain weights file"),
+                      ("junk.pth", "not a plain weights file"), ("other.pth", "missing"),
+                      ("junk.safetensors", "not a plain weights file")):
+        path = tmp_path / name
+        assert train_flow.main(common(gfla4, tmp_path / f"o-{name}", "single", 1, *SINGLE, "--vgg", str(path))) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"{train_flow.PROG}: error: --vgg: {path}: ") and why in err[0], err
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------------------------------ use: CLI, node
 
 def _sample_pose_file(tmp_path, name, pose):

@@ -174,7 +174,10 @@ def build_extractor(args, layers: Sequence[str]):
             torch.random.set_rng_state(g)
     if not os.path.isfile(args.vgg):
         raise FileNotFoundError(f"--vgg: no such file: {args.vgg}")
-    return VGG19Features.from_torchvision_file(args.vgg, layers)
+    try:
+        return VGG19Features.from_torchvision_file(args.vgg, layers)
+    except ValueError as exc:
+        raise ValueError(f"--vgg: {exc}") from None
 
 
 # ============================================================================================= arguments

@@ -79,7 +79,10 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--init-unet", metavar="PATH", default=None,
                    help="UNet stages: an SD-2.1-base diffusers UNet folder (or its parent with unet/); conv_in "
                         "is widened (extra input channels zero, the first 4 copied)")
-    g.add_argument("--vae", metavar="PATH|tiny", default=None, help="AutoencoderKL folder (UNet stages)")
+    g.add_argument("--vae", metavar="PATH|tiny", default=None,
+                   help="UNet stages: an AutoencoderKL folder or a VAE weights file (config: --vae-config)")
+    g.add_argument("--vae-config", metavar="JSON|DIR", default=None,
+                   help="--vae FILE: the AutoencoderKL config.json (or its folder); default: the SD 1.x/2.x VAE's")
     g.add_argument("--clip", metavar="PATH|tiny", default=None, help="CLIP vision folder (prior, inpaint)")
     g.add_argument("--dino", metavar="PATH|tiny", default=None, help="DINOv2 folder (inpaint, refine, simplified)")
     g = p.add_argument_group("data")
@@ -217,10 +220,11 @@ def _load_encoder(spec: str | None, which: str, dim: int, device):
     return enc
 
 
-def _load_vae(spec: str | None, device):
+def _load_vae(spec: str | None, device, config: str | None = None):
     from diffusers import AutoencoderKL
 
     from ..core.pcdms.encoders import DiffusersVAE
+    from .vae_files import load_vae
 
     if spec is None:
         raise ValueError("--vae: needed by the UNet stages (an AutoencoderKL folder, or 'tiny')")
@@ -231,9 +235,7 @@ def _load_vae(spec: str | None, device):
                                 up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 16, 16],
                                 layers_per_block=1, norm_num_groups=4)
     else:
-        path = Path(spec)
-        sub = path / "vae" if (path / "vae" / "config.json").is_file() else path
-        vae = AutoencoderKL.from_pretrained(str(sub), local_files_only=True)
+        vae = load_vae(spec, config)
     vae.requires_grad_(False)
     return DiffusersVAE(vae.to(device))
 
@@ -387,7 +389,7 @@ def _train(args, accelerator, out: Path) -> dict:
         scheduler = prior_noise_scheduler()
     else:
         width = model.unet.config.cross_attention_dim
-        vae = _load_vae(args.vae, device)
+        vae = _load_vae(args.vae, device, args.vae_config)
         dino = _load_encoder(args.dino, "dino", model.config.image_feature_dim, device)
         clip = _load_encoder(args.clip, "clip", width, device) if stage == "inpaint" else None
         scheduler = unet_noise_scheduler()

@@ -83,7 +83,10 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--init", metavar="MODEL", default=None, help="start from a saved RePose model folder")
     g.add_argument("--vae", required=True, metavar="PATH|tiny",
                    help="the frozen VAE: a diffusers AutoencoderKL folder (e.g. stabilityai/sd-vae-ft-mse saved "
-                        "locally) or 'tiny' (random, smoke tests)")
+                        "locally), a VAE weights file (.safetensors / .pt / .ckpt, diffusers or original layout; "
+                        "config: --vae-config) or 'tiny' (random, smoke tests)")
+    g.add_argument("--vae-config", metavar="JSON|DIR", default=None,
+                   help="--vae FILE: the AutoencoderKL config.json (or its folder); default: the SD 1.x/2.x VAE's")
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR", required=True, help="dataset folder (GFLA/PIDM layout or photos)")
     g.add_argument("--dataset", default="deepfashion", choices=("deepfashion", "market", "folder"))
@@ -156,8 +159,10 @@ def _module_config(module) -> dict:
     return {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
 
 
-def _load_vae(spec: str):
+def _load_vae(spec: str, config: str | None = None):
     from diffusers import AutoencoderKL
+
+    from .vae_files import load_vae
 
     if spec == "tiny":
         from ..core.repose import TINY_VAE_CONFIG
@@ -165,13 +170,7 @@ def _load_vae(spec: str):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             return AutoencoderKL(**TINY_VAE_CONFIG)
-    path = Path(spec)
-    if path.is_dir():
-        sub = path / "vae" if (path / "vae" / "config.json").is_file() else path
-        return AutoencoderKL.from_pretrained(sub)
-    if path.is_file():
-        return AutoencoderKL.from_single_file(str(path))
-    raise FileNotFoundError(f"--vae: {spec} is neither a diffusers AutoencoderKL folder nor a file")
+    return load_vae(spec, config)
 
 
 def _load_guidance(args):
@@ -221,7 +220,7 @@ def _train(args, accelerator, out: Path) -> dict:
     denoiser, pose_align = _build_models(args, saved_config)
     model_config = {"denoiser": _module_config(denoiser), "pose_align": _module_config(pose_align)}
     device = accelerator.device
-    codec = VaeCodec(_load_vae(args.vae).to(device))
+    codec = VaeCodec(_load_vae(args.vae, args.vae_config).to(device))
     h, w = args.resolution
     if h % (2 * codec.factor) or w % (2 * codec.factor):
         raise ValueError(f"--resolution {h}x{w}: both sides must be multiples of {2 * codec.factor} (the VAE "

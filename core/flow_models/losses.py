@@ -132,15 +132,26 @@ class VGG19Features(nn.Module):
         """From a torchvision ``vgg19`` checkpoint on disk (``.pth`` via ``torch.load(weights_only=True)``, or
         ``.safetensors``), e.g. ``vgg19-dcbb9e9d.pth``."""
         path = Path(path)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                sd = load_file(str(path))
+            else:
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - pickle, zip and safetensors errors: one line naming the file
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+            raise ValueError(f"{path}: not a plain weights file (torch.load(weights_only=True) / safetensors "
+                             f"refused it: {first})") from None
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
             sd = sd["state_dict"]
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise ValueError(f"{path}: expected a state dict of named tensors (torchvision vgg19), got "
+                             f"{type(sd).__name__}")
         net = cls(layers) if layers is not None else cls()
-        return net.load_torchvision_state_dict(sd)
+        try:
+            return net.load_torchvision_state_dict(sd)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (images - self.mean) / self.std
