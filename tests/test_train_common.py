@@ -359,3 +359,26 @@ def check_the_output_dir_guard(main, argv, out: Path, capsys) -> None:
     assert [p.name for p in common.list_checkpoints(out)] == ["checkpoint-1"]
     for old in (out / "model" / "config.json", out / "model.safetensors"):      # gone or written by the new run
         assert not old.is_file() or not old.read_bytes().startswith(b"the finished model")
+
+
+def test_two_processes_main_writes_each_restores_its_own_rng(tmp_path):
+    """2 processes (torch.distributed.run, gloo): one checkpoint written by the main process, holding both
+    processes' generator states; after loading it each process draws what it would have drawn."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    script = Path(__file__).with_name("two_process_checkpoint.py")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), str(script), str(tmp_path), checkpoints.__file__],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"ok-{r}").read_text()) for r in (0, 1))
+    assert a != b                                                   # each process its own generators
+    state = json.loads((tmp_path / common.CHECKPOINTS / "checkpoint-1" / "state.json").read_text())
+    assert len(state["rng"]) == 2 and state["num_processes"] == 2
+    assert [p.name for p in (tmp_path / common.CHECKPOINTS).iterdir()] == ["checkpoint-1"]
