@@ -194,7 +194,7 @@ def test_parts_thirty_steps_lower_the_loss(parts_run):
 
 
 @pytest.mark.parametrize("model,extra", [("single", SINGLE), ("parts", PARTS + ("--stage1-steps", "2"))])
-def test_resume_continues_from_the_saved_step(gfla, tmp_path, model, extra):
+def test_resume_continues_from_the_saved_step(gfla, tmp_path, capsys, model, extra):
     """4 steps straight vs a run killed while saving checkpoint-4, resumed (latest: checkpoint-2, with accelerate's
     pickle file names planted in it) to 4: the same step counter and the same losses (the optimiser, scheduler and
     data order are restored); parts crosses from stage 1 to stage 2 after the resume."""
@@ -248,6 +248,28 @@ def test_resume_continues_from_the_saved_step(gfla, tmp_path, model, extra):
                                                     *first[first.index("--max-steps") + 2:], "--resume",
                                                     str(tmp_path / "resumed" / "checkpoints" / "checkpoint-4")]))
     assert again["step"] == 4 and again["history"] == []
+    # a code-running pickle in place of a weights file (its manifest entry rewritten to match) and a truncated
+    # state file: --resume PATH stops with one error line naming the file; the payload never runs
+    import shutil
+
+    from posetransfer.training import checkpoints
+    from test_train_common import Payload
+
+    rerun = [*first[:first.index("--max-steps")], "--max-steps", "6", *first[first.index("--max-steps") + 2:]]
+    for name, damage in (("weights/discriminator.safetensors", "pickle"), ("state.safetensors", "truncate")):
+        bad = tmp_path / f"bad-{damage}"
+        shutil.copytree(tmp_path / "resumed" / "checkpoints" / "checkpoint-4", bad)
+        if damage == "pickle":
+            torch.save(Payload(marker), bad / name)
+            manifest = json.loads((bad / "manifest.json").read_text())
+            manifest["files"][name] = {"size": (bad / name).stat().st_size, "sha256": checkpoints._sha256(bad / name)}
+            (bad / "manifest.json").write_text(json.dumps(manifest))
+        else:
+            (bad / name).write_bytes((bad / name).read_bytes()[:100])
+        assert train_flow.main([*rerun, "--resume", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(bad / name) in err[0] and err[0].startswith(f"{train_flow.PROG}: error: --resume"), err
+        assert not marker.exists()
 
 
 def test_a_new_run_into_a_used_output_dir_is_refused(gfla4, tmp_path, capsys):

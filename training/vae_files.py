@@ -49,28 +49,11 @@ def vae_config(spec: str | None, flag: str = "--vae-config") -> dict:
     return config
 
 
-def _read_weights(path: Path, flag: str) -> dict:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickle, zip and safetensors errors: one line naming the file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
-        raise ValueError(f"{flag}: {path}: not a plain weights file (torch.load(weights_only=True) / "
-                         f"safetensors refused it: {first})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{flag}: {path}: expected a state dict of named tensors, got {type(state).__name__}")
-    return state
-
-
 def load_vae(spec: str, config: str | None = None, flag: str = "--vae"):
     """An ``AutoencoderKL`` from a local folder or weights file (module docstring), float32, never downloading."""
     from diffusers import AutoencoderKL
+
+    from ..core.state_dicts import read_state_dict
 
     path = Path(spec)
     if path.is_dir():
@@ -82,7 +65,10 @@ def load_vae(spec: str, config: str | None = None, flag: str = "--vae"):
         raise FileNotFoundError(f"{flag}: {spec} is neither a diffusers AutoencoderKL folder nor a file")
     cfg = vae_config(config)
     vae = AutoencoderKL.from_config(cfg)
-    state = _read_weights(path, flag)
+    try:
+        state = read_state_dict(path)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
     if any(k.endswith(_LDM_KEY) for k in state):
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 

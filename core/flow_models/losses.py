@@ -131,22 +131,10 @@ class VGG19Features(nn.Module):
     def from_torchvision_file(cls, path: str | Path, layers: Sequence[str] | None = None) -> "VGG19Features":
         """From a torchvision ``vgg19`` checkpoint on disk (``.pth`` via ``torch.load(weights_only=True)``, or
         ``.safetensors``), e.g. ``vgg19-dcbb9e9d.pth``."""
+        from ..state_dicts import read_state_dict
+
         path = Path(path)
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                sd = load_file(str(path))
-            else:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - pickle, zip and safetensors errors: one line naming the file
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
-            raise ValueError(f"{path}: not a plain weights file (torch.load(weights_only=True) / safetensors "
-                             f"refused it: {first})") from None
-        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-            sd = sd["state_dict"]
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise ValueError(f"{path}: expected a state dict of named tensors (torchvision vgg19), got "
-                             f"{type(sd).__name__}")
+        sd = read_state_dict(path)
         net = cls(layers) if layers is not None else cls()
         try:
             return net.load_torchvision_state_dict(sd)
