@@ -268,7 +268,8 @@ def test_resume_continues_from_the_saved_step(gfla, tmp_path, capsys, model, ext
             (bad / name).write_bytes((bad / name).read_bytes()[:100])
         assert train_flow.main([*rerun, "--resume", str(bad)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and str(bad / name) in err[0] and err[0].startswith(f"{train_flow.PROG}: error: --resume"), err
+        assert len(err) == 1 and str(bad / name) in err[0], err
+        assert err[0].startswith(f"{train_flow.PROG}: error: --resume: ")
         assert not marker.exists()
 
 

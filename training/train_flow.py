@@ -231,8 +231,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--lr-warmup-steps", type=int, default=0)
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and random pairs")
     g.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
-                   help="save accelerate state + a safetensors export every N steps (default: 500; 0: only at "
-                        "the end)")
+                   help="save a checkpoint (training state + a safetensors export) every N steps (default: 500; "
+                        "0: only at the end)")
     g.add_argument("--checkpoints-total-limit", type=int, default=None, metavar="K",
                    help="keep only the K newest checkpoints")
     g.add_argument("--resume", metavar="latest|PATH", default=None,
