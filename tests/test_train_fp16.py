@@ -254,3 +254,8 @@ def test_train_pcdms_fp16_trains_and_overflow_skips(data, tmp_path, monkeypatch)
     assert res["probe"][2] == res["probe"][0] and states(made) == [0]
     (model, before), = made.initial
     assert fp16_cpu.changed(model, before) == 0 and fp16_cpu.all_finite(model)
+    # resumed, the loss scale goes on from the checkpoint's 2**28 (a fresh scaler would start again at 2**30)
+    fp16_cpu.install(monkeypatch, init_scale=2.0 ** 30)
+    argv[argv.index("--max-steps") + 1] = "3"
+    res = train_pcdms.train(train_pcdms.parse_args([*argv, "--resume", "latest"]))
+    assert scales(res["history"]) == [2.0 ** 27]
