@@ -15,9 +15,11 @@ from posetransfer import cli
 from posetransfer.core.keypoints import Person, Pose
 from posetransfer.core.pose_io import write_gfla_annotations, write_openpose_json, write_pairs_csv
 from posetransfer.core.render import render_part_labels
+from posetransfer.training import common as common_
 from posetransfer.training import train_flow
 from posetransfer.training.datasets import (GFLAPairs, InputSpec, SelfSupervisedPairs, perturb_pose,
                                             to_frame)
+from test_train_common import plant
 
 FRAME = (256, 176)  # DeepFashion frame (H, W)
 # A standing figure in the 176x256 frame (COCO-18).
@@ -196,22 +198,42 @@ def test_parts_thirty_steps_lower_the_loss(parts_run):
 
 
 @pytest.mark.parametrize("model,extra", [("single", SINGLE), ("parts", PARTS + ("--stage1-steps", "2"))])
-def test_resume_continues_from_the_saved_step(gfla, tmp_path, model, extra):
-    """4 steps straight vs 2 steps, stop, resume to 4: the same step counter and the same losses (the
-    optimiser, scheduler and data order are restored); parts crosses from stage 1 to stage 2 after the resume."""
+def test_resume_continues_from_the_saved_step(gfla, tmp_path, capsys, model, extra):
+    """4 steps straight vs a run killed while saving checkpoint-4, resumed (latest: checkpoint-2, with accelerate's
+    pickle file names planted in it) to 4: the same step counter and the same losses (the optimiser, scheduler and
+    data order are restored); parts crosses from stage 1 to stage 2 after the resume."""
     args = common(gfla, tmp_path / "straight", model, 4, *extra, "--checkpoint-every", "2",
                   "--gradient-accumulation-steps", "2", "--batch-size", "2")
     straight = train_flow.train(train_flow.parse_args(args))["history"]
     first = common(gfla, tmp_path / "resumed", model, 2, *extra, "--checkpoint-every", "2",
                    "--gradient-accumulation-steps", "2", "--batch-size", "2")
-    train_flow.train(train_flow.parse_args(first))
+    # The first run is killed while it writes checkpoint-4 (its manifest half-written, not yet renamed into place).
+    from posetransfer.training import checkpoints
+
+    write_json = checkpoints._write_json
+
+    def killed_at_step_4(path, obj):
+        write_json(path, obj)
+        if path.name == "manifest.json" and path.parent.name.endswith("checkpoint-4"):
+            path.write_text(path.read_text()[:20])
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(checkpoints, "_write_json", killed_at_step_4)
+        with pytest.raises(KeyboardInterrupt):
+            train_flow.train(train_flow.parse_args([*first[:first.index("--max-steps")], "--max-steps", "4",
+                                                    *first[first.index("--max-steps") + 2:]]))
+    assert [p.name for p in common_.list_checkpoints(tmp_path / "resumed")] == ["checkpoint-2"]
     ckpt = tmp_path / "resumed" / "checkpoints" / "checkpoint-2"
     state = json.loads((ckpt / "train_config.json").read_text())
     assert state["step"] == 2 and state["kind"] == model
+    # accelerate's pickle files planted in the checkpoint are never opened by --resume
+    marker = tmp_path / "pwned"
+    plant(ckpt, marker)
     rest = train_flow.train(train_flow.parse_args(
         [*first[:first.index("--max-steps")], "--max-steps", "4", *first[first.index("--max-steps") + 2:],
          "--resume", "latest"]))["history"]
-    assert [h["step"] for h in rest] == [3, 4]
+    assert [h["step"] for h in rest] == [3, 4] and not marker.exists()
     for a, b in zip(straight[2:], rest):
         assert a.keys() == b.keys()
         for k in a:
@@ -230,6 +252,57 @@ def test_resume_continues_from_the_saved_step(gfla, tmp_path, model, extra):
                                                     *first[first.index("--max-steps") + 2:], "--resume",
                                                     str(tmp_path / "resumed" / "checkpoints" / "checkpoint-4")]))
     assert again["step"] == 4 and again["history"] == []
+    # a code-running pickle in place of a weights file (its manifest entry rewritten to match) and a truncated
+    # state file: --resume PATH stops with one error line naming the file; the payload never runs
+    import shutil
+
+    from posetransfer.training import checkpoints
+    from test_train_common import Payload
+
+    rerun = [*first[:first.index("--max-steps")], "--max-steps", "6", *first[first.index("--max-steps") + 2:]]
+    for name, damage in (("weights/discriminator.safetensors", "pickle"), ("state.safetensors", "truncate")):
+        bad = tmp_path / f"bad-{damage}"
+        shutil.copytree(tmp_path / "resumed" / "checkpoints" / "checkpoint-4", bad)
+        if damage == "pickle":
+            torch.save(Payload(marker), bad / name)
+            manifest = json.loads((bad / "manifest.json").read_text())
+            manifest["files"][name] = {"size": (bad / name).stat().st_size, "sha256": checkpoints._sha256(bad / name)}
+            (bad / "manifest.json").write_text(json.dumps(manifest))
+        else:
+            (bad / name).write_bytes((bad / name).read_bytes()[:100])
+        assert train_flow.main([*rerun, "--resume", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(bad / name) in err[0], err
+        assert err[0].startswith(f"{train_flow.PROG}: error: --resume: ")
+        assert not marker.exists()
+
+
+def test_a_new_run_into_a_used_output_dir_is_refused(gfla4, tmp_path, capsys):
+    from test_train_common import check_the_output_dir_guard
+
+    out = tmp_path / "run"
+    check_the_output_dir_guard(train_flow.main, common(gfla4, out, "single", 1, *SINGLE, "--checkpoint-every", "0"),
+                               out, capsys)
+    assert train_flow.detect_model_kind(out / "model") == "single"
+
+
+def test_vgg_file_that_is_not_plain_weights_is_one_error_line(gfla4, tmp_path, capsys):
+    from test_train_common import Payload
+
+    marker = tmp_path / "pwned"
+    torch.save(Payload(marker), tmp_path / "pickled.pth")              # a pickle with code in it
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")         # a whole module, not a state dict
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    torch.save({"classifier.0.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    for name, why in (("pickled.pth", "not a plain weights file"), ("module.pth", "not a plain weights file"),
+                      ("junk.pth", "not a plain weights file"), ("other.pth", "missing"),
+                      ("junk.safetensors", "not a plain weights file")):
+        path = tmp_path / name
+        assert train_flow.main(common(gfla4, tmp_path / f"o-{name}", "single", 1, *SINGLE, "--vgg", str(path))) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"{train_flow.PROG}: error: --vgg: {path}: ") and why in err[0], err
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------------------------------ use: CLI, node

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from posetransfer.training import train_pcdms
+from test_train_common import check_the_output_dir_guard, plant
 
 S = 32  # image frame; the tiny VAE is 8x, the tiny UNet 2x
 
@@ -81,8 +82,9 @@ def test_resume_continues_from_saved_step(data, tmp_path):
     common = ["--lr", "1e-3", "--gradient-accumulation-steps", "2", "--checkpoint-every", "2"]
     full = _run(_argv(data, tmp_path / "a", "simplified", "--max-steps", "4", *common))
     _run(_argv(data, tmp_path / "b", "simplified", "--max-steps", "2", *common))
+    plant(tmp_path / "b" / "checkpoints" / "checkpoint-2", tmp_path / "pwned")  # accelerate's pickle file names
     resumed = _run(_argv(data, tmp_path / "b", "simplified", "--max-steps", "4", "--resume", "latest", *common))
-    assert [r["step"] for r in resumed["history"]] == [3, 4]
+    assert [r["step"] for r in resumed["history"]] == [3, 4] and not (tmp_path / "pwned").exists()
     for a, b in zip(full["history"][2:], resumed["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     wa, wb = _weights(full["model_path"]), _weights(resumed["model_path"])
@@ -128,3 +130,9 @@ def test_main_reports_bad_input(tmp_path, capsys):
                              str(tmp_path / "o"), "--cpu", "--resolution", "32x32"])
     assert code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_new_run_into_a_used_output_dir_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    check_the_output_dir_guard(train_pcdms.main, _argv(data, out, "simplified", "--max-steps", "1",
+                                                       "--checkpoint-every", "0"), out, capsys)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from posetransfer.training import train_repose
+from test_train_common import check_the_output_dir_guard, plant
 
 
 @pytest.fixture(autouse=True)
@@ -41,9 +42,9 @@ def run(root, out, steps, batch, *extra):
 
 
 def weights(out, step):
-    """The raw (not EMA) weights of both prepared models in the accelerate checkpoint of ``step``."""
-    folder = out / "checkpoints" / f"checkpoint-{step}"
-    return {f"{name}.{k}": v for name in ("model", "model_1")
+    """The raw (not EMA) weights of both trained models in the checkpoint of ``step``."""
+    folder = out / "checkpoints" / f"checkpoint-{step}" / "weights"
+    return {f"{name}.{k}": v for name in ("denoiser", "pose_align")
             for k, v in load_file(str(folder / f"{name}.safetensors")).items()}
 
 
@@ -91,13 +92,22 @@ def test_resume_with_accumulation_continues_exactly(gfla, tmp_path):
     extra = ("--gradient-accumulation-steps", "2", "--checkpoint-every", "2")
     full = run(gfla, tmp_path / "full", 4, 2, *extra)
     run(gfla, tmp_path / "part", 2, 2, *extra)
+    plant(tmp_path / "part" / "checkpoints" / "checkpoint-2", tmp_path / "pwned")  # accelerate's pickle file names
     resumed = run(gfla, tmp_path / "part", 4, 2, *extra, "--resume", "latest")
-    assert [r["step"] for r in resumed["history"]] == [3, 4]
+    assert [r["step"] for r in resumed["history"]] == [3, 4] and not (tmp_path / "pwned").exists()
     for a, b in zip(full["history"][2:], resumed["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     wa, wb = weights(tmp_path / "full", 4), weights(tmp_path / "part", 4)
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_run_into_a_used_output_dir_is_refused(gfla, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--model-config", "tiny", "--vae", "tiny", "--data", str(gfla), "--dataset", "deepfashion", "--resolution",
+            "16x12", "--output-dir", str(out), "--max-steps", "1", "--batch-size", "2", "--cpu", "--checkpoint-every",
+            "0"]
+    check_the_output_dir_guard(train_repose.main, argv, out, capsys)
 
 
 def test_training_step_is_training_loss_then_one_update():

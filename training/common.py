@@ -1,5 +1,5 @@
-"""What the training scripts share: the Accelerator, checkpoint folders, resuming, the epoch sampler, size
-arguments, the command-line entry point."""
+"""What the training scripts share: the Accelerator, the run folder guard, checkpoints and resuming (the format:
+:mod:`.checkpoints`), the epoch sampler, size arguments, the command-line entry point."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from typing import Callable, Sequence
 
 import torch
 
-CHECKPOINTS = "checkpoints"  # OUT/checkpoints/checkpoint-N: accelerate state + train_config.json + weights
+from . import checkpoints
+from .checkpoints import CHECKPOINTS, Resumable, checkpoint_step, list_checkpoints  # noqa: F401
+
+# What a training run writes into --output-dir (every script; --overwrite deletes these and nothing else).
+RUN_FILES = (CHECKPOINTS, "model", "model.safetensors", "flow_model.safetensors", "train_log.jsonl",
+             "train_log.csv", "logs")
 
 
 def make_accelerator(**kwargs):
@@ -63,44 +68,34 @@ def plain_forward(accelerator, *models) -> None:
         accelerator.unwrap_model(m, keep_fp32_wrapper=False)
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """N of a ``checkpoint-N`` folder, else None."""
-    try:
-        return int(path.name.split("-", 1)[1]) if path.name.startswith("checkpoint-") else None
-    except ValueError:
-        return None
-
-
-def list_checkpoints(out: Path) -> list[Path]:
-    """The run's checkpoint folders, oldest first."""
-    root = out / CHECKPOINTS
-    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None] if root.is_dir() else []
-    return sorted(found, key=checkpoint_step)
-
-
 def save_checkpoint(accelerator, out: Path, step: int, train_config: dict, export: Callable[[Path], None],
-                    keep: int | None = None) -> Path:
-    """``OUT/checkpoints/checkpoint-STEP``: the accelerate state (every process), then on the main process
-    ``train_config.json`` (``train_config``) and ``export(folder)``'s model files; only the newest
-    ``keep`` checkpoints are kept (None or 0: all)."""
-    path = out / CHECKPOINTS / f"checkpoint-{step}"
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        (path / "train_config.json").write_text(
-            json.dumps(train_config, indent=2, default=str) + "\n", encoding="utf-8")
-        export(path)
-        if keep is not None and keep > 0:
-            for old in list_checkpoints(out)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return path
+                    resumable: Resumable, keep: int | None = None) -> Path:
+    """``OUT/checkpoints/checkpoint-STEP`` (:mod:`.checkpoints`: JSON + safetensors, written atomically by the main
+    process; every process calls it): ``resumable``'s state, ``train_config.json`` and ``export(folder)``'s model
+    files; only the newest ``keep`` checkpoints are kept (None or 0: all)."""
+    return checkpoints.save(accelerator, out, step, train_config, export, resumable, keep)
+
+
+def load_checkpoint(accelerator, folder: Path, resumable: Resumable, prog: str) -> int:
+    """Restore ``resumable`` (and the loss scaler, the RNG states) from ``folder``; the step it was saved at."""
+    try:
+        return checkpoints.load(accelerator, folder, resumable, log=lambda msg: print(f"[{prog}] --resume: {msg}"))
+    except checkpoints.CheckpointError as exc:
+        raise ValueError(f"--resume: {exc}") from None
+
+
+def read_train_config(folder: Path, kind: str) -> dict:
+    """The ``train_config.json`` of the checkpoint ``--resume`` chose, checked to be of ``kind``."""
+    try:
+        return checkpoints.read_train_config(folder, kind)
+    except checkpoints.CheckpointError as exc:
+        raise ValueError(f"--resume: {exc}") from None
 
 
 def needs_final_checkpoint(out: Path, step: int) -> bool:
     """True unless the newest checkpoint is already at ``step`` (the last step was a checkpoint step)."""
-    latest = list_checkpoints(out)
-    return not latest or checkpoint_step(latest[-1]) != step
+    found = list_checkpoints(out)
+    return not found or checkpoint_step(found[-1]) != step or not checkpoints.is_complete(found[-1])
 
 
 def cli_args(args: argparse.Namespace) -> dict:
@@ -108,18 +103,70 @@ def cli_args(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func"}
 
 
-def resolve_resume(resume: str | None, out: Path, prog: str) -> Path | None:
-    """``--resume``: None, ``latest`` (the newest checkpoint of ``out``, None when there is none) or a path."""
+def resolve_resume(resume: str | None, out: Path, prog: str, verbose: bool = True) -> Path | None:
+    """``--resume``: None, ``latest`` (the newest complete checkpoint of ``out``, None when the run has none; newer
+    unfinished ones are skipped and named) or a checkpoint folder, verified against its manifest (a ValueError
+    naming the file that does not match)."""
     if resume is None:
         return None
-    if resume == "latest":
-        found = list_checkpoints(out)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / "train_config.json").is_file():
-        raise FileNotFoundError(f"--resume: {path} is not a {prog} checkpoint (no train_config.json); "
-                                f"expected OUT/{CHECKPOINTS}/checkpoint-N or 'latest'")
+    log = (lambda msg: print(f"[{prog}] --resume latest: {msg}", flush=True)) if verbose else None
+    try:
+        if resume == "latest":
+            return checkpoints.latest(out, log)
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume: {path}: no such checkpoint folder; expected "
+                                    f"OUT/{CHECKPOINTS}/checkpoint-N or 'latest'")
+        checkpoints.verify(path)
+        return path
+    except checkpoints.CheckpointError as exc:
+        raise ValueError(f"--resume: {exc}") from None
+
+
+def add_run_arguments(group) -> None:
+    """``--overwrite`` (the run-folder guard's way out besides ``--resume``)."""
+    group.add_argument("--overwrite", action="store_true",
+                       help="--output-dir holds an earlier run: delete its files (checkpoints, model, logs) and "
+                            "start a new run there (without it, or --resume, a non-empty --output-dir is refused)")
+
+
+def start_run(accelerator, args, out: Path, prog: str) -> Path | None:
+    """The run folder guard and ``--resume``: a new run (no ``--resume``) into a non-empty ``out`` is refused unless
+    ``--overwrite``, which first deletes the files an earlier run wrote (:data:`RUN_FILES`; other files stay);
+    returns the checkpoint to resume from (:func:`resolve_resume`). Every process checks before the main process
+    creates or clears anything."""
+    overwrite, resume = bool(getattr(args, "overwrite", False)), args.resume
+    if overwrite and resume is not None:
+        raise ValueError("--overwrite and --resume exclude each other (--overwrite deletes the run --resume "
+                         "would continue)")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--output-dir {out}: exists and is not a folder")
+    if resume is None and not overwrite and out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"--output-dir {out}: not empty (an earlier run's files would be replaced or mixed "
+                              f"in); pass --resume latest to continue that run, or --overwrite to delete its files "
+                              f"and start a new one")
+    path = resolve_resume(resume, out, prog, verbose=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if overwrite and out.is_dir():
+            for name in RUN_FILES:
+                target = out / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        if resume == "latest" and path is None:
+            print(f"[{prog}] --resume latest: no checkpoint in {out / CHECKPOINTS}; starting at step 0", flush=True)
+    accelerator.wait_for_everyone()
     return path
+
+
+class StepCounter:
+    """The optimisation step of a run (saved in the checkpoint's state.json)."""
+
+    def __init__(self, step: int = 0):
+        self.step = step
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -20,8 +20,9 @@ Commands (also ``posetransfer train-flow ...``)::
 
 What one run writes in ``--output-dir``:
 
-* ``checkpoints/checkpoint-N/``: accelerate state every ``--checkpoint-every`` steps (models, optimisers, LR
-  schedulers, RNG states, the step counter) and ``model/``, the safetensors export of that step.
+* ``checkpoints/checkpoint-N/``: every ``--checkpoint-every`` steps, the training state in JSON + safetensors
+  (models, optimisers, LR schedulers, RNG states, the step; :mod:`.checkpoints`) and ``model/``, the export of
+  that step.
 * ``model/``: the export of the last step. Single: ``flow_net/`` and ``refiner/`` (``save_pretrained`` folders,
   ``config.json`` + ``diffusion_pytorch_model.safetensors``); parts: the ``PartFlowNet`` folder. Both with
   ``posetransfer_flow_model.json`` (kind, step). :func:`load_flow_model` reads them (the CLI's
@@ -64,7 +65,7 @@ import torch
 import torch.nn as nn
 
 from . import common
-from .common import CHECKPOINTS, EpochSampler, plain_forward, resolve_resume
+from .common import EpochSampler, plain_forward
 from ..core.flow_models.model_files import (FILE_KEY, KINDS, MARKER, MODEL_DIR, detect_model_kind,  # noqa: F401
                                             export_model, load_flow_model, load_flow_modules, save_model_file)
 
@@ -173,7 +174,10 @@ def build_extractor(args, layers: Sequence[str]):
             torch.random.set_rng_state(g)
     if not os.path.isfile(args.vgg):
         raise FileNotFoundError(f"--vgg: no such file: {args.vgg}")
-    return VGG19Features.from_torchvision_file(args.vgg, layers)
+    try:
+        return VGG19Features.from_torchvision_file(args.vgg, layers)
+    except ValueError as exc:
+        raise ValueError(f"--vgg: {exc}") from None
 
 
 # ============================================================================================= arguments
@@ -227,13 +231,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--lr-warmup-steps", type=int, default=0)
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and random pairs")
     g.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
-                   help="save accelerate state + a safetensors export every N steps (default: 500; 0: only at "
-                        "the end)")
+                   help="save a checkpoint (training state + a safetensors export) every N steps (default: 500; "
+                        "0: only at the end)")
     g.add_argument("--checkpoints-total-limit", type=int, default=None, metavar="K",
                    help="keep only the K newest checkpoints")
     g.add_argument("--resume", metavar="latest|PATH", default=None,
-                   help="continue from the newest checkpoint of --output-dir (latest) or from a checkpoint "
-                        "folder: same step, weights, optimisers, schedulers and RNG states")
+                   help="continue from the newest complete checkpoint of --output-dir (latest) or from a "
+                        "checkpoint folder: same step, weights, optimisers, schedulers and RNG states")
+    common.add_run_arguments(g)
     g.add_argument("--log-every", type=int, default=10, metavar="N",
                    help="print the losses every N steps (the log files get every step)")
     g.add_argument("--log-with", default=None,
@@ -417,21 +422,6 @@ class _Autocast(nn.Module):
             return {k: v.float() for k, v in self.inner(*args).items()}
 
 
-class TrainState:
-    """The step counter, saved with the accelerate state (``register_for_checkpointing``)."""
-
-    def __init__(self, kind: str):
-        self.kind, self.step = kind, 0
-
-    def state_dict(self) -> dict:
-        return {"kind": self.kind, "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != self.kind:
-            raise ValueError(f"--resume: the checkpoint trained a {state.get('kind')!r} model, not {self.kind!r}")
-        self.step = int(state["step"])
-
-
 def _make_dataset(args, spec):
     from .datasets import GFLAPairs, SelfSupervisedPairs
 
@@ -527,20 +517,14 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, InputSpec) -> dict:
-    resume = resolve_resume(args.resume, out, PROG)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if args.resume == "latest" and resume is None:
-            print(f"[train-flow] --resume latest: no checkpoint in {out / CHECKPOINTS}; starting at step 0")
+    resume = common.start_run(accelerator, args, out, PROG)
     set_seed(args.seed)
 
     # ---- models: from the checkpoint's config (resume), a saved model (--init) or a preset / JSON
     init_modules: dict[str, nn.Module] = {}
     saved: dict = {}
     if resume is not None:
-        saved = json.loads((resume / "train_config.json").read_text(encoding="utf-8"))
-        if saved.get("kind") != kind:
-            raise ValueError(f"--resume: {resume} trained a {saved.get('kind')!r} model, not {kind!r} (--model)")
+        saved = common.read_train_config(resume, kind)
         model_config = saved["model_config"]
     else:
         model_config = resolve_model_config(kind, args.model_config, args.dataset)
@@ -605,6 +589,9 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         deferred = [step_opts.generator, step_opts.discriminator]
         optimizers = [opt_g, opt_d]
         train_modules = [flow_net, refiner, disc]
+        resumable = common.Resumable({"flow_net": flow_net, "refiner": refiner, "discriminator": disc},
+                                     {"generator": opt_g, "discriminator": opt_d},
+                                     {"generator": sched_g, "discriminator": sched_d})
         columns = ["step", "task", "phase", "loss", "affine", "perceptual", "generative", "discriminator", "lr",
                    "time"]
 
@@ -658,6 +645,9 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         disc.train()
         optimizers = [opt1, opt_g, opt_d]
         train_modules = [net_p, disc]
+        resumable = common.Resumable({"model": net_p, "discriminator": disc},
+                                     {"stage1": opt1, "generator": opt_g, "discriminator": opt_d},
+                                     {"stage1": s1, "generator": s2g, "discriminator": s2d})
         columns = (["step", "stage", "loss", "sam", "rec", "adv", "per", "sty", "d_loss"]
                    + [f"sam_{n}" for n in inner.part_names] + ["lr", "time"])
         d1, d2 = _DeferredStep(opt1), (_DeferredStep(opt_g), _DeferredStep(opt_d))
@@ -690,10 +680,10 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
               f"(accumulation) x {nproc} examples per step", flush=True)
     if accelerator.scaler is not None:
         columns.insert(columns.index("lr"), "loss_scale")
-    state = TrainState(kind)
-    accelerator.register_for_checkpointing(state)
+    state = common.StepCounter()
+    resumable.data = {"examples": len(dataset), "seed": args.seed}
     if resume is not None:
-        accelerator.load_state(str(resume))
+        state.step = common.load_checkpoint(accelerator, resume, resumable, PROG)
         if accelerator.is_main_process:
             print(f"[train-flow] resumed from {resume} at step {state.step}")
 
@@ -709,7 +699,7 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
         config = {"kind": kind, "step": step, "model_config": model_config, "stage1_steps": stage1_steps,
                   "args": common.cli_args(args)}
         return common.save_checkpoint(accelerator, out, step, config, lambda folder: export(folder / MODEL_DIR, step),
-                                      args.checkpoints_total_limit)
+                                      resumable, args.checkpoints_total_limit)
 
     if args.log_with:
         accelerator.init_trackers("posetransfer_flow", config={k: v for k, v in vars(args).items()

@@ -34,7 +34,8 @@ Mixed precision: the forward runs under ``accelerator.autocast()``, backward / c
 (accelerate's GradScaler: backward scales, ``clip_grad_norm_`` unscales, the step skips on overflow) is tested on
 the CPU with a CPU GradScaler (tests/test_train_fp16.py); GPU fp16 runs are unverified.
 
-Output ``OUT``: ``checkpoints/checkpoint-N/`` (accelerate state + ``train_config.json`` + ``model.safetensors``,
+Output ``OUT``: ``checkpoints/checkpoint-N/`` (training state in JSON + safetensors (:mod:`.checkpoints`) +
+``train_config.json`` + ``model.safetensors``,
 loadable by :func:`..core.pcdms.load_pcdms`), ``--resume latest|PATH``; ``model.safetensors`` at the end;
 ``train_log.jsonl`` (per-step loss / lr / time (+ ``loss_scale`` under fp16) and ``probe_loss`` records: the first
 batch at fixed timesteps, noise and no dropout, at the start and at every checkpoint).
@@ -43,7 +44,6 @@ batch at fixed timesteps, noise and no dropout, at the start and at every checkp
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from . import common
-from .common import CHECKPOINTS, EpochSampler, parse_size, resolve_resume
+from .common import CHECKPOINTS, EpochSampler, parse_size
 
 PROG = "train_pcdms"
 MODEL_FILE = "model.safetensors"
@@ -79,7 +79,10 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--init-unet", metavar="PATH", default=None,
                    help="UNet stages: an SD-2.1-base diffusers UNet folder (or its parent with unet/); conv_in "
                         "is widened (extra input channels zero, the first 4 copied)")
-    g.add_argument("--vae", metavar="PATH|tiny", default=None, help="AutoencoderKL folder (UNet stages)")
+    g.add_argument("--vae", metavar="PATH|tiny", default=None,
+                   help="UNet stages: an AutoencoderKL folder or a VAE weights file (config: --vae-config)")
+    g.add_argument("--vae-config", metavar="JSON|DIR", default=None,
+                   help="--vae FILE: the AutoencoderKL config.json (or its folder); default: the SD 1.x/2.x VAE's")
     g.add_argument("--clip", metavar="PATH|tiny", default=None, help="CLIP vision folder (prior, inpaint)")
     g.add_argument("--dino", metavar="PATH|tiny", default=None, help="DINOv2 folder (inpaint, refine, simplified)")
     g = p.add_argument_group("data")
@@ -109,7 +112,9 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=5000, metavar="N", help="0: only at the end")
     g.add_argument("--checkpoints-total-limit", type=int, default=None, metavar="K")
-    g.add_argument("--resume", metavar="latest|PATH", default=None)
+    g.add_argument("--resume", metavar="latest|PATH", default=None,
+                   help="continue from the newest complete checkpoint of --output-dir (latest) or a checkpoint folder")
+    common.add_run_arguments(g)
     g.add_argument("--log-every", type=int, default=50, metavar="N")
     return p
 
@@ -215,10 +220,11 @@ def _load_encoder(spec: str | None, which: str, dim: int, device):
     return enc
 
 
-def _load_vae(spec: str | None, device):
+def _load_vae(spec: str | None, device, config: str | None = None):
     from diffusers import AutoencoderKL
 
     from ..core.pcdms.encoders import DiffusersVAE
+    from .vae_files import load_vae
 
     if spec is None:
         raise ValueError("--vae: needed by the UNet stages (an AutoencoderKL folder, or 'tiny')")
@@ -229,9 +235,7 @@ def _load_vae(spec: str | None, device):
                                 up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 16, 16],
                                 layers_per_block=1, norm_num_groups=4)
     else:
-        path = Path(spec)
-        sub = path / "vae" if (path / "vae" / "config.json").is_file() else path
-        vae = AutoencoderKL.from_pretrained(str(sub), local_files_only=True)
+        vae = load_vae(spec, config)
     vae.requires_grad_(False)
     return DiffusersVAE(vae.to(device))
 
@@ -265,19 +269,6 @@ def _make_dataset(args):
         images = args.images or (str(root / "images") if (root / "images").is_dir() else str(root))
         return PCDMsJsonPairs(pairs, images, spec, args.poses)
     return GFLAPairs(args.data, spec, args.layout, args.split, args.annotations, args.pairs, args.images)
-
-
-class TrainState:
-    def __init__(self, stage: str):
-        self.step, self.stage = 0, stage
-
-    def state_dict(self) -> dict:
-        return {"kind": f"pcdms_{self.stage}", "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != f"pcdms_{self.stage}":
-            raise ValueError(f"--resume: not a PCDMs {self.stage} checkpoint ({state.get('kind')!r})")
-        self.step = int(state["step"])
 
 
 # ------------------------------------------------------------------------------------------------ the stages
@@ -382,13 +373,11 @@ def _train(args, accelerator, out: Path) -> dict:
     from ..core.pcdms import save_pcdms_safetensors
 
     stage = args.stage
-    resume = resolve_resume(args.resume, out, PROG)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+    resume = common.start_run(accelerator, args, out, PROG)
     set_seed(args.seed)
     saved = None
     if resume is not None:
-        saved = json.loads((resume / "train_config.json").read_text(encoding="utf-8"))["model_config"]
+        saved = common.read_train_config(resume, f"pcdms_{stage}")["model_config"]
     model = _build_model(args, saved).train()
     model.requires_grad_(True)
     model_config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
@@ -400,7 +389,7 @@ def _train(args, accelerator, out: Path) -> dict:
         scheduler = prior_noise_scheduler()
     else:
         width = model.unet.config.cross_attention_dim
-        vae = _load_vae(args.vae, device)
+        vae = _load_vae(args.vae, device, args.vae_config)
         dino = _load_encoder(args.dino, "dino", model.config.image_feature_dim, device)
         clip = _load_encoder(args.clip, "clip", width, device) if stage == "inpaint" else None
         scheduler = unet_noise_scheduler()
@@ -421,10 +410,11 @@ def _train(args, accelerator, out: Path) -> dict:
     model_p, optimizer = accelerator.prepare(model, optimizer)
     common.plain_forward(accelerator, model_p)
     raw_model = accelerator.unwrap_model(model_p)
-    state = TrainState(stage)
-    accelerator.register_for_checkpointing(state)
+    state = common.StepCounter()
+    resumable = common.Resumable({"model": model_p}, {"optimizer": optimizer},
+                                 data={"examples": len(dataset), "seed": args.seed})
     if resume is not None:
-        accelerator.load_state(str(resume))
+        state.step = common.load_checkpoint(accelerator, resume, resumable, PROG)
         if accelerator.is_main_process:
             print(f"[{PROG}] resumed from {resume} at step {state.step}", flush=True)
     runner = _Stage(stage, raw_model, vae, clip, dino, scheduler, args.cond_drop_prob, args.noise_offset)
@@ -471,7 +461,7 @@ def _train(args, accelerator, out: Path) -> dict:
                   "args": common.cli_args(args)}
         path = common.save_checkpoint(accelerator, out, state.step, config,
                                       lambda folder: save_pcdms_safetensors(raw_model, folder / MODEL_FILE),
-                                      args.checkpoints_total_limit)
+                                      resumable, args.checkpoints_total_limit)
         log({"step": state.step, "probe_loss": value})
         return path
 

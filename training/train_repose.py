@@ -24,7 +24,8 @@ estimator, for smoke runs).
 
 Output folder ``OUT``:
 
-* ``checkpoints/checkpoint-N/``: accelerate state (models, optimiser, EMA, step, RNG) + ``train_config.json`` +
+* ``checkpoints/checkpoint-N/``: training state in JSON + safetensors (models, optimiser, EMA, step, RNG;
+  :mod:`.checkpoints`) + ``train_config.json`` +
   ``model/`` (the EMA weights, loadable) every ``--checkpoint-every`` steps and at the end;
   ``--resume latest|PATH`` continues from one (same data order, same random draws per step).
 * ``model/``: the final EMA weights as a RePose model folder (:mod:`..core.repose.model_files`; copy it into
@@ -37,7 +38,6 @@ Output folder ``OUT``:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from . import common
-from .common import CHECKPOINTS, EpochSampler, parse_size, resolve_resume
+from .common import CHECKPOINTS, EpochSampler, parse_size
 from .datasets import InputSpec
 
 PROG = "train_repose"
@@ -83,7 +83,10 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--init", metavar="MODEL", default=None, help="start from a saved RePose model folder")
     g.add_argument("--vae", required=True, metavar="PATH|tiny",
                    help="the frozen VAE: a diffusers AutoencoderKL folder (e.g. stabilityai/sd-vae-ft-mse saved "
-                        "locally) or 'tiny' (random, smoke tests)")
+                        "locally), a VAE weights file (.safetensors / .pt / .ckpt, diffusers or original layout; "
+                        "config: --vae-config) or 'tiny' (random, smoke tests)")
+    g.add_argument("--vae-config", metavar="JSON|DIR", default=None,
+                   help="--vae FILE: the AutoencoderKL config.json (or its folder); default: the SD 1.x/2.x VAE's")
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR", required=True, help="dataset folder (GFLA/PIDM layout or photos)")
     g.add_argument("--dataset", default="deepfashion", choices=("deepfashion", "market", "folder"))
@@ -114,7 +117,9 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=5000, metavar="N", help="0: only at the end")
     g.add_argument("--checkpoints-total-limit", type=int, default=None, metavar="K")
-    g.add_argument("--resume", metavar="latest|PATH", default=None)
+    g.add_argument("--resume", metavar="latest|PATH", default=None,
+                   help="continue from the newest complete checkpoint of --output-dir (latest) or a checkpoint folder")
+    common.add_run_arguments(g)
     g.add_argument("--log-every", type=int, default=50, metavar="N", help="console lines every N steps")
     g = p.add_argument_group("pose guidance at training time (eq 15)")
     g.add_argument("--pose-guidance", metavar="PATH|tiny", default=None,
@@ -154,8 +159,10 @@ def _module_config(module) -> dict:
     return {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
 
 
-def _load_vae(spec: str):
+def _load_vae(spec: str, config: str | None = None):
     from diffusers import AutoencoderKL
+
+    from .vae_files import load_vae
 
     if spec == "tiny":
         from ..core.repose import TINY_VAE_CONFIG
@@ -163,13 +170,7 @@ def _load_vae(spec: str):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             return AutoencoderKL(**TINY_VAE_CONFIG)
-    path = Path(spec)
-    if path.is_dir():
-        sub = path / "vae" if (path / "vae" / "config.json").is_file() else path
-        return AutoencoderKL.from_pretrained(sub)
-    if path.is_file():
-        return AutoencoderKL.from_single_file(str(path))
-    raise FileNotFoundError(f"--vae: {spec} is neither a diffusers AutoencoderKL folder nor a file")
+    return load_vae(spec, config)
 
 
 def _load_guidance(args):
@@ -196,21 +197,6 @@ def _make_dataset(args, spec):
     return GFLAPairs(args.data, spec, args.dataset, args.split, args.annotations, args.pairs, args.images)
 
 
-class TrainState:
-    """The step counter, saved with the accelerate state."""
-
-    def __init__(self):
-        self.step = 0
-
-    def state_dict(self) -> dict:
-        return {"kind": KIND, "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("kind") != KIND:
-            raise ValueError(f"--resume: not a RePose checkpoint ({state.get('kind')!r})")
-        self.step = int(state["step"])
-
-
 # ------------------------------------------------------------------------------------------------ training
 def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training; returns ``{"step", "history", "probe", "output_dir", "model_dir"}``."""
@@ -226,17 +212,15 @@ def _train(args, accelerator, out: Path) -> dict:
                                repose_noise_scheduler, training_loss)
     from ..core.repose.model_files import save_repose_model
 
-    resume = resolve_resume(args.resume, out, PROG)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+    resume = common.start_run(accelerator, args, out, PROG)
     set_seed(args.seed)
     saved_config = None
     if resume is not None:
-        saved_config = json.loads((resume / "train_config.json").read_text(encoding="utf-8"))["model_config"]
+        saved_config = common.read_train_config(resume, KIND)["model_config"]
     denoiser, pose_align = _build_models(args, saved_config)
     model_config = {"denoiser": _module_config(denoiser), "pose_align": _module_config(pose_align)}
     device = accelerator.device
-    codec = VaeCodec(_load_vae(args.vae).to(device))
+    codec = VaeCodec(_load_vae(args.vae, args.vae_config).to(device))
     h, w = args.resolution
     if h % (2 * codec.factor) or w % (2 * codec.factor):
         raise ValueError(f"--resolution {h}x{w}: both sides must be multiples of {2 * codec.factor} (the VAE "
@@ -260,12 +244,13 @@ def _train(args, accelerator, out: Path) -> dict:
     raw_den, raw_pa = accelerator.unwrap_model(den_p), accelerator.unwrap_model(pa_p)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     ema = make_ema([raw_den, raw_pa], config.ema_decay)
-    ema.to(device)
-    state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    accelerator.register_for_checkpointing(ema)
+    state = common.StepCounter()
+    resumable = common.Resumable({"denoiser": den_p, "pose_align": pa_p}, {"optimizer": optimizer},
+                                 extras={"ema": ema}, data={"examples": len(dataset), "seed": args.seed})
     if resume is not None:
-        accelerator.load_state(str(resume))
+        state.step = common.load_checkpoint(accelerator, resume, resumable, PROG)
+    ema.to(device)  # also the shadow weights a resume loaded on the CPU
+    if resume is not None:
         if accelerator.is_main_process:
             print(f"[{PROG}] resumed from {resume} at step {state.step}", flush=True)
     scheduler = repose_noise_scheduler()
@@ -347,7 +332,7 @@ def _train(args, accelerator, out: Path) -> dict:
         probes[state.step] = value = probe()
         config = {"kind": KIND, "step": state.step, "model_config": model_config, "args": common.cli_args(args)}
         path = common.save_checkpoint(accelerator, out, state.step, config, lambda folder: export(folder / MODEL_DIR),
-                                      args.checkpoints_total_limit)
+                                      resumable, args.checkpoints_total_limit)
         log({"step": state.step, "probe_loss": value})
         return path
 

@@ -131,16 +131,15 @@ class VGG19Features(nn.Module):
     def from_torchvision_file(cls, path: str | Path, layers: Sequence[str] | None = None) -> "VGG19Features":
         """From a torchvision ``vgg19`` checkpoint on disk (``.pth`` via ``torch.load(weights_only=True)``, or
         ``.safetensors``), e.g. ``vgg19-dcbb9e9d.pth``."""
+        from ..state_dicts import read_state_dict
+
         path = Path(path)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-            sd = sd["state_dict"]
+        sd = read_state_dict(path)
         net = cls(layers) if layers is not None else cls()
-        return net.load_torchvision_state_dict(sd)
+        try:
+            return net.load_torchvision_state_dict(sd)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (images - self.mean) / self.std
