@@ -28,7 +28,8 @@ def copy_checkout(dest: Path) -> None:
                 (dest / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest / name)
     else:
-        shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(".venv*", ".git", "outputs", "__pycache__"))
+        shutil.copytree(ROOT, dest, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".venv*", ".git", "outputs", "__pycache__"))
 
 
 @pytest.mark.parametrize("folder", ["ComfyUI-posetransfer", "posetransfer 2"])
