@@ -385,3 +385,18 @@ def test_inpaint_workflow_keeps_real_pixels(classes):
     inner = torch.nn.functional.max_pool2d(1 - generate[None], 9, stride=1, padding=4)[0, 0, 3:347, 3:347] == 0
     assert inner.any()
     assert torch.equal(final[0, 3:347, 3:347][inner], decoded[0][inner])
+
+
+def test_inpaint_workflow_runs_a_pose_sequence(classes):
+    """The same graph animates the photo: a target pose file of N frames gives N finished frames, each with
+    FlowWarp's real pixels kept."""
+    api = comfy_doubles.apply_overrides(load(api_path(REPO / "workflows" / "flowwarp_inpaint_sd.json")))
+    frames = [json.loads((SAMPLES / name).read_text(encoding="utf-8"))
+              for name in ("jumper.pose.json", "fashion_standing.pose.json")]
+    api["3"]["inputs"]["pose_json"] = json.dumps([f[0] if isinstance(f, list) else f for f in frames])
+    results = run_api(api, classes)
+    warped, generate = results["4"][0], results["4"][1]
+    final = results["18"][0]
+    assert final.shape == (2, 350, 350, 3) and not torch.equal(warped[0], warped[1])
+    real = generate == 0
+    assert torch.equal(final[real], warped[real])
