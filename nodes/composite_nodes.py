@@ -7,11 +7,11 @@ only inside the area to generate, and puts a VAE-cropped picture back where the 
 
 from __future__ import annotations
 
+import torch
+
 from ..core.composite import MAX_VAE_CROP, composite_where_real
 from ..core.images import tensor_to_mask
 from .checks import IMAGE_NOTE, image, int_in
-
-import torch
 
 CATEGORY = "posetransfer/warp"
 
