@@ -34,8 +34,23 @@ SUBPROCESS_CALLS = {("subprocess", name) for name in ("run", "call", "check_call
     ("os", "system"), ("os", "popen"), ("os", "execv"), ("os", "execvp"), ("os", "spawnv")}
 
 
+def archive_exclusions() -> set[str]:
+    """Top-level folders ``.comfyignore`` keeps out of the Registry archive (comfy-cli reads that file)."""
+    lines = (ROOT / ".comfyignore").read_text(encoding="utf-8").splitlines()
+    return {line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")}
+
+
 def pack_python_files() -> list[Path]:
-    return sorted(p for p in ROOT.rglob("*.py") if not SKIP & set(p.relative_to(ROOT).parts))
+    """The Python files the Registry archive ships: everything but caches and what .comfyignore leaves out."""
+    skip = SKIP | archive_exclusions()
+    return sorted(p for p in ROOT.rglob("*.py") if not skip & set(p.relative_to(ROOT).parts))
+
+
+def test_the_archive_keeps_what_comfyui_loads():
+    kept = {"__init__.py", "core", "nodes", "web", "workflows", "samples", "training", "pyproject.toml",
+            "requirements.txt", "README.md", "LICENSE"}
+    assert not kept & archive_exclusions()
+    assert {"tests", "benchmarks"} <= archive_exclusions()
 
 
 def test_project_section():
@@ -105,6 +120,7 @@ def security_findings(source: str, where: str) -> list[str]:
 
 
 def test_no_eval_exec_runtime_installs_or_downloads():
+    """Over every Python file the archive ships (the tests, which build pip environments, are left out of it)."""
     files = pack_python_files()
     assert len(files) > 50, "the scan must see the pack"
     findings = [f for p in files for f in security_findings(p.read_text(encoding="utf-8"), str(p.relative_to(ROOT)))]
