@@ -36,6 +36,8 @@ RIGHT_HAND_KEY = "hand_right_keypoints_2d"
 PERSON_KEYS = (BODY_KEY, FACE_KEY, LEFT_HAND_KEY, RIGHT_HAND_KEY)
 FRAME_KEYS = ("people", "canvas_width", "canvas_height")
 COORDS = ("auto", "pixel", "normalized")
+# A point within this of pixel (-1, -1) is a producer's "missing" marker (see _drop_missing_markers).
+MARKER_TOLERANCE = 1e-3
 
 # GFLA / PIDM datasets: (height, width) of the frame the annotation CSV coordinates live in.
 DEEPFASHION_SIZE = (256, 176)
@@ -81,7 +83,9 @@ def _parse_person(person: Any, where: str) -> Person:
                          f"{type(person).__name__} {_short(person)}")
     if BODY_KEY not in person:
         raise ValueError(f"{where}: expected a '{BODY_KEY}' key, got keys {sorted(person)}")
-    body = _keypoints(person[BODY_KEY], NUM_JOINTS, f"{where}.{BODY_KEY}")
+    body = _optional_keypoints(person, BODY_KEY, NUM_JOINTS, where)
+    if body is None:  # an editor's blank person (``[]``): no joint detected
+        body = np.zeros((NUM_JOINTS, 3))
     extra = {k: copy.deepcopy(v) for k, v in person.items() if k not in PERSON_KEYS}
     return Person(body,
                   _optional_keypoints(person, FACE_KEY, None, where),
@@ -129,34 +133,51 @@ def _frame_canvas(frame: dict, where: str, default_size: tuple[int, int] | None)
 
 
 def _people_normalized(people: Iterable[Person]) -> bool:
-    """True iff there is a present keypoint and every present one has x and y in [0, 1]."""
+    """True iff there is a present keypoint and every present one has |x| and |y| <= 1 (controlnet_aux's rule:
+    its OpenPose hands and faces mark failed points at (-1 / W, -1 / H))."""
     any_present = False
     for person in people:
-        for arr in (person.body, person.face, person.left_hand, person.right_hand):
-            if arr is None:
-                continue
+        for arr in _arrays(person):
             xy = arr[arr[:, 2] > 0, :2]
-            if xy.size and ((xy < 0) | (xy > 1)).any():
+            if xy.size and (np.abs(xy) > 1).any():
                 return False
             any_present |= bool(xy.size)
     return any_present
+
+
+def _arrays(person: Person) -> list[np.ndarray]:
+    return [a for a in (person.body, person.face, person.left_hand, person.right_hand) if a is not None]
+
+
+def _drop_missing_markers(people: list[Person]) -> list[Person]:
+    """Producers that mark a missing point by its position, not by confidence 0, get confidence 0 there: a point
+    at pixel (-1, -1) (ComfyUI's SDPose Keypoint Extractor keeps the score of a point it moved there;
+    controlnet_aux's OpenPose writes failed hand / face peaks as (-1 / W, -1 / H), -1 once scaled)."""
+    out = []
+    for person in people:
+        person = person.copy()
+        for arr in _arrays(person):
+            arr[(np.abs(arr[:, :2] + 1) < MARKER_TOLERANCE).all(axis=1), 2] = 0.0
+        out.append(person)
+    return out
 
 
 def is_normalized(frame: dict, what: str = "frame") -> bool:
     """Whether a ``POSE_KEYPOINT`` frame dict holds normalised 0..1 coordinates.
 
     As controlnet_aux decides it: every coordinate of every PRESENT keypoint (confidence > 0; body, face and
-    hands) lies in [0, 1]. A frame with no present keypoint counts as pixel (False).
+    hands) lies in [-1, 1] (its ``abs(x) <= 1``). A frame with no present keypoint counts as pixel (False). Points
+    at the missing-marker (-1, -1) do not count (see :func:`load_pose_keypoint`).
     """
-    return _people_normalized(_parse_people(frame, what))
+    return _people_normalized(_drop_missing_markers(_parse_people(frame, what)))
 
 
 def _load_frame(frame: Any, coords: str, where: str, default_size: tuple[int, int] | None) -> Pose:
-    people = _parse_people(frame, where)
+    people = _drop_missing_markers(_parse_people(frame, where))
     width, height = _frame_canvas(frame, where, default_size)
     if coords == "normalized" or (coords == "auto" and _people_normalized(people)):
         scale = np.array([width, height], dtype=np.float64)
-        people = [p.map_points(lambda xy: xy * scale) for p in people]
+        people = _drop_missing_markers([p.map_points(lambda xy: xy * scale) for p in people])
     extra = {k: copy.deepcopy(v) for k, v in frame.items() if k not in FRAME_KEYS}
     pose = Pose(people, width, height, extra)
     check_joints(pose, where)
@@ -192,7 +213,13 @@ def load_pose_keypoint(data: Any, coords: str = "auto", what: str = "pose_keypoi
     ``coords``: ``"pixel"``, ``"normalized"`` (0..1, multiplied by the canvas size) or ``"auto"``, decided per
     frame by :func:`is_normalized`. Only present keypoints are scaled; missing ones keep their stored values.
 
-    Missing face/hand arrays (None, ``[]`` or absent) stay None. Unknown keys of a frame go to
+    Producers' shapes: comfyui_controlnet_aux's DWPose / OpenPose (normalised, failed hand / face points at
+    (-1 / W, -1 / H)), ComfyUI's SDPose Keypoint Extractor (pixels, every point scored, missing ones at (-1, -1),
+    an extra ``foot_keypoints_2d``), OpenPose editors (a single frame dict; a blank person with
+    ``pose_keypoints_2d: []``). A point at pixel (-1, -1) is missing whatever its confidence.
+
+    Missing face/hand arrays (None, ``[]`` or absent) stay None; an empty body array is a person with no joint.
+    Unknown keys of a frame go to
     ``Pose.extra``, of a person to ``Person.extra``, so :func:`dump_pose_keypoint` restores them.
     A frame without canvas keys raises unless ``default_size=(height, width)`` is given. Canvases beyond
     :data:`~.keypoints.MAX_SIDE` / :data:`~.keypoints.MAX_PIXELS` and present joints far off the canvas

@@ -275,8 +275,260 @@ class VAELoader:
         return (TinyVAE(),)
 
 
+# ------------------------------------------------------------------- inpainting / ControlNet stand-ins
+# Declarations as in Comfy-Org/ComfyUI nodes.py (read at 02217e3) and comfy_extras/nodes_mask.py (d9ac00e),
+# comfy_extras/nodes_post_processing.py (ImageBlur). The model stand-ins are just enough to carry tensors of
+# the right shapes through the graph; the CPU run checks wiring, sizes and our nodes, not image quality.
+CHECKPOINT_FILES = ["sd-v1-5-inpainting.ckpt", "sd_xl_base_1.0.safetensors"]
+CONTROLNET_FILES = ["control_v11p_sd15_openpose.pth", "OpenPoseXL2.safetensors"]
+# A subset of comfy.samplers.KSampler.SAMPLERS / SCHEDULERS (the real lists are longer).
+SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc"]
+SCHEDULERS = ["normal", "karras", "exponential", "simple", "sgm_uniform"]
+MAX_RESOLUTION = 16384
+
+
+class TinyDiffusionModel:
+    """MODEL stand-in (only carried to KSampler)."""
+
+
+class TinyClip:
+    """CLIP stand-in: text -> a (1, 4, 8) embedding made from the text's bytes."""
+
+    def encode(self, text: str) -> torch.Tensor:
+        codes = torch.tensor(list(text.encode("utf-8")[:32]) or [0], dtype=torch.float32)
+        return torch.nn.functional.pad(codes, (0, 32 - codes.numel())).reshape(1, 4, 8) / 255
+
+
+class CheckpointLoaderSimple:
+    """ComfyUI ``nodes.CheckpointLoaderSimple``: ckpt_name (models/checkpoints) -> MODEL, CLIP, VAE."""
+
+    CATEGORY = "loaders"
+    FUNCTION = "load_checkpoint"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ckpt_name": (list(CHECKPOINT_FILES),)}}
+
+    def load_checkpoint(self, ckpt_name):
+        return (TinyDiffusionModel(), TinyClip(), TinyVAE())
+
+
+class CLIPTextEncode:
+    """ComfyUI ``nodes.CLIPTextEncode``: text (multiline STRING), clip -> CONDITIONING."""
+
+    CATEGORY = "conditioning"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True, "dynamicPrompts": True}), "clip": ("CLIP",)}}
+
+    def encode(self, clip, text):
+        return ([[clip.encode(text), {}]],)
+
+
+class ControlNetLoader:
+    """ComfyUI ``nodes.ControlNetLoader``: control_net_name (models/controlnet) -> CONTROL_NET."""
+
+    CATEGORY = "loaders"
+    FUNCTION = "load_controlnet"
+    RETURN_TYPES = ("CONTROL_NET",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"control_net_name": (list(CONTROLNET_FILES),)}}
+
+    def load_controlnet(self, control_net_name):
+        return ({"control_net": control_net_name},)
+
+
+class ControlNetApplyAdvanced:
+    """ComfyUI ``nodes.ControlNetApplyAdvanced``: positive, negative, control_net, image, strength, start_percent,
+    end_percent (optional vae) -> positive, negative (the hint image recorded in each conditioning)."""
+
+    CATEGORY = "conditioning/controlnet"
+    FUNCTION = "apply_controlnet"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+                             "control_net": ("CONTROL_NET",), "image": ("IMAGE",),
+                             "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+                             "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+                             "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001})},
+                "optional": {"vae": ("VAE",)}}
+
+    def apply_controlnet(self, positive, negative, control_net, image, strength, start_percent, end_percent,
+                         vae=None):
+        assert image.ndim == 4 and image.shape[-1] == 3, "ControlNet hint: an IMAGE [B, H, W, 3]"
+        hint = {"hint": image, "strength": strength, "range": (start_percent, end_percent)}
+        return tuple([[t[0], {**t[1], "control": hint}] for t in cond] for cond in (positive, negative))
+
+
+def _vae_crop(pixels: torch.Tensor, factor: int = 8) -> tuple[torch.Tensor, int, int]:
+    """ComfyUI's centred crop to a multiple of the VAE factor (offset (H % f) // 2)."""
+    h, w = pixels.shape[1] // factor * factor, pixels.shape[2] // factor * factor
+    top, left = (pixels.shape[1] % factor) // 2, (pixels.shape[2] % factor) // 2
+    return pixels[:, top:top + h, left:left + w], top, left
+
+
+class InpaintModelConditioning:
+    """ComfyUI ``nodes.InpaintModelConditioning``: positive, negative, vae, pixels, mask, noise_mask -> positive,
+    negative, latent; crops pixels and mask to a multiple of 8 (centred) as the real node does."""
+
+    CATEGORY = "conditioning/inpaint"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"positive": ("CONDITIONING",), "negative": ("CONDITIONING",), "vae": ("VAE",),
+                             "pixels": ("IMAGE",), "mask": ("MASK",),
+                             "noise_mask": ("BOOLEAN", {"default": True})}}
+
+    def encode(self, positive, negative, pixels, vae, mask, noise_mask=True):
+        mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]),
+                                               size=pixels.shape[1:3], mode="bilinear")
+        cropped, top, left = _vae_crop(pixels)
+        mask = mask[:, :, top:top + cropped.shape[1], left:left + cropped.shape[2]]
+        blanked = (cropped - 0.5) * (1 - mask.round()).movedim(1, -1) + 0.5
+        concat = vae.encode(blanked)
+        latent = {"samples": vae.encode(cropped)}
+        if noise_mask:
+            latent["noise_mask"] = mask
+        cond = [[[t[0], {**t[1], "concat_latent_image": concat, "concat_mask": mask}] for t in c]
+                for c in (positive, negative)]
+        return (cond[0], cond[1], latent)
+
+
+class KSampler:
+    """ComfyUI ``nodes.KSampler`` (seed has control_after_generate): a stand-in 'sampler' that replaces the
+    latent inside the noise mask by seeded noise, so decoded pixels differ there."""
+
+    CATEGORY = "sampling"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "sampler_name": (list(SAMPLERS),),
+            "scheduler": (list(SCHEDULERS),),
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "latent_image": ("LATENT",),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+        }}
+
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0):
+        latent = latent_image["samples"]
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+        mask = latent_image.get("noise_mask")
+        if mask is None:
+            out = noise
+        else:
+            mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]),
+                                                   size=latent.shape[-2:], mode="bilinear")
+            out = latent * (1 - mask) + noise * mask
+        return ({**latent_image, "samples": out},)
+
+
+class VAEDecode:
+    """ComfyUI ``nodes.VAEDecode``: samples (LATENT), vae -> IMAGE."""
+
+    CATEGORY = "latent"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "vae": ("VAE",)}}
+
+    def decode(self, vae, samples):
+        return (vae.decode(samples["samples"]),)
+
+
+class GrowMask:
+    """ComfyUI ``comfy_extras.nodes_mask.GrowMask``: mask, expand (INT), tapered_corners (BOOLEAN) -> MASK;
+    grey dilation by |expand| steps of a 3x3 cross (tapered) or square (erosion for negative expand)."""
+
+    CATEGORY = "mask"
+    FUNCTION = "expand_mask"
+    RETURN_TYPES = ("MASK",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"mask": ("MASK",),
+                             "expand": ("INT", {"default": 0, "min": -MAX_RESOLUTION, "max": MAX_RESOLUTION,
+                                                "step": 1}),
+                             "tapered_corners": ("BOOLEAN", {"default": True})}}
+
+    def expand_mask(self, mask, expand, tapered_corners):
+        import numpy as np
+        import scipy.ndimage
+
+        c = 0 if tapered_corners else 1
+        kernel = np.array([[c, 1, c], [1, 1, 1], [c, 1, c]])
+        out = []
+        for m in mask.reshape(-1, mask.shape[-2], mask.shape[-1]).numpy():
+            for _ in range(abs(expand)):
+                m = (scipy.ndimage.grey_erosion if expand < 0 else scipy.ndimage.grey_dilation)(m, footprint=kernel)
+            out.append(torch.from_numpy(m))
+        return (torch.stack(out),)
+
+
+class ImageBlur:
+    """ComfyUI ``comfy_extras.nodes_post_processing.ImageBlur``: image, blur_radius, sigma -> IMAGE (Gaussian)."""
+
+    CATEGORY = "image/postprocessing"
+    FUNCTION = "blur"
+    RETURN_TYPES = ("IMAGE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",),
+                             "blur_radius": ("INT", {"default": 1, "min": 1, "max": 31, "step": 1}),
+                             "sigma": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1})}}
+
+    def blur(self, image, blur_radius, sigma):
+        size = blur_radius * 2 + 1
+        x = torch.linspace(-1, 1, size)
+        g = torch.exp(-(x[:, None] ** 2 + x[None] ** 2) / (2 * sigma * sigma))
+        kernel = (g / g.sum()).repeat(image.shape[-1], 1, 1, 1)
+        padded = torch.nn.functional.pad(image.movedim(-1, 1), [blur_radius] * 4, mode="reflect")
+        out = torch.nn.functional.conv2d(padded, kernel, groups=image.shape[-1])
+        return (out.movedim(1, -1).clamp(0, 1),)
+
+
+class ImageToMask:
+    """ComfyUI ``comfy_extras.nodes_mask.ImageToMask``: image, channel -> MASK."""
+
+    CATEGORY = "mask"
+    FUNCTION = "image_to_mask"
+    RETURN_TYPES = ("MASK",)
+    CHANNELS = ["red", "green", "blue", "alpha"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE",), "channel": (list(cls.CHANNELS),)}}
+
+    def image_to_mask(self, image, channel):
+        return (image[:, :, :, self.CHANNELS.index(channel)],)
+
+
 CORE_NODES = {cls.__name__: cls for cls in (LoadImage, SaveImage, PreviewImage, MaskToImage, CLIPVisionLoader,
-                                            VAELoader)}
+                                            VAELoader, CheckpointLoaderSimple, CLIPTextEncode, ControlNetLoader,
+                                            ControlNetApplyAdvanced, InpaintModelConditioning, KSampler, VAEDecode,
+                                            GrowMask, ImageBlur, ImageToMask)}
 
 # ------------------------------------------------------------------------------------------ tiny models
 PCDMS_FILES = {"prior": "pcdms_prior.safetensors", "inpaint": "pcdms_inpaint.safetensors",

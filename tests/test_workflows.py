@@ -32,6 +32,11 @@ EXPECTED_SIZES = {
     # PCDMs: the output has the target pose's canvas size (jumper.pose.json: 400 x 400)
     "pcdms_full": {"14": (1, 400, 400, 3), "15": (1, 400, 400, 3)},
     "pcdms_simplified": {"9": (1, 400, 400, 3)},
+    # FlowWarp (retarget: the photo's 350 x 350 canvas) -> inpainting (the VAE sees a 344 x 344 crop) -> composited
+    # back onto the full 350 x 350
+    "flowwarp_inpaint_sd": {"19": (1, 350, 350, 3), "20": (1, 350, 350, 3), "21": (1, 350, 350, 3)},
+    # PCDMs Refine keeps the coarse (FlowWarp) image's size, not a multiple of 8
+    "flowwarp_refine_pcdms": {"10": (1, 350, 350, 3), "11": (1, 350, 350, 3)},
 }
 
 ids = [p.stem for p in WORKFLOWS]
@@ -362,3 +367,36 @@ def test_api_graph_runs(path, classes):
         assert images.min() >= 0 and images.max() <= 1, f"node {node_id}: values outside 0..1"
     for node_id, shape in EXPECTED_SIZES.get(path.stem, {}).items():
         assert tuple(received[node_id].shape) == shape, f"node {node_id}: {tuple(received[node_id].shape)}"
+
+
+def test_inpaint_workflow_keeps_real_pixels(classes):
+    """In the shipped inpainting graph, the saved image is FlowWarp's wherever generate_mask is 0 (bit for bit)
+    and the sampler's picture deep inside the holes."""
+    api = comfy_doubles.apply_overrides(load(api_path(REPO / "workflows" / "flowwarp_inpaint_sd.json")))
+    results = run_api(api, classes)
+    warped, generate = results["4"][0], results["4"][1]
+    final = results["18"][0]
+    real = generate[0] == 0
+    assert real.any() and (~real).any()
+    assert torch.equal(final[0][real], warped[0][real])
+    decoded = results["17"][0]  # 344 x 344, placed back at offset 3
+    deep = generate[0, 3:347, 3:347] == 1
+    assert not torch.equal(final[0, 3:347, 3:347][deep], warped[0, 3:347, 3:347][deep])
+    inner = torch.nn.functional.max_pool2d(1 - generate[None], 9, stride=1, padding=4)[0, 0, 3:347, 3:347] == 0
+    assert inner.any()
+    assert torch.equal(final[0, 3:347, 3:347][inner], decoded[0][inner])
+
+
+def test_inpaint_workflow_runs_a_pose_sequence(classes):
+    """The same graph animates the photo: a target pose file of N frames gives N finished frames, each with
+    FlowWarp's real pixels kept."""
+    api = comfy_doubles.apply_overrides(load(api_path(REPO / "workflows" / "flowwarp_inpaint_sd.json")))
+    frames = [json.loads((SAMPLES / name).read_text(encoding="utf-8"))
+              for name in ("jumper.pose.json", "fashion_standing.pose.json")]
+    api["3"]["inputs"]["pose_json"] = json.dumps([f[0] if isinstance(f, list) else f for f in frames])
+    results = run_api(api, classes)
+    warped, generate = results["4"][0], results["4"][1]
+    final = results["18"][0]
+    assert final.shape == (2, 350, 350, 3) and not torch.equal(warped[0], warped[1])
+    real = generate == 0
+    assert torch.equal(final[real], warped[real])
