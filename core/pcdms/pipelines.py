@@ -68,17 +68,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    UnCLIPScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDIMScheduler, UnCLIPScheduler
 
-from .encoders import DiffusersVAE, images_to_pixels
+from .encoders import DiffusersVAE, images_to_pixels, null_pixels
 from .image_layout import FrameLayout, from_frame, to_frame
 from .models import side_by_side_mask
+from .schedulers import (PRIOR_SCHEDULER_CONFIG, PRIOR_SCHEDULER_NAMES, SCHEDULER_NAMES, SD21_BASE_SCHEDULER_CONFIG,
+                         SIMPLIFIED_DDIM_CONFIG, make_prior_scheduler, make_scheduler)
 
 __all__ = [
     "SD21_BASE_SCHEDULER_CONFIG",
@@ -96,81 +92,13 @@ __all__ = [
     "PriorOutput",
     "ImageOutput",
     "ChainOutput",
+    "PreparedInputs",
     "PriorPipeline",
     "InpaintPipeline",
     "RefinePipeline",
     "SimplifiedPipeline",
     "run_pcdms",
 ]
-
-# stabilityai/stable-diffusion-2-1-base scheduler/scheduler_config.json (PNDM); stages 2 and 3 build UniPC
-# from it with from_config, as the official scripts do.
-SD21_BASE_SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
-# The Kandinsky-2.2 prior's UnCLIPScheduler (README: assumed from the public configuration).
-PRIOR_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "variance_type": "fixed_small_log",
-    "clip_sample": True,
-    "clip_sample_range": 10.0,
-    "prediction_type": "sample",
-    "beta_schedule": "squaredcos_cap_v2",
-}
-# The simplified demo's DDIMScheduler(...) call.
-SIMPLIFIED_DDIM_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
-
-SCHEDULER_NAMES = ("unipc", "ddim", "dpmsolver++", "euler")
-PRIOR_SCHEDULER_NAMES = ("unclip", "ddim")
-
-
-def make_scheduler(name: str = "unipc", config: dict | None = None):
-    """A UNet-stage scheduler from the SD-2.1-base config (or ``config``): ``"unipc"`` (official stages 2/3:
-    bh2, order 2, x0-predicting, linspace spacing, ``final_sigmas_type="sigma_min"``), ``"ddim"`` (leading
-    spacing, steps_offset 1: the simplified demo's DDIM), ``"dpmsolver++"`` (multistep, order 2), ``"euler"``."""
-    cfg = dict(config or SD21_BASE_SCHEDULER_CONFIG)
-    key = str(name).lower().replace("_", "").replace("-", "")
-    if key == "unipc":
-        return UniPCMultistepScheduler.from_config(cfg, final_sigmas_type="sigma_min")
-    if key == "ddim":
-        return DDIMScheduler.from_config(cfg)
-    if key in ("dpmsolver++", "dpm++", "dpmsolver", "dpmpp"):
-        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++")
-    if key == "euler":
-        return EulerDiscreteScheduler.from_config(cfg)
-    raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULER_NAMES)}")
-
-
-def make_prior_scheduler(name: str = "unclip"):
-    """The prior's scheduler: ``"unclip"`` (official) or ``"ddim"`` (same cosine schedule, x0 prediction,
-    clipping at +-10, trailing spacing so the first step is t = 999)."""
-    key = str(name).lower()
-    if key == "unclip":
-        return UnCLIPScheduler(**PRIOR_SCHEDULER_CONFIG)
-    if key == "ddim":
-        return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
-                             clip_sample=True, clip_sample_range=10.0, set_alpha_to_one=True,
-                             timestep_spacing="trailing")
-    raise ValueError(f"unknown prior scheduler {name!r}; expected one of {', '.join(PRIOR_SCHEDULER_NAMES)}")
-
 
 def _fresh(scheduler):
     """A private copy per call (multistep schedulers keep state between steps)."""
@@ -276,7 +204,9 @@ def _initial_latents(latents, shape, generator, device, dtype, scheduler):
 
 
 def _model_place(model) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters())
+    """Device and dtype of the model's denoiser (its UNet where it has one: the pose encoder and image projection
+    may be kept in another dtype, as the official fp16 set-up keeps them in fp32; they cast their own inputs)."""
+    p = next(getattr(model, "unet", model).parameters())
     return p.device, p.dtype
 
 
@@ -320,6 +250,17 @@ class ImageOutput:
     latents: torch.Tensor  # (n, 4, h, w): final latents (scaled)
     layout: FrameLayout | None = None  # the target's layout
     extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class PreparedInputs:
+    """The stage-2 / simplified inputs laid out once per call (:meth:`InpaintPipeline.prepare`), reusable across
+    sampling calls (e.g. DINOv2 features shared with stage 3)."""
+
+    source_frame: torch.Tensor  # (B, S, S, 3) 0..1: the source image in the frame (what the encoders see)
+    vae_canvas: torch.Tensor  # (B, 3, S, 2S) in [-1, 1]: [source | black], VAE-encoded as the masked image
+    pose_canvas: torch.Tensor  # (B, 3, S, 2S) in [-1, 1]: [source pose | target pose], the pose encoder's input
+    target_layout: FrameLayout  # how the target pose image was put in the frame (for the crop back)
 
 
 @dataclass
@@ -493,7 +434,7 @@ class PriorPipeline:
         """The training's dropped source condition: CLIP of all-zero preprocessed pixels (None without CLIP)."""
         if self.image_encoder is None:
             return None
-        return self.image_encoder.encode_pixels(torch.zeros(batch, 3, 224, 224))
+        return self.image_encoder.encode_pixels(null_pixels(self.image_encoder, batch))
 
     @torch.no_grad()
     def __call__(self, source_pose, target_pose, source_embedding=None, source_image=None, *, num_samples: int = 1,
@@ -595,7 +536,7 @@ def _unclip_step(s: UnCLIPScheduler, model_output, t, sample, prev_timestep, noi
 class _SideBySidePipeline(_UNetDenoiser):
     """Stage 2 and the simplified model: [source | target] canvas."""
 
-    default_scheduler = "unipc"
+    default_scheduler = "uni_pc_bh2"
     default_steps = 20
 
     def __init__(self, model, vae, image_encoder=None, scheduler=None, size: int = 512, layout: str = "pad"):
@@ -607,21 +548,19 @@ class _SideBySidePipeline(_UNetDenoiser):
         self.size = size
         self.layout = layout
 
-    def prepare(self, source_image, source_pose_image, target_pose_image, layout: str | None = None) -> dict:
-        """Frames and canvases: source frame (B, S, S, 3), VAE canvas [source | black] and pose canvas
-        [source pose | target pose] as (B, 3, S, 2S) in [-1, 1], and the target's layout."""
+    def prepare(self, source_image, source_pose_image, target_pose_image, layout: str | None = None
+                ) -> PreparedInputs:
+        """The frames and canvases of one call (:class:`PreparedInputs`)."""
         mode = layout or self.layout
         source_frame, _ = self._frame(source_image, mode, "edge", "source_image")
         spose, _ = self._frame(source_pose_image, mode, "black", "source_pose_image")
         tpose, t_layout = self._frame(target_pose_image, mode, "black", "target_pose_image")
         source_frame, spose, tpose = _broadcast(source_frame, spose, tpose)
         black = torch.zeros_like(source_frame)
-        return {
-            "source_frame": source_frame,
-            "vae_canvas": images_to_pixels(torch.cat([source_frame, black], dim=2)),
-            "pose_canvas": images_to_pixels(torch.cat([spose, tpose], dim=2)),
-            "target_layout": t_layout,
-        }
+        return PreparedInputs(source_frame=source_frame,
+                              vae_canvas=images_to_pixels(torch.cat([source_frame, black], dim=2)),
+                              pose_canvas=images_to_pixels(torch.cat([spose, tpose], dim=2)),
+                              target_layout=t_layout)
 
     def _sample(self, *, vae_canvas, pose_canvas, context, class_labels, negative_context, num_samples, steps,
                 guidance_scale, guidance_rescale, generator, latents, vae_noise, step_noise, callback, eta,
@@ -682,7 +621,7 @@ class InpaintPipeline(_SideBySidePipeline):
     stage = "inpaint"
 
     @torch.no_grad()
-    def sample_prepared(self, prepared: dict, target_embedding, image_features=None, *, num_samples: int = 1,
+    def sample_prepared(self, prepared: PreparedInputs, target_embedding, image_features=None, *, num_samples: int = 1,
                         steps: int = 20, guidance_scale: float = 2.0, guidance_rescale: float = 0.0, generator=None,
                         seed=None, latents=None, vae_noise=None, step_noise=None, callback=None, eta: float = 0.0,
                         decode: bool = True, pose_guidance=None, guidance_decode=None):
@@ -692,11 +631,11 @@ class InpaintPipeline(_SideBySidePipeline):
         of its own it compares with the target pose image. ``guidance_decode``: a differentiable latents ->
         [-1, 1] image (needed unless the codec is a :class:`DiffusersVAE`)."""
         generator = _generator(generator, seed)
-        feats = self._features(image_features, prepared["source_frame"])
+        feats = self._features(image_features, prepared.source_frame)
         device, dtype = _model_place(self.model)
         g = torch.as_tensor(target_embedding)
         g = g[:, 0] if g.ndim == 3 else (g[None] if g.ndim == 1 else g)
-        feats, g, vae_canvas, pose_canvas = _broadcast(feats, g, prepared["vae_canvas"], prepared["pose_canvas"])
+        feats, g, vae_canvas, pose_canvas = _broadcast(feats, g, prepared.vae_canvas, prepared.pose_canvas)
         tokens = self.model.project_image_features(feats.to(device=device, dtype=dtype))
         context = self.model.build_context(tokens, g.to(device=device, dtype=dtype))
         latents = self._sample(vae_canvas=vae_canvas, pose_canvas=pose_canvas, context=context, class_labels=g,
@@ -705,7 +644,7 @@ class InpaintPipeline(_SideBySidePipeline):
                                latents=latents, vae_noise=vae_noise, step_noise=step_noise, callback=callback,
                                eta=eta, official_rng=False, pose_guidance=pose_guidance,
                                guidance_decode=guidance_decode)
-        return self._finish(latents, prepared["target_layout"]) if decode else latents
+        return self._finish(latents, prepared.target_layout) if decode else latents
 
     def __call__(self, source_image, source_pose_image, target_pose_image, target_embedding, *, image_features=None,
                  layout: str | None = None, pose_guidance=None, **kwargs) -> ImageOutput:
@@ -729,15 +668,15 @@ class SimplifiedPipeline(_SideBySidePipeline):
         super().__init__(model, vae, image_encoder, scheduler, size, layout)
 
     @torch.no_grad()
-    def sample_prepared(self, prepared: dict, image_features=None, *, num_samples: int = 1, steps: int = 50,
+    def sample_prepared(self, prepared: PreparedInputs, image_features=None, *, num_samples: int = 1, steps: int = 50,
                         guidance_scale: float = 2.0, guidance_rescale: float = 0.0, generator=None, seed=None,
                         latents=None, vae_noise=None, step_noise=None, callback=None, eta: float = 0.0,
                         official_rng: bool = False, decode: bool = True, pose_guidance=None, guidance_decode=None):
         """As :meth:`InpaintPipeline.sample_prepared` (``pose_guidance`` / ``guidance_decode`` included)."""
         generator = _generator(generator, seed)
-        feats = self._features(image_features, prepared["source_frame"])
+        feats = self._features(image_features, prepared.source_frame)
         device, dtype = _model_place(self.model)
-        feats, vae_canvas, pose_canvas = _broadcast(feats, prepared["vae_canvas"], prepared["pose_canvas"])
+        feats, vae_canvas, pose_canvas = _broadcast(feats, prepared.vae_canvas, prepared.pose_canvas)
         feats = feats.to(device=device, dtype=dtype)
         context = self.model.project_image_features(feats)
         negative = self.model.project_image_features(torch.zeros_like(feats[:1]))
@@ -747,7 +686,7 @@ class SimplifiedPipeline(_SideBySidePipeline):
                                latents=latents, vae_noise=vae_noise, step_noise=step_noise, callback=callback,
                                eta=eta, official_rng=official_rng, pose_guidance=pose_guidance,
                                guidance_decode=guidance_decode)
-        return self._finish(latents, prepared["target_layout"]) if decode else latents
+        return self._finish(latents, prepared.target_layout) if decode else latents
 
     def __call__(self, source_image, source_pose_image, target_pose_image, *, image_features=None,
                  layout: str | None = None, pose_guidance=None, **kwargs) -> ImageOutput:
@@ -761,7 +700,7 @@ class RefinePipeline(_UNetDenoiser):
 
     stage = "refine"
 
-    def __init__(self, model, vae, image_encoder=None, scheduler="unipc", size: int = 512, layout: str = "pad"):
+    def __init__(self, model, vae, image_encoder=None, scheduler="uni_pc_bh2", size: int = 512, layout: str = "pad"):
         self.model = model
         self.vae = vae
         self.image_encoder = image_encoder
@@ -839,7 +778,8 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
               num_samples: int = 1, seed: int | None = 42, generator_device="cpu",
               steps: Sequence[int] = (20, 20, 20), guidance_scale: Sequence[float] = (0.0, 2.0, 2.0),
               guidance_rescale="official", layout: str | None = None, quantize_coarse: bool = True,
-              callback: Callable | None = None, on_stage_done: Callable[[str], None] | None = None) -> ChainOutput:
+              callback: Callable | None = None, on_stage_done: Callable[[str], None] | None = None,
+              official_rng: bool = False) -> ChainOutput:
     """Prior -> inpaint -> refine, as the three official scripts run one after the other.
 
     Each stage gets its own generator seeded with ``seed`` (the official scripts each seed 42). Encoders run
@@ -847,7 +787,8 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
     prior, ``target_embedding`` (e.g. the real target's CLIP embedding, the official "train_*" path) is used.
     ``num_samples`` samples per input in stage 2; each is refined once. Stage 3 receives stage 2's frames
     quantised to 8 bits (``quantize_coarse``; the official stage 2 saves a PNG that stage 3 reads).
-    ``on_stage_done(stage)`` is called after each stage (e.g. to offload that stage's model).
+    ``on_stage_done(stage)`` is called after each stage (e.g. to offload that stage's model). ``official_rng``: the
+    prior's per-step noise from torch's global RNG, as the official stage 1 (see :class:`PriorPipeline`).
     """
     mode = layout or inpaint.layout
 
@@ -864,11 +805,11 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
         encoder = clip_encoder or prior.image_encoder
         if encoder is None:
             raise ValueError("run_pcdms: the prior needs a CLIP image encoder")
-        source_embedding = encoder.encode(prepared["source_frame"])
-        neg = encoder.encode_pixels(torch.zeros(1, 3, 224, 224)) if guidance_scale[0] > 1 else None
+        source_embedding = encoder.encode(prepared.source_frame)
+        neg = encoder.encode_pixels(null_pixels(encoder)) if guidance_scale[0] > 1 else None
         prior_out = prior(source_pose, target_pose, source_embedding, steps=steps[0],
                           guidance_scale=guidance_scale[0], generator=gen(), negative_source_embedding=neg,
-                          callback=callback)
+                          official_rng=official_rng, callback=callback)
         target_embedding = prior_out.embeddings
         if on_stage_done:
             on_stage_done("prior")
@@ -876,7 +817,7 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
         encoder = dino_encoder or inpaint.image_encoder
         if encoder is None:
             raise ValueError("run_pcdms: give a DINOv2 image encoder or image_features")
-        image_features = encoder.encode(prepared["source_frame"])
+        image_features = encoder.encode(prepared.source_frame)
     coarse = inpaint.sample_prepared(prepared, target_embedding, image_features, num_samples=num_samples,
                                      steps=steps[1], guidance_scale=guidance_scale[1], generator=gen(),
                                      callback=callback)
@@ -889,7 +830,7 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
             frames = (frames * 255).round().clamp(0, 255) / 255
         feats = torch.as_tensor(image_features)
         if num_samples > 1:
-            feats = _broadcast(feats, prepared["source_frame"])[0].repeat_interleave(num_samples, 0)
+            feats = _broadcast(feats, prepared.source_frame)[0].repeat_interleave(num_samples, 0)
         refined = refine.sample_frames(frames, None, feats, steps=steps[2], guidance_scale=guidance_scale[2],
                                        guidance_rescale=guidance_rescale, generator=gen(), callback=callback,
                                        target_layout=coarse.layout)
