@@ -20,4 +20,15 @@ else:
     # package to import the nodes from then, and nothing reads the mappings.
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__"]
+
+
+def __getattr__(name):
+    """``posetransfer.transfer`` / ``posetransfer.load_models`` (core/transfer.py), imported on first use."""
+    if name in ("transfer", "load_models") and __package__:
+        from .core import transfer as _entry
+
+        return getattr(_entry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "__version__", "transfer", "load_models"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from .geometry import resize
 from .keypoints import Pose
 
-__all__ = ["ASPECT_TOLERANCE", "fit_pose_to_image", "pose_frames", "source_poses_for", "target_poses_on_one_canvas"]
+__all__ = ["ASPECT_TOLERANCE", "fit_pose_to_image", "place_pose", "pose_frames", "source_poses_for", "target_poses_on_one_canvas"]
 
 ASPECT_TOLERANCE = 0.01  # a source pose whose canvas has the image's aspect ratio (within 1 %) is rescaled to it
 
@@ -56,3 +58,14 @@ def target_poses_on_one_canvas(poses: Sequence[Pose], what: str = "target_pose")
                              f"{poses[0].width}x{poses[0].height}; the outputs are stacked into one batch and need "
                              f"one size: bring the target poses to one canvas")
     return list(poses)
+
+
+def place_pose(pose: Pose, size_hw: tuple[int, int]) -> Pose:
+    """``pose`` on an image of ``size_hw``: its canvas scaled uniformly to fit and centred (the same aspect ratio:
+    a plain scale; DeepFashion's 256x176 annotation frame in its 256x256 images padded with 40 px a side: x + 40)."""
+    h, w = size_hw
+    if (pose.height, pose.width) == (h, w):
+        return pose
+    s = min(w / pose.width, h / pose.height)
+    offset = np.array([(w - pose.width * s) / 2, (h - pose.height * s) / 2])
+    return pose.map_points(lambda xy: xy * s + offset, width=w, height=h)

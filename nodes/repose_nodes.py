@@ -9,8 +9,6 @@ the VAE decoder (ComfyUI's ``first_stage_model``) and runs outside ComfyUI's inf
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
 import os
 import posixpath
@@ -23,8 +21,7 @@ from ..core.repose.denoiser import RePoseDenoiser
 from ..core.repose.guidance import percent_timestep_range
 from ..core.repose.model_files import MARKER, load_repose_model
 from ..core.repose.pose_align import PoseAlign
-from ..core.repose.pose_estimator import (HIGHER_HRNET_W32_CONFIG, HIGHER_HRNET_W48_CONFIG, HigherHRNet,
-                                           load_higher_hrnet)
+from ..core.repose.pose_estimator import load_pose_estimator
 from ..core.repose.transfer import GUIDANCE_TARGETS, AlignedSource
 from ..core.schedulers import SCHEDULER_CHOICES, canonical_scheduler_name
 from . import bridge
@@ -179,28 +176,6 @@ def list_estimators() -> list[str]:
     return bridge.list_model_files(set(ESTIMATOR_EXTS))
 
 
-def _load_estimator(path: str):
-    """HigherHRNet from an official checkpoint: W32, else W48; a ``<name>.json`` beside it gives another
-    HigherHRNet config (keyword arguments of HigherHRNet)."""
-    sidecar = os.path.splitext(path)[0] + ".json"
-    if os.path.isfile(sidecar):
-        try:
-            with open(sidecar, encoding="utf-8") as f:
-                config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()}
-            inspect.signature(HigherHRNet).bind(**config)  # unknown keys fail here, not deep in torch
-        except (ValueError, AttributeError, TypeError) as exc:
-            raise ValueError(f"{sidecar}: expected a JSON dict of HigherHRNet settings (the config beside the "
-                             f"checkpoint), got an unusable file ({exc})") from None
-        return load_higher_hrnet(path, config)
-    try:
-        return load_higher_hrnet(path, HIGHER_HRNET_W32_CONFIG)
-    except ValueError as first:
-        try:
-            return load_higher_hrnet(path, HIGHER_HRNET_W48_CONFIG)
-        except ValueError:
-            raise first from None
-
-
 class PoseTransferPoseGuidance:
     """RePose PoseGuidance: a pose estimator that steers sampling towards the target pose (eq 11-16)."""
 
@@ -272,7 +247,7 @@ class PoseTransferPoseGuidance:
 
         def build():  # the managed wrapper is cached, so the estimator keeps one ComfyUI ModelPatcher
             with torch.inference_mode(False):
-                return bridge.managed(_load_estimator(path))
+                return bridge.managed(load_pose_estimator(path))
 
         try:
             managed = _CACHE.get(("estimator", file_stamp(path)), build)

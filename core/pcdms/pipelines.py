@@ -779,7 +779,8 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
               steps: Sequence[int] = (20, 20, 20), guidance_scale: Sequence[float] = (0.0, 2.0, 2.0),
               guidance_rescale="official", layout: str | None = None, quantize_coarse: bool = True,
               callback: Callable | None = None, on_stage_done: Callable[[str], None] | None = None,
-              official_rng: bool = False) -> ChainOutput:
+              official_rng: bool = False, make_pose_guidance: Callable[[], Any] | None = None,
+              guidance_decode=None) -> ChainOutput:
     """Prior -> inpaint -> refine, as the three official scripts run one after the other.
 
     Each stage gets its own generator seeded with ``seed`` (the official scripts each seed 42). Encoders run
@@ -789,7 +790,15 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
     quantised to 8 bits (``quantize_coarse``; the official stage 2 saves a PNG that stage 3 reads).
     ``on_stage_done(stage)`` is called after each stage (e.g. to offload that stage's model). ``official_rng``: the
     prior's per-step noise from torch's global RNG, as the official stage 1 (see :class:`PriorPipeline`).
+    ``make_pose_guidance``: makes a fresh RePoseDM pose guidance for stage 2 and one for stage 3 (None: none);
+    ``guidance_decode`` as :meth:`InpaintPipeline.sample_prepared`.
     """
+
+    def guide():
+        if make_pose_guidance is None:
+            return {}
+        return {"pose_guidance": make_pose_guidance(), "guidance_decode": guidance_decode}
+
     mode = layout or inpaint.layout
 
     def gen():
@@ -820,7 +829,7 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
         image_features = encoder.encode(prepared.source_frame)
     coarse = inpaint.sample_prepared(prepared, target_embedding, image_features, num_samples=num_samples,
                                      steps=steps[1], guidance_scale=guidance_scale[1], generator=gen(),
-                                     callback=callback)
+                                     callback=callback, **guide())
     if on_stage_done:
         on_stage_done("inpaint")
     refined = None
@@ -833,7 +842,7 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
             feats = _broadcast(feats, prepared.source_frame)[0].repeat_interleave(num_samples, 0)
         refined = refine.sample_frames(frames, None, feats, steps=steps[2], guidance_scale=guidance_scale[2],
                                        guidance_rescale=guidance_rescale, generator=gen(), callback=callback,
-                                       target_layout=coarse.layout)
+                                       target_layout=coarse.layout, **guide())
         if on_stage_done:
             on_stage_done("refine")
     images = refined.images if refined is not None else coarse.images

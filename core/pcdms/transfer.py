@@ -184,20 +184,23 @@ def transfer(source_image, source_poses, target_poses, models: PCDMsModels, *, s
              steps: int | None = None, cfg: float = 2.0, prior_cfg: float = 0.0, scheduler: str | None = "default",
              layout: str = "pad", resolution: int = 512, num_samples: int = 1, official_rng: bool = False,
              generator_device="cpu", callback: Callable | None = None,
-             on_stage_done: Callable[[str], None] | None = None) -> ChainOutput:
+             on_stage_done: Callable[[str], None] | None = None,
+             make_pose_guidance: Callable[[], object] | None = None) -> ChainOutput:
     """The whole method: prior -> inpaint -> refine (each stage seeded with ``seed``, as the official scripts each
     seed 42; stage 3 gets stage 2's frame quantised to 8 bits, as the official stage 3 reads stage 2's PNG), or the
     simplified model alone. ``steps`` None: the official count per stage (20; 50 simplified). ``num_samples``
     samples per target pose (stage 2 draws them in one call, as the official scripts' 4), each refined once;
     outputs are ordered target-major: ``images[i * num_samples + k]``. Without a prior the source photo's CLIP
-    embedding stands in for the target's (not the method: a warning is the caller's to give)."""
+    embedding stands in for the target's (not the method: a warning is the caller's to give).
+    ``make_pose_guidance``: makes a fresh RePoseDM pose guidance per UNet stage (None: unguided, unchanged)."""
     kind = models.kind
     image = _images(source_image, "source_image")
     if kind == "simplified":
         gen = None if seed is None else torch.Generator(generator_device).manual_seed(int(seed))
         out = inpaint(models.inpaint, models.vae, models.dino, image, source_poses, target_poses, steps=steps,
                       cfg=cfg, scheduler=scheduler, seed=None, generator=gen, layout=layout, resolution=resolution,
-                      num_samples=num_samples, official_rng=official_rng, callback=callback)
+                      num_samples=num_samples, official_rng=official_rng, callback=callback,
+                      pose_guidance=None if make_pose_guidance is None else make_pose_guidance())
         return ChainOutput(images=out.images, coarse=out, refined=None, target_embedding=None, prior=None)
     if models.prior is not None:
         _require_kind(models.prior, ("prior",), "prior")
@@ -224,7 +227,7 @@ def transfer(source_image, source_poses, target_poses, models: PCDMsModels, *, s
                      clip_encoder=models.clip, dino_encoder=models.dino, target_embedding=target_embedding,
                      num_samples=num_samples, seed=seed, generator_device=generator_device, steps=(n, n, n),
                      guidance_scale=(prior_cfg, cfg, cfg), layout=layout, official_rng=official_rng,
-                     callback=callback, on_stage_done=on_stage_done)
+                     callback=callback, on_stage_done=on_stage_done, make_pose_guidance=make_pose_guidance)
 
 
 def official_dtypes(kind: str, half: torch.dtype = torch.float16) -> dict[str, torch.dtype]:
