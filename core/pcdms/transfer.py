@@ -30,7 +30,7 @@ from .schedulers import DEFAULT_SCHEDULERS, make_scheduler
 from ..schedulers import resolve_scheduler_name
 
 __all__ = ["DEFAULT_STEPS", "OFFICIAL", "PCDMsModels", "pose_images", "pose_vectors", "prepare_poses",
-           "prior_embed", "source_embedding", "inpaint", "refine", "transfer", "official_dtypes", "kind_of"]
+           "prior_embed", "source_clip_embedding", "inpaint", "refine", "transfer", "official_dtypes", "kind_of"]
 
 # Denoising steps of the official scripts (the prior, stages 2 and 3: 20; the simplified demo: 50)
 DEFAULT_STEPS = {"prior": 20, "inpaint": 20, "refine": 20, "simplified": 50}
@@ -85,7 +85,7 @@ def _images(images, what: str) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- stages
-def source_embedding(clip, source_image, *, layout: str = "pad", resolution: int = 512) -> torch.Tensor:
+def source_clip_embedding(clip, source_image, *, layout: str = "pad", resolution: int = 512) -> torch.Tensor:
     """CLIP image embedding of the source photo in the frame: stage 2's stand-in for the prior's prediction."""
     return PriorPipeline(None, clip, size=resolution, layout=layout).encode_source(_images(source_image,
                                                                                            "source_image"))
@@ -93,14 +93,17 @@ def source_embedding(clip, source_image, *, layout: str = "pad", resolution: int
 
 def prior_embed(prior, clip, source_image, source_poses, target_poses, *, steps: int = 20, cfg: float = 0.0,
                 seed: int | None = 42, generator=None, layout: str = "pad", resolution: int = 512,
-                official_rng: bool = False, callback: Callable | None = None) -> torch.Tensor:
-    """Stage 1: the predicted CLIP image embedding (N, D) of the person in each target pose."""
+                official_rng: bool = False, source_embedding=None, callback: Callable | None = None
+                ) -> torch.Tensor:
+    """Stage 1: the predicted CLIP image embedding (N, D) of the person in each target pose. ``source_embedding``:
+    the source's CLIP embedding computed elsewhere (then ``clip`` may be None; it still gives the unconditional
+    branch's null embedding when ``cfg`` > 1)."""
     image = _images(source_image, "source_image")
     sources, targets = prepare_poses(image, source_poses, target_poses)
     _require_kind(prior, ("prior",), "prior")
     pipe = PriorPipeline(prior, clip, size=resolution, layout=layout)
-    out = pipe(pose_vectors(sources, "source_pose"), pose_vectors(targets, "target_pose"), source_image=image,
-               steps=steps, guidance_scale=cfg, seed=seed if generator is None else None, generator=generator,
+    out = pipe(pose_vectors(sources, "source_pose"), pose_vectors(targets, "target_pose"), source_embedding,
+               source_image=image, steps=steps, guidance_scale=cfg, seed=seed if generator is None else None, generator=generator,
                official_rng=official_rng, callback=callback)
     return out.embeddings
 
@@ -116,17 +119,19 @@ def _side_by_side(model, vae, dino, scheduler, resolution, layout):
 def inpaint(model, vae, dino, source_image, source_poses, target_poses, *, target_embedding=None, clip=None,
             steps: int | None = None, cfg: float = 2.0, scheduler: str | None = "default", seed: int | None = 42,
             generator=None, layout: str = "pad", resolution: int = 512, num_samples: int = 1,
-            official_rng: bool = False, pose_guidance=None, guidance_decode=None,
-            callback: Callable | None = None) -> ImageOutput:
+            official_rng: bool = False, pose_guidance=None, guidance_decode=None, image_features=None,
+            decode: bool = True, callback: Callable | None = None) -> ImageOutput:
     """Stage 2 (or the simplified model): the person of ``source_image`` in each target pose, at the target pose's
     canvas size. Stage 2's global condition is ``target_embedding`` (the prior's output), else the source photo's
     CLIP embedding (``clip``) stands in. ``pose_guidance`` / ``guidance_decode``: RePoseDM pose guidance on the
-    target half (see :meth:`.pipelines.InpaintPipeline.sample_prepared`)."""
+    target half (see :meth:`.pipelines.InpaintPipeline.sample_prepared`). ``image_features``: DINOv2 tokens of the
+    source frame computed elsewhere (then ``dino`` may be None); ``decode=False`` returns the final latents."""
     image = _images(source_image, "source_image")
     sources, targets = prepare_poses(image, source_poses, target_poses)
     kind, pipe = _side_by_side(model, vae, dino, scheduler, resolution, layout)
     kwargs = dict(steps=DEFAULT_STEPS[kind] if steps is None else steps, guidance_scale=cfg, num_samples=num_samples,
-                  seed=seed if generator is None else None, generator=generator, callback=callback)
+                  seed=seed if generator is None else None, generator=generator, callback=callback,
+                  image_features=image_features, decode=decode)
     if pose_guidance is not None:
         kwargs.update(pose_guidance=pose_guidance, guidance_decode=guidance_decode)
     if kind == "simplified":
@@ -135,7 +140,7 @@ def inpaint(model, vae, dino, source_image, source_poses, target_poses, *, targe
         if clip is None:
             raise ValueError("inpaint: stage 2 needs the prior's target embedding or a CLIP encoder (the source "
                              "photo's embedding then stands in)")
-        target_embedding = source_embedding(clip, image, layout=layout, resolution=resolution)
+        target_embedding = source_clip_embedding(clip, image, layout=layout, resolution=resolution)
     elif torch.as_tensor(target_embedding).shape[0] not in (1, len(targets)):
         raise ValueError(f"target_embedding: expected one embedding per target pose frame ({len(targets)}), got "
                          f"{torch.as_tensor(target_embedding).shape[0]}")
@@ -145,9 +150,10 @@ def inpaint(model, vae, dino, source_image, source_poses, target_poses, *, targe
 def refine(model, vae, dino, coarse_image, source_image, *, steps: int = 20, cfg: float = 2.0,
            scheduler: str | None = "default", seed: int | None = 42, generator=None, layout: str = "pad",
            resolution: int = 512, guidance_rescale="official", pose_guidance=None, guidance_decode=None,
-           callback: Callable | None = None) -> ImageOutput:
+           image_features=None, decode: bool = True, callback: Callable | None = None) -> ImageOutput:
     """Stage 3: ``coarse_image`` (stage 2's output, any size) refined with the source photo's DINOv2 tokens; output
-    at the coarse image's size. ``source_image``: 1 image or one per coarse image."""
+    at the coarse image's size. ``source_image``: 1 image or one per coarse image; ``image_features`` / ``decode``
+    as :func:`inpaint`."""
     coarse, source = _images(coarse_image, "coarse_image"), _images(source_image, "source_image")
     if source.shape[0] not in (1, coarse.shape[0]):
         raise ValueError(f"source_image: expected 1 or one per coarse_image ({coarse.shape[0]}), got "
@@ -157,7 +163,8 @@ def refine(model, vae, dino, coarse_image, source_image, *, steps: int = 20, cfg
                           resolution, layout)
     kwargs = {} if pose_guidance is None else dict(pose_guidance=pose_guidance, guidance_decode=guidance_decode)
     return pipe(coarse, source, steps=steps, guidance_scale=cfg, guidance_rescale=guidance_rescale,
-                seed=seed if generator is None else None, generator=generator, callback=callback, **kwargs)
+                seed=seed if generator is None else None, generator=generator, callback=callback,
+                image_features=image_features, decode=decode, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ chain
@@ -220,7 +227,7 @@ def transfer(source_image, source_poses, target_poses, models: PCDMsModels, *, s
         if models.clip is None:
             raise ValueError("PCDMs without a prior needs a CLIP image encoder (clip): the source photo's embedding "
                              "stands in for the target's")
-        target_embedding = source_embedding(models.clip, image, layout=layout, resolution=resolution)
+        target_embedding = source_clip_embedding(models.clip, image, layout=layout, resolution=resolution)
     n = DEFAULT_STEPS["inpaint"] if steps is None else int(steps)
     return run_pcdms(image, pose_images(sources), pose_images(targets), pose_vectors(sources, "source_pose"),
                      pose_vectors(targets, "target_pose"), inpaint=pipe, prior=prior_pipe, refine=refine_pipe,
