@@ -145,6 +145,8 @@ def route_transfer(args) -> int | None:
 
 # ------------------------------------------------------------------------------------------------ generate
 def add_generate_parser(sub) -> None:
+    from .training.common import parse_size
+
     g = sub.add_parser(
         "generate", help="generate every pair of a dataset pairs file (any method), for evaluate",
         description="One image per pair of a pairs file (GFLA/PIDM CSV with its annotation CSV, or PCDMs JSON with "
@@ -155,7 +157,7 @@ def add_generate_parser(sub) -> None:
     g.add_argument("--images", required=True, metavar="DIR", help="folder of the images the pairs name")
     g.add_argument("--annotations", metavar="CSV", help="GFLA/PIDM annotation CSV of the images' keypoints")
     g.add_argument("--poses", metavar="DIR", help="PCDMs layout: folder of pose .txt files (NAME.txt per image)")
-    g.add_argument("--annotation-size", metavar="HxW",
+    g.add_argument("--annotation-size", metavar="HxW", type=parse_size,
                    help="frame of the keypoints (default: each image's size); another aspect ratio is centred in "
                         "the image, e.g. 256x176 for DeepFashion images stored 256x256")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -168,18 +170,6 @@ def add_generate_parser(sub) -> None:
     g.set_defaults(func=cmd_generate)
 
 
-def _hw(text: str | None):
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--annotation-size: expected HxW such as 256x176, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"--annotation-size: expected positive sizes, got {text!r}")
-    return h, w
-
-
 def cmd_generate(args) -> int:
     from .core.generate import generate
     from .core.transfer import transfer
@@ -188,7 +178,6 @@ def cmd_generate(args) -> int:
         raise ValueError(f"--samples: expected 1 or more, got {args.samples}")
     if args.method in ("parts", "single", "structure") and args.samples != 1:
         raise ValueError(f"--samples: --method {args.method} is deterministic; use --samples 1")
-    size = _hw(args.annotation_size)
     models = load_method(args)
     settings = {} if args.method in ("parts", "single", "structure") else _settings(args, args.samples)
 
@@ -196,7 +185,7 @@ def cmd_generate(args) -> int:
         return transfer(image, source_pose, target_pose, args.method, models=models, **settings)
 
     report = generate(args.pairs, args.images, args.out, run, annotations=args.annotations, poses_dir=args.poses,
-                      annotation_size=size, samples=args.samples, limit=args.limit, progress=not args.quiet)
+                      annotation_size=args.annotation_size, samples=args.samples, limit=args.limit, progress=not args.quiet)
     print(f"generate: {report.written} pair(s) written, {report.skipped} already there, of {report.total}, in "
           f"{report.seconds:.1f} s -> {args.out}")
     return 0

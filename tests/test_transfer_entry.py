@@ -28,14 +28,6 @@ H, W = 64, 48  # tiny dataset images
 FAST = ["--steps", "2", "--resolution", "64"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Tiny model files as a user would have them: PCDMs checkpoints, transformers CLIP / DINOv2 folders, a diffusers
