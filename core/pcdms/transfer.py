@@ -26,7 +26,7 @@ from ..pose_io import pcdms_pose_vector
 from ..render import render_skeleton_batch
 from .pipelines import (ChainOutput, ImageOutput, InpaintPipeline, PriorPipeline, RefinePipeline, SimplifiedPipeline,
                         run_pcdms)
-from .schedulers import DEFAULT_SCHEDULERS, make_scheduler
+from .schedulers import DEFAULT_SCHEDULERS
 from ..schedulers import resolve_scheduler_name
 
 __all__ = ["DEFAULT_STEPS", "OFFICIAL", "PCDMsModels", "pose_images", "pose_vectors", "prepare_poses",
