@@ -275,3 +275,29 @@ def test_one_scheduler_vocabulary_for_pcdms_and_repose():
     assert pcdms_scheduler("uni_pc_bh2").config.final_sigmas_type == "sigma_min"  # diffusers 0.24, as official
     with pytest.raises(ValueError, match="scheduler: expected one of default, ddpm"):
         repose_scheduler("lms")
+
+
+def test_official_selects_the_released_set_up(files, monkeypatch):
+    """official=True (--official): the simplified model and its encoders in fp16, the 512 squash frame, the official
+    random draws (torch's global RNG seeded with the seed); the 512 run itself is too slow for fp16 on a CPU, so the
+    core call is recorded instead of run."""
+    import types
+
+    src, src_pose, tgt_pose = source_and_target(files)
+    seen = {}
+
+    def record(image, sources, targets, models, **kw):
+        seen.update(kw, generator=torch.rand(1))  # the first draw of the global RNG after the seeding
+        return types.SimpleNamespace(images=torch.zeros(1, H, W, 3))
+
+    monkeypatch.setattr(pcdms_transfer, "transfer", record)
+    models = load_models("pcdms-simplified", official=True, **paths(files, "pcdms-simplified"))
+    assert {p.dtype for p in models.parts["inpaint"].parameters()} == {torch.float16}
+    assert models.parts["dino"].dtype == torch.float16 and models.parts["vae"].dtype == torch.float16
+    posetransfer.transfer(str(src), str(src_pose), str(tgt_pose), method="pcdms-simplified", models=models, seed=7)
+    assert (seen["layout"], seen["resolution"], seen["official_rng"]) == ("squash", 512, True)
+    torch.manual_seed(7)
+    assert torch.equal(seen["generator"], torch.rand(1))
+    posetransfer.transfer(str(src), str(src_pose), str(tgt_pose), method="pcdms-simplified", models=models,
+                          official=False, seed=7)
+    assert (seen["layout"], seen["resolution"], seen["official_rng"]) == ("pad", 512, False)
