@@ -116,8 +116,8 @@ def route_transfer(args) -> int | None:
         return None
     if args.method not in DIFFUSION_METHODS:
         return None
-    from .cli import _numbered, _read_poses, _save, _writable
-    from .core.images import load_image
+    from .cli import _numbered, _read_poses, _writable
+    from .core.images import load_image, save_image
     from .core.transfer import transfer
 
     _writable(args.out, "--out")
@@ -137,8 +137,11 @@ def route_transfer(args) -> int | None:
     target_poses = _read_poses(args.target_pose, "--target-pose", size)
     t0 = time.perf_counter()
     images = transfer(source, source_poses, target_poses, args.method, models=models, **_settings(args, 1))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for i, image in enumerate(images):
-        print(_save(_numbered(args.out, i, len(images)), image))
+        path = _numbered(args.out, i, len(images))
+        save_image(path, image)
+        print(path)
     print(f"{len(images)} image(s) in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
     return 0
 

@@ -11,10 +11,10 @@ import torch
 
 from ..core.flow import flow_to_color
 from ..core.flowwarp import BACKGROUNDS, METHODS, FlowWarpOptions, flow_warp
+from ..core.geometry import resize
 from ..core.images import tensor_to_images
 from ..core.inpaint import INPAINT_METHODS
 from ..core.keypoints import Pose
-from ..core.pose_inputs import fit_pose_to_image
 from ..core.pose_io import dump_pose_keypoint, load_pose_keypoint
 from ..core.retarget import ANCHORS
 from ..core.segmentation import SEGMENTATION_METHODS
@@ -23,6 +23,7 @@ from .checks import IMAGE_NOTE, with_person
 
 CATEGORY = "posetransfer/warp"
 FLOW_MODEL_TYPE = "POSE_FLOW_MODEL"
+ASPECT_TOLERANCE = 0.01  # a source pose whose canvas has the image's aspect ratio (within 1 %) is rescaled to it
 
 
 def _poses(data, what: str) -> list[Pose]:
@@ -36,7 +37,15 @@ def _size(pose: Pose) -> str:
     return f"{pose.width}x{pose.height}"
 
 
-_fit_source_pose = fit_pose_to_image  # shared with the PCDMs / RePose entries (core.pose_inputs)
+def _fit_source_pose(pose: Pose, width: int, height: int, what: str) -> Pose:
+    """``pose`` on the image canvas: unchanged when the canvases agree, rescaled when only the resolution
+    differs (the image was resized after pose detection), else a ValueError."""
+    if (pose.width, pose.height) == (width, height):
+        return pose
+    if abs(pose.width / pose.height - width / height) > ASPECT_TOLERANCE * (width / height):
+        raise ValueError(f"{what}: canvas {_size(pose)} does not match the image {width}x{height} (another aspect "
+                         f"ratio); detect the source pose on this image, or crop / resize image and pose together")
+    return resize(None, pose, width, height)[1]
 
 
 def _check_batch(n_images: int, n_sources: int, n_targets: int) -> None:
