@@ -13,7 +13,9 @@ What is measured (batch 1, classifier-free guidance on, i.e. every UNet / prior 
   in ``--dtype``. Conditioning inputs (CLIP embedding, DINOv2 tokens) are random tensors of the right shapes:
   the encoders run once per call and are not part of a step.
 * ``ours``: the time of one denoising step inside the real pipeline (``PriorPipeline`` / ``InpaintPipeline`` /
-  ``RefinePipeline`` / ``SimplifiedPipeline``): UNet call with both CFG halves, pose features added after
+  ``RefinePipeline`` / ``SimplifiedPipeline``), called through ``core.pcdms.transfer`` (``prior_embed`` /
+  ``inpaint`` / ``refine``: the Pose-level entry the nodes, the command line and Python run; a real pose, rendered
+  and encoded as in use): UNet call with both CFG halves, pose features added after
   conv_in, guidance (and stage 3's rescale), the scheduler step. Step 1 is timed from the first model call,
   later steps from the end of the previous step's callback to the start of this step's.
 * ``bare``: one forward of the stock diffusers ``UNet2DConditionModel`` (the stage's own ``model.unet``: same
