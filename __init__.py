@@ -23,4 +23,15 @@ else:
 # ComfyUI serves this folder to the frontend; its docs/<NodeClass>.md are the nodes' help pages.
 WEB_DIRECTORY = "./web"
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY", "__version__"]
+
+def __getattr__(name):
+    """``posetransfer.transfer`` / ``posetransfer.load_models`` (core/transfer.py), imported on first use."""
+    if name in ("transfer", "load_models") and __package__:
+        from .core import transfer as _entry
+
+        return getattr(_entry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY", "__version__", "transfer",
+           "load_models"]

@@ -196,7 +196,7 @@ def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs
 
 # ------------------------------------------------------------------------------------------- subcommands
 
-TRANSFER_METHODS = ("parts", "single")
+TRANSFER_METHODS = ("parts", "single", "structure", "pcdms", "pcdms-simplified", "repose")  # cli_methods: the last 4
 
 
 def _load_flow_model(method: str, model: str | None):
@@ -229,9 +229,13 @@ def _cmd_train_flow(args) -> int:
 
 
 def _cmd_transfer(args) -> int:
+    from .cli_methods import route_transfer
     from .core.flowwarp import FlowWarpOptions
     from .core.images import load_image
 
+    routed = route_transfer(args)  # the diffusion methods run there; structure = parts with a part-flow --model
+    if routed is not None:
+        return routed
     for flag in ("out", "mask_out", "flow_out", "panel_out"):
         _writable(getattr(args, flag), "--" + flag.replace("_", "-"))
     src_path = _existing(args.source, "--source")
@@ -449,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--panel-out", metavar="PANEL.png",
                    help="side-by-side picture: source | target skeleton | result | mask")
     t.set_defaults(func=_cmd_transfer)
+    from .cli_methods import add_generate_parser, add_method_arguments
+
+    add_method_arguments(t)
 
     d = sub.add_parser("demo", help="run FlowWarp on the bundled sample photos",
                        description="FlowWarp on the bundled sample photos; writes result, mask, flow and "
@@ -509,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "'accelerate launch -m posetransfer.training.train_flow' for several GPUs).")
     add_train_flow_arguments(tf)
     tf.set_defaults(func=_cmd_train_flow)
+    add_generate_parser(sub)
     return parser
 
 

@@ -13,7 +13,9 @@ What is measured (batch 1, classifier-free guidance on, i.e. every UNet / prior 
   in ``--dtype``. Conditioning inputs (CLIP embedding, DINOv2 tokens) are random tensors of the right shapes:
   the encoders run once per call and are not part of a step.
 * ``ours``: the time of one denoising step inside the real pipeline (``PriorPipeline`` / ``InpaintPipeline`` /
-  ``RefinePipeline`` / ``SimplifiedPipeline``): UNet call with both CFG halves, pose features added after
+  ``RefinePipeline`` / ``SimplifiedPipeline``), called through ``core.pcdms.transfer`` (``prior_embed`` /
+  ``inpaint`` / ``refine``: the Pose-level entry the nodes, the command line and Python run; a real pose, rendered
+  and encoded as in use): UNet call with both CFG halves, pose features added after
   conv_in, guidance (and stage 3's rescale), the scheduler step. Step 1 is timed from the first model call,
   later steps from the end of the previous step's callback to the start of this step's.
 * ``bare``: one forward of the stock diffusers ``UNet2DConditionModel`` (the stage's own ``model.unet``: same
@@ -99,6 +101,16 @@ def _gib(kb: int) -> float:
     return kb / 2**20
 
 
+def _sample_pose(size: int):
+    """A real person's pose (samples/fashion_standing) on the size x size frame: what the stages render / encode."""
+    from posetransfer.core.geometry import resize
+    from posetransfer.cli import SAMPLES
+    from posetransfer.core.pose_io import read_openpose_json
+
+    pose = read_openpose_json(SAMPLES / "fashion_standing.pose.json")[0]
+    return resize(None, pose, size, size)[1]
+
+
 def _build(kind: str, dtype: torch.dtype, channels_last: bool = False):
     from posetransfer.core.pcdms import model_class
 
@@ -167,7 +179,7 @@ def _run_stage(kind: str, args, dtype: torch.dtype) -> dict:
 
 
 def _sample_stage(kind: str, args, dtype: torch.dtype) -> dict:
-    from posetransfer.core.pcdms.pipelines import InpaintPipeline, PriorPipeline, RefinePipeline, SimplifiedPipeline
+    from posetransfer.core.pcdms import transfer as pcdms
 
     t0 = time.perf_counter()
     vae_dtype = getattr(torch, args.vae_dtype) if args.vae_dtype else dtype
@@ -180,6 +192,8 @@ def _sample_stage(kind: str, args, dtype: torch.dtype) -> dict:
     size = args.size
     row = {"stage": kind, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
            "build_s": round(build_s, 1)}
+    pose = _sample_pose(size)
+    src = torch.rand(1, size, size, 3, generator=g)
     with torch.no_grad():
         if kind == "prior":
             d = model.config.embedding_dim
@@ -189,9 +203,9 @@ def _sample_stage(kind: str, args, dtype: torch.dtype) -> dict:
             timer = _Timer(lambda t: model(x, t, *args_b))
             timer.bare(999)  # warm-up (first-touch of activation memory), not timed
             hook = model.register_forward_pre_hook(timer.first_call)
-            try:
-                PriorPipeline(model)(sp, tp, emb, steps=max(2, args.steps), guidance_scale=4.0, generator=g,
-                                     negative_source_embedding=torch.zeros(1, d), callback=timer)
+            try:  # the null source embedding without a CLIP encoder: zeros
+                pcdms.prior_embed(model, None, src, [pose], [pose], source_embedding=emb, steps=max(2, args.steps),
+                                  cfg=4.0, seed=None, generator=g, layout="squash", resolution=size, callback=timer)
             finally:
                 hook.remove()
             row["latent"] = f"{d}"
@@ -199,31 +213,24 @@ def _sample_stage(kind: str, args, dtype: torch.dtype) -> dict:
             c = model.unet.config.cross_attention_dim
             feat_dim = model.config.image_feature_dim
             feats = torch.randn(1, 257, feat_dim, generator=g)
-            src = torch.rand(1, size, size, 3, generator=g)
-            pose = torch.rand(1, size, size, 3, generator=g)
             lat_w = size // 8 * (2 if kind != "refine" else 1)
             x = torch.randn(2, model.unet.config.in_channels, size // 8, lat_w, dtype=dtype)
-            if kind == "inpaint":
-                ctx = torch.randn(2, 258, c, dtype=dtype)
-                cls = torch.randn(2, model.unet.config.projection_class_embeddings_input_dim, dtype=dtype)
-                bare = lambda t: model.unet(x, t, encoder_hidden_states=ctx, class_labels=cls)  # noqa: E731
-                pipe = InpaintPipeline(model, vae, size=size, layout="squash")
-                call = lambda cb: pipe.sample_prepared(  # noqa: E731
-                    pipe.prepare(src, pose, pose), torch.randn(1, c, generator=g), feats, steps=args.steps,
-                    generator=g, callback=cb, decode=args.decode)
-            elif kind == "simplified":
-                ctx = torch.randn(2, 257, c, dtype=dtype)
-                bare = lambda t: model.unet(x, t, encoder_hidden_states=ctx)  # noqa: E731
-                pipe = SimplifiedPipeline(model, vae, size=size, layout="squash")
-                call = lambda cb: pipe.sample_prepared(  # noqa: E731
-                    pipe.prepare(src, pose, pose), feats, steps=args.steps, generator=g, callback=cb,
-                    decode=args.decode)
+            common = dict(image_features=feats, steps=args.steps, seed=None, generator=g, layout="squash",
+                          resolution=size, decode=args.decode)
+            if kind in ("inpaint", "simplified"):  # the Pose-level entry the node, CLI and Python run
+                ctx = torch.randn(2, 258 if kind == "inpaint" else 257, c, dtype=dtype)
+                if kind == "inpaint":
+                    cls = torch.randn(2, model.unet.config.projection_class_embeddings_input_dim, dtype=dtype)
+                    bare = lambda t: model.unet(x, t, encoder_hidden_states=ctx, class_labels=cls)  # noqa: E731
+                else:
+                    bare = lambda t: model.unet(x, t, encoder_hidden_states=ctx)  # noqa: E731
+                embedding = torch.randn(1, c, generator=g) if kind == "inpaint" else None
+                call = lambda cb: pcdms.inpaint(model, vae, None, src, [pose], [pose],  # noqa: E731
+                                                target_embedding=embedding, callback=cb, **common)
             else:
                 ctx = torch.randn(2, 257, c, dtype=dtype)
                 bare = lambda t: model.unet(x, t, encoder_hidden_states=ctx)  # noqa: E731
-                pipe = RefinePipeline(model, vae, size=size, layout="squash")
-                call = lambda cb: pipe.sample_frames(src, image_features=feats, steps=args.steps,  # noqa: E731
-                                                     generator=g, callback=cb, decode=args.decode)
+                call = lambda cb: pcdms.refine(model, vae, None, src, src, callback=cb, **common)  # noqa: E731
             timer = _Timer(bare)
             timer.bare(999)  # warm-up (first-touch of activation memory), not timed
             hook = model.unet.register_forward_pre_hook(timer.first_call)

@@ -1,43 +1,29 @@
 """PCDMs nodes: loader, encoders, and the three stages (prior embedding -> inpaint -> refine; the simplified
-release skips the prior). Thin wrappers over :mod:`..core.pcdms` (pipelines, checkpoints, encoders).
-
-ComfyUI objects are adapted here: a CLIP_VISION (``encode_image(images)`` -> ``.image_embeds`` /
-``.last_hidden_state``) becomes an image encoder, a VAE (BHWC 0..1 images, unscaled latents) becomes the
-pipelines' latent codec through :class:`..core.pcdms.encoders.CallableLatentCodec` (0.18215 scale).
+release skips the prior). Declarations, input conversions and bridge calls over :mod:`..core.pcdms.transfer` (the
+Pose-level entry the command line and Python call too); ComfyUI's CLIP_VISION and VAE become the core's encoders
+and codec in :mod:`.adapters`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
 import posixpath
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..core.pcdms import KINDS, load_pcdms
-from ..core.pcdms.encoders import (CLIP_MEAN, CLIP_STD, CallableLatentCodec, MomentsLatentCodec, clip_preprocess,
-                                   interpolate_dinov2_position_embeddings)
+from ..core.pcdms import transfer as pcdms
 from ..core.pcdms.image_layout import LAYOUT_MODES
-from ..core.pcdms.kinds import _CLASS_TO_KIND
-from ..core.pcdms.pipelines import (
-    SCHEDULER_NAMES,
-    InpaintPipeline,
-    PriorPipeline,
-    RefinePipeline,
-    SimplifiedPipeline,
-)
-from ..core.pose_io import pcdms_pose_vector
-from ..core.render import render_skeleton_batch
+from ..core.schedulers import SCHEDULER_CHOICES, canonical_scheduler_name
 from . import bridge
-from .checks import IMAGE_NOTE, float_in, image, int_in, one_or, with_person
+from .adapters import (GUIDANCE_TYPE, ComfyDinoV2Encoder, ComfyVaeCodec, ComfyVisionEncoder, PoseGuidanceFactory,
+                       comfy_latent_codec, pose_keypoints)
+from .checks import IMAGE_NOTE, float_in, image, int_in
 from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
-from .flowwarp_nodes import _fit_source_pose, _poses
-from .repose_nodes import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory
 
 CATEGORY = "posetransfer/pcdms"
 MODEL_TYPE = "PCDMS_MODEL"
@@ -45,7 +31,6 @@ ENCODERS_TYPE = "PCDMS_ENCODERS"
 EMBED_TYPE = "PCDMS_EMBED"
 NO_MODEL = "(none)"
 KIND_CHOICES = ("auto",) + tuple(KINDS)
-SCHEDULER_CHOICES = ("default",) + SCHEDULER_NAMES
 DINO_OUTPUTS = ("last_hidden_state", "penultimate_hidden_states")
 _WEIGHT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
 _PCDMS_CLASSES = {spec.cls.__name__ for spec in KINDS.values()}
@@ -84,156 +69,6 @@ class PCDMsEmbed:
     """PCDMS_EMBED: predicted target CLIP image embeddings, (N, D)."""
 
     embeddings: torch.Tensor
-
-
-class ComfyVisionEncoder:
-    """A ComfyUI CLIP_VISION as the pipelines' image encoder (``encode(images)`` / ``encode_pixels``).
-
-    ``encode`` computes the official input (:func:`clip_preprocess`: CLIPImageProcessor's PIL bicubic resize and
-    centre crop; ComfyUI's own torch bicubic differs at 8-bit level) and calls ``encode_pixels``, which runs
-    ComfyUI's CLIPVisionModelProjection (``clip_vision.model``) on those pixels directly, exact for any pixels
-    (the prior's all-zero unconditional input included). A CLIP_VISION without ``model`` gets, through its
-    ``encode_image``, the 224 x 224 image that ComfyUI's preprocessing (no resize at 224, 8-bit rounding, CLIP
-    mean / std) maps back to the same pixels."""
-
-    def __init__(self, clip_vision, output: str, ndim: int, what: str):
-        if not callable(getattr(clip_vision, "encode_image", None)):
-            raise ValueError(f"{what}: expected a ComfyUI CLIP_VISION model (with encode_image), got "
-                             f"{type(clip_vision).__name__}")
-        self.clip_vision, self.output, self.ndim, self.what = clip_vision, output, ndim, what
-        self.keep = ()
-
-    def keeping(self, keep) -> "ComfyVisionEncoder":
-        """A copy that reloads the managed models ``keep`` after each ComfyUI call (:func:`bridge.keep_loaded`)."""
-        enc = copy.copy(self)
-        enc.keep = tuple(keep)
-        return enc
-
-    @torch.no_grad()
-    def encode(self, images) -> torch.Tensor:
-        return self.encode_pixels(clip_preprocess(torch.as_tensor(images)[..., :3].float().cpu()))
-
-    @torch.no_grad()
-    def _encode_image(self, images) -> torch.Tensor:
-        images = torch.as_tensor(images)
-        out = bridge.keep_loaded(self.clip_vision.encode_image, *self.keep)(images[..., :3])
-        value = getattr(out, self.output, None)
-        if value is None and hasattr(out, "__getitem__"):
-            try:
-                value = out[self.output]
-            except (KeyError, AttributeError, TypeError):
-                value = None
-        if value is None:
-            raise ValueError(f"{self.what}: the CLIP_VISION output has no {self.output!r}")
-        return self._checked(value)
-
-    def _checked(self, value) -> torch.Tensor:
-        value = torch.as_tensor(value).float().cpu()
-        if value.ndim != self.ndim:
-            raise ValueError(f"{self.what}: expected {self.output} with {self.ndim} dimensions, got "
-                             f"{tuple(value.shape)}")
-        return value
-
-    @torch.no_grad()
-    def encode_pixels(self, pixel_values) -> torch.Tensor:
-        model = getattr(self.clip_vision, "model", None)
-        if self.output == "image_embeds" and callable(model):
-            # ComfyUI's CLIPVisionModelProjection on the pixels themselves: exact for any pixels (the prior's
-            # all-zero unconditional input is the CLIP mean colour, which 8-bit rounding would move)
-            if bridge.comfy_available():
-                bridge.load_models(*self.keep, comfy_objects=(self.clip_vision,))
-            device = next(model.parameters()).device
-            out = model(pixel_values=torch.as_tensor(pixel_values).float().to(device), intermediate_output=-2)
-            return self._checked(out[2])
-        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-        images = (torch.as_tensor(pixel_values).float().cpu() * std + mean).clamp(0, 1)
-        return self._encode_image(images.permute(0, 2, 3, 1).contiguous())
-
-
-class ComfyDinoV2Encoder(ComfyVisionEncoder):
-    """DINOv2 loaded by ComfyUI's 'Load CLIP Vision' as PCDMs' token encoder, with the OFFICIAL input.
-
-    ComfyUI's own ``encode_image`` would resize to 518 x 518 with ImageNet mean / std (its dino2 config) and give
-    1370 tokens; PCDMs was trained on ``CLIPImageProcessor`` input (224 x 224, CLIP mean / std: 257 tokens, the
-    position embeddings resized as transformers 4.32). So this runs ComfyUI's Dinov2Model piece by piece on
-    :func:`clip_preprocess` pixels: patch embedding, CLS token, position embeddings resized by
-    :func:`interpolate_dinov2_position_embeddings`, encoder, final LayerNorm (``last_hidden_state``) -- the same
-    computation as transformers' Dinov2Model, on ComfyUI's weights."""
-
-    PARTS = ("embeddings.patch_embeddings", "embeddings.cls_token", "embeddings.position_embeddings", "encoder",
-             "layernorm")
-
-    def __init__(self, clip_vision, output: str, what: str = "dino_vision"):
-        super().__init__(clip_vision, output, 3, what)
-        model = getattr(clip_vision, "model", None)
-        missing = [p for p in self.PARTS if _attr_path(model, p) is None]
-        if missing:
-            raise ValueError(f"{what}: expected DINOv2 (giant) loaded with 'Load CLIP Vision' (ComfyUI's Dinov2Model), "
-                             f"got a {type(model).__name__} without {', '.join(missing)}")
-        self.model = model
-        projection = getattr(model.embeddings.patch_embeddings, "projection", None)
-        self.patch_size = int(projection.kernel_size[0]) if projection is not None else 14
-
-    @torch.no_grad()
-    def encode(self, images) -> torch.Tensor:
-        return self.encode_pixels(clip_preprocess(torch.as_tensor(images)[..., :3].float().cpu()))
-
-    @torch.no_grad()
-    def encode_pixels(self, pixel_values) -> torch.Tensor:
-        if bridge.comfy_available():  # the DINOv2 resident (ComfyUI's loader), our models kept loaded beside it
-            bridge.load_models(*self.keep, comfy_objects=(self.clip_vision,))
-        m = self.model
-        device = m.embeddings.position_embeddings.device  # ComfyUI's text-encoder device once loaded
-        pixels = torch.as_tensor(pixel_values).float().to(device)
-        x = m.embeddings.patch_embeddings(pixels)                                   # (B, h*w, D)
-        cls = m.embeddings.cls_token.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1)
-        x = torch.cat((cls, x), dim=1)
-        pos = m.embeddings.position_embeddings.to(device=x.device)
-        h, w = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
-        x = x + interpolate_dinov2_position_embeddings(pos, h, w).to(x.dtype)
-        if self.output == "penultimate_hidden_states":  # as ComfyUI's encode_image: the output of layer -2
-            return self._checked(m.encoder(x, intermediate_output=-2)[1])
-        x, _ = m.encoder(x)
-        return self._checked(m.layernorm(x))
-
-
-def _attr_path(obj, path: str):
-    for name in path.split("."):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def comfy_latent_codec(vae, keep=()) -> MomentsLatentCodec | CallableLatentCodec:
-    """A ComfyUI VAE as the pipelines' codec; the managed models ``keep`` stay loaded beside it.
-
-    Encoding samples the posterior as the official code does (mean + std * noise from the pipeline's generator,
-    :class:`MomentsLatentCodec`), from the moments of ComfyUI's ``first_stage_model`` (``quant_conv(encoder(x))``).
-    A VAE without those pieces goes through its own ``encode``, which returns the posterior mean
-    (:class:`CallableLatentCodec`; the random stream then differs from the official one). Decoding: the VAE's own
-    ``decode``."""
-    if not (callable(getattr(vae, "encode", None)) and callable(getattr(vae, "decode", None))):
-        raise ValueError(f"vae: expected a ComfyUI VAE (with encode / decode), got {type(vae).__name__}")
-    factor = getattr(vae, "downscale_ratio", 8)
-    sizes = dict(downscale_factor=factor if isinstance(factor, int) else 8,
-                 latent_channels=getattr(vae, "latent_channels", 4))
-    if not isinstance(sizes["latent_channels"], int):
-        sizes["latent_channels"] = 4
-    decode = bridge.keep_loaded(vae.decode, *keep)
-    fsm = getattr(vae, "first_stage_model", None)
-    if callable(getattr(fsm, "encoder", None)) and callable(getattr(fsm, "quant_conv", None)):
-        def moments(pixels):
-            if bridge.comfy_available():
-                bridge.load_models(*keep, comfy_objects=(vae,))
-            p = next(fsm.parameters())
-            return fsm.quant_conv(fsm.encoder(pixels.to(p.device, p.dtype))).float()
-
-        return MomentsLatentCodec(moments, lambda latents: torch.as_tensor(decode(latents)), **sizes)
-    encode = bridge.keep_loaded(vae.encode, *keep)
-    return CallableLatentCodec(lambda images: torch.as_tensor(encode(images[..., :3])),
-                               lambda latents: torch.as_tensor(decode(latents)), **sizes)
 
 
 # ---------------------------------------------------------------------------------------------- loader
@@ -315,7 +150,7 @@ class PoseTransferPCDMsLoader:
         def build():
             with torch.inference_mode(False):  # plain weights: ComfyUI runs loaders in inference mode
                 model = load_pcdms(path, None if kind == "auto" else kind, dtype=torch_dtype, device="cpu")
-            return PCDMsModel(model, _CLASS_TO_KIND[type(model).__name__], model_name)
+            return PCDMsModel(model, pcdms.kind_of(model), model_name)
 
         return (_CACHE.get((file_stamp(path), kind, str(torch_dtype)), build),)
 
@@ -450,37 +285,11 @@ def _settings(steps, cfg, layout, resolution, min_steps: int = 1) -> tuple[int, 
             int_in(resolution, "resolution", 64, 2048, multiple=8))
 
 
-def _target_poses(target_pose) -> list:
-    poses = with_person(_poses(target_pose, "target_pose"), "target_pose")
-    for i, p in enumerate(poses[1:], 1):
-        if (p.width, p.height) != (poses[0].width, poses[0].height):
-            raise ValueError(f"target_pose[{i}]: canvas {p.width}x{p.height} differs from target_pose[0]'s "
-                             f"{poses[0].width}x{poses[0].height}; the outputs are stacked into one IMAGE and need "
-                             f"one size: bring the target poses to one canvas")
-    return poses
-
-
-def _check_sources(image: torch.Tensor, sources: list, n_targets: int) -> None:
-    """1 source image (or one per target pose frame), and one source_pose frame per source image."""
-    one_or(image.shape[0], "source_image", n_targets, "target_pose frame")
-    if len(sources) != image.shape[0]:
-        raise ValueError(f"source_pose: expected one frame per source_image ({image.shape[0]}), got {len(sources)}")
-
-
-def _render(poses) -> torch.Tensor:
-    return torch.from_numpy(render_skeleton_batch(poses).astype(np.float32) / 255.0)
-
-
-def _source_poses(source_pose, image: torch.Tensor):
-    h, w = image.shape[1:3]
-    poses = with_person(_poses(source_pose, "source_pose"), "source_pose")
-    return [_fit_source_pose(p, w, h, f"source_pose[{i}]") for i, p in enumerate(poses)]
-
-
-def _scheduler(name: str, default):
-    if name not in SCHEDULER_CHOICES:
-        raise ValueError(f"scheduler: expected one of {SCHEDULER_CHOICES}, got {name!r}")
-    return default if name == "default" else name
+def _scheduler(name: str) -> str:
+    """The widget value checked (the shared vocabulary, older names accepted: core.schedulers)."""
+    if name != "default":
+        canonical_scheduler_name(name)
+    return name
 
 
 def _common_inputs(default_steps: int, default_cfg: float, scheduler: bool = True, layout: bool = True) -> dict:
@@ -495,7 +304,8 @@ def _common_inputs(default_steps: int, default_cfg: float, scheduler: bool = Tru
     if scheduler:
         inputs["scheduler"] = (list(SCHEDULER_CHOICES), {
             "default": "default",
-            "tooltip": "default: the official one (UniPC for inpaint / refine, DDIM for the simplified model)."})
+            "tooltip": "default: the official one (uni_pc_bh2 for inpaint / refine, ddim for the simplified model). "
+                       "The same names as ComfyUI's samplers and RePose Sampler."})
     if layout:
         inputs["layout"] = (list(LAYOUT_MODES), {
             "default": "pad",
@@ -542,14 +352,11 @@ class PoseTransferPriorEmbed:
         steps, cfg, layout, resolution = _settings(steps, cfg, layout, resolution, min_steps=2)
         clip = _encoder(pcdms_encoders, "clip", "the prior").keeping(_keep(pm, None))
         image = _images(source_image, "source_image")
-        sources, targets = _source_poses(source_pose, image), _target_poses(target_pose)
-        _check_sources(image, sources, len(targets))
-        sp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "source_pose") for p in sources]))
-        tp = torch.from_numpy(np.stack([pcdms_pose_vector(p, "target_pose") for p in targets]))
-        pipe = PriorPipeline(pm.model, clip, size=resolution, layout=layout)
+        sources, targets = pose_keypoints(source_pose, "source_pose"), pose_keypoints(target_pose, "target_pose")
         with _run(pm, steps) as callback:
-            out = pipe(sp, tp, source_image=image, steps=steps, guidance_scale=cfg, seed=seed, callback=callback)
-        return (PCDMsEmbed(out.embeddings.float().cpu()),)
+            embeddings = pcdms.prior_embed(pm.model, clip, image, sources, targets, steps=steps, cfg=cfg, seed=seed,
+                                           layout=layout, resolution=resolution, callback=callback)
+        return (PCDMsEmbed(embeddings.float().cpu()),)
 
 
 # ---------------------------------------------------------------------------------------------- inpaint
@@ -594,34 +401,26 @@ class PoseTransferPCDMsInpaint:
         keep = _keep(pm, guidance)
         dino = _encoder(pcdms_encoders, "dino", "PCDMs Inpaint").keeping(keep)
         image = _images(source_image, "source_image")
-        sources, targets = _source_poses(source_pose, image), _target_poses(target_pose)
-        _check_sources(image, sources, len(targets))
-        source_pose_image = _render(sources)
-        target_pose_image = _render(targets)
-        codec = comfy_latent_codec(vae, keep)
-        kwargs = dict(steps=steps, guidance_scale=cfg, seed=seed)
-        guide = _guidance_kwargs(guidance, vae, keep)
-        kwargs.update(guide)
+        sources, targets = pose_keypoints(source_pose, "source_pose"), pose_keypoints(target_pose, "target_pose")
+        embedding, clip = None, None
         if pm.kind == "simplified":
             if prior_embed is not None:
                 log.warning("PCDMs Inpaint: the simplified model takes no prior embedding; prior_embed ignored")
-            pipe = SimplifiedPipeline(pm.model, codec, dino, _scheduler(scheduler, None), resolution, layout)
-            args = ()
-        else:
-            pipe = InpaintPipeline(pm.model, codec, dino, _scheduler(scheduler, "unipc"), resolution, layout)
-            if prior_embed is not None:
-                if not isinstance(prior_embed, PCDMsEmbed):
-                    raise ValueError(f"prior_embed: expected PCDMS_EMBED, got {type(prior_embed).__name__}")
-                embedding = prior_embed.embeddings
-                if embedding.shape[0] != len(targets):
-                    raise ValueError(f"prior_embed: expected one embedding per target_pose frame ({len(targets)}), "
-                                     f"got {embedding.shape[0]}; give PCDMs Prior Embed the same target_pose")
-            else:  # the source photo's CLIP embedding stands in for the target's
-                clip = _encoder(pcdms_encoders, "clip", "PCDMs Inpaint without prior_embed").keeping(keep)
-                embedding = PriorPipeline(None, clip, size=resolution, layout=layout).encode_source(image)
-            args = (embedding,)
+        elif prior_embed is not None:
+            if not isinstance(prior_embed, PCDMsEmbed):
+                raise ValueError(f"prior_embed: expected PCDMS_EMBED, got {type(prior_embed).__name__}")
+            embedding = prior_embed.embeddings
+            if embedding.shape[0] != len(targets):
+                raise ValueError(f"prior_embed: expected one embedding per target_pose frame ({len(targets)}), "
+                                 f"got {embedding.shape[0]}; give PCDMs Prior Embed the same target_pose")
+        else:  # the source photo's CLIP embedding stands in for the target's
+            clip = _encoder(pcdms_encoders, "clip", "PCDMs Inpaint without prior_embed").keeping(keep)
+        guide = _guidance_kwargs(guidance, vae, keep)
         with _run(pm, steps, guidance, guide) as callback:
-            out = pipe(image, source_pose_image, target_pose_image, *args, callback=callback, **kwargs)
+            out = pcdms.inpaint(pm.model, comfy_latent_codec(vae, keep), dino, image, sources, targets,
+                                target_embedding=embedding, clip=clip, steps=steps, cfg=cfg,
+                                scheduler=_scheduler(scheduler), seed=seed, layout=layout, resolution=resolution,
+                                callback=callback, **guide)
         return (out.images.float().clamp(0, 1).cpu(),)
 
 
@@ -656,14 +455,12 @@ class PoseTransferPCDMsRefine:
         steps, cfg, layout, resolution = _settings(steps, cfg, layout, resolution)
         keep = _keep(pm, guidance)
         dino = _encoder(pcdms_encoders, "dino", "PCDMs Refine").keeping(keep)
-        pipe = RefinePipeline(pm.model, comfy_latent_codec(vae, keep), dino, _scheduler(scheduler, "unipc"),
-                              resolution, layout)
-        coarse = _images(coarse_image, "coarse_image")
-        source = _images(source_image, "source_image")
-        one_or(source.shape[0], "source_image", coarse.shape[0], "coarse_image")
+        coarse, source = _images(coarse_image, "coarse_image"), _images(source_image, "source_image")
         guide = _guidance_kwargs(guidance, vae, keep)
         with _run(pm, steps, guidance, guide) as callback:
-            out = pipe(coarse, source, steps=steps, guidance_scale=cfg, seed=seed, callback=callback, **guide)
+            out = pcdms.refine(pm.model, comfy_latent_codec(vae, keep), dino, coarse, source, steps=steps, cfg=cfg,
+                               scheduler=_scheduler(scheduler), seed=seed, layout=layout, resolution=resolution,
+                               callback=callback, **guide)
         return (out.images.float().clamp(0, 1).cpu(),)
 
 

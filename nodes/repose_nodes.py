@@ -1,55 +1,40 @@
 """RePoseDM nodes: model loader, PoseAlign (aligned source features + warped-source preview), PoseGuidance (a
-pose estimator as GUIDANCE) and the RePose sampler. Thin wrappers over :mod:`..core.repose`.
+pose estimator as GUIDANCE) and the RePose sampler. Declarations, input conversions and bridge calls over
+:mod:`..core.repose.transfer` (frames, pose images, keypoint targets, schedulers: the entry the command line and
+Python call too).
 
-Frames: the target pose is re-scaled to a working frame ``resolution`` pixels high (the width follows the pose
-canvas' aspect ratio; both multiples of the VAE factor) and rendered there as the OpenPose skeleton the model was
-trained on (``training/train_repose.py`` renders the same way); the source photo is resized (stretched) to that
-frame. Outputs are resized back to the target pose's canvas.
-
-A ComfyUI VAE (BHWC 0..1 images <-> unscaled latents) becomes the core's codec (images in [-1, 1], latents scaled
-by 0.18215, the SD VAE factor the models are trained with). Guidance differentiates through the VAE decoder: it
-uses the VAE's ``first_stage_model`` (ComfyUI's decoder module; plain tensors are cloned from inference tensors
-once) and runs outside ComfyUI's inference mode.
+A ComfyUI VAE becomes the core's codec through :class:`.adapters.ComfyVaeCodec`. Guidance differentiates through
+the VAE decoder (ComfyUI's ``first_stage_model``) and runs outside ComfyUI's inference mode.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
 import os
 import posixpath
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..core.geometry import resize
-from ..core.render import render_skeleton
-from ..core.repose.denoiser import RePoseDenoiser, repose_noise_scheduler
-from ..core.repose.guidance import (PoseGuidance, PoseTarget, percent_timestep_range,
-                                    pose_heatmaps_coco17)
+from ..core.repose import transfer as repose
+from ..core.repose.denoiser import RePoseDenoiser
+from ..core.repose.guidance import percent_timestep_range
 from ..core.repose.model_files import MARKER, load_repose_model
 from ..core.repose.pose_align import PoseAlign
-from ..core.repose.pose_estimator import (HIGHER_HRNET_W32_CONFIG, HIGHER_HRNET_W48_CONFIG, HigherHRNet,
-                                           load_higher_hrnet)
-from ..core.repose.sampler import (RePoseSampler, VaeCodec, diffusers_upsampler_conv, fused_upsamplers,
-                                   is_plain_conv3x3)
+from ..core.repose.pose_estimator import load_pose_estimator
+from ..core.repose.transfer import GUIDANCE_TARGETS, AlignedSource
+from ..core.schedulers import SCHEDULER_CHOICES, canonical_scheduler_name
 from . import bridge
-from .checks import IMAGE_NOTE, float_in, image, int_in, with_person
+from .adapters import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory, pose_keypoints
+from .checks import IMAGE_NOTE, float_in, image, int_in
 from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
-from .flowwarp_nodes import _poses
 
 log = logging.getLogger(__name__)
 
 CATEGORY = "posetransfer/repose"
 MODEL_TYPE = "REPOSE_MODEL"
 FEATURES_TYPE = "REPOSE_FEATURES"
-GUIDANCE_TYPE = "GUIDANCE"
 NO_MODEL = "(none)"
-SCALING_FACTOR = 0.18215
-SCHEDULERS = ("ddpm", "ddim", "dpmpp_2m", "euler", "unipc")
 MASK_FROM = ("generated", "target", "union")
 ESTIMATOR_EXTS = (".pth", ".pt")
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -75,185 +60,7 @@ class RePoseModel:
         self.managed_pose_align = self.managed_pose_align or bridge.managed(self.pose_align)
 
 
-@dataclass
-class RePoseFeatures:
-    """REPOSE_FEATURES: PoseAlign's output (``F_S^N`` and the flow, on the CPU) for the working frame ``size``
-    (H, W), with the source images (B, 3, H, W, 0..1), the target pose canvas (W, H) and the rendered target
-    pose images (B, 3, H, W) it was computed for."""
-
-    aligned: object
-    source_images: torch.Tensor
-    size: tuple[int, int]
-    canvas: tuple[int, int]
-    frames: int
-    pose_images: torch.Tensor | None = None
-
-
-# What eq 11 compares the generated image with. "skeleton": the estimator's backbone features of the rendered target
-# skeleton (the paper's letter: P is the pose image; a stick figure, another domain than the photo). "keypoints":
-# the estimator's heatmaps of the generated image against Gaussian heatmaps drawn at the target keypoints (our
-# option; sigma KEYPOINT_SIGMA px of the decoded image, about 3 px on HigherHRNet's stride-2 heatmap grid, between the
-# sigma 2 its two resolutions were trained with).
-GUIDANCE_TARGETS = ("skeleton", "keypoints")
-KEYPOINT_SIGMA = 6.0
-
-
-def keypoint_target(poses, size: tuple[int, int]) -> PoseTarget:
-    """Gaussian COCO-17 heatmaps (B, 17, H, W) of the first person of each pose, on the working frame ``size``."""
-    h, w = size
-    return PoseTarget(heatmaps=torch.cat([pose_heatmaps_coco17(resize(None, p, w, h)[1], sigma=KEYPOINT_SIGMA)
-                                          for p in poses]))
-
-
-@dataclass
-class PoseGuidanceFactory:
-    """GUIDANCE: makes a core :class:`~..core.repose.guidance.PoseGuidance` (eq 11-16) around one pose estimator.
-
-    ``make(target_image=None, **overrides)`` returns a fresh guidance object (without a target, a sampler
-    compares with its own target pose image). Usable by any epsilon-prediction latent sampler."""
-
-    estimator: torch.nn.Module
-    scale: float = 1.0
-    threshold: float = 0.1
-    mask_from: str = "generated"
-    name: str = ""
-    managed: bridge.ManagedModel | None = field(default=None, repr=False, compare=False)  # the estimator's
-    decode_scale: float = 1.0  # < 1: the guidance decodes a downsized latent (cheaper, approximate)
-    timestep_range: tuple[float, float] | None = None  # guide only these timesteps (None: every step)
-    target: str = "skeleton"  # what P is: "skeleton" (the paper) or "keypoints" (see GUIDANCE_TARGETS)
-
-    def __post_init__(self):
-        if self.managed is None:  # held here so that the estimator keeps one ComfyUI ModelPatcher
-            self.managed = bridge.managed(self.estimator)
-
-    def make(self, target_image: torch.Tensor | None = None, **overrides) -> PoseGuidance:
-        kwargs = dict(scale=self.scale, threshold=self.threshold, mask_from=self.mask_from,
-                      timestep_range=self.timestep_range)
-        if self.target == "keypoints":
-            kwargs["compare"] = "heatmaps"
-        kwargs.update(overrides)
-        return PoseGuidance(self.estimator, target_image, **kwargs)
-
-    __call__ = make
-
-
-def _plain_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` itself, or (when it holds inference-mode tensors, as ComfyUI's loaders make) a copy with plain
-    tensors that autograd can save for backward."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    if not any(t.is_inference() for t in tensors):
-        return module
-    import copy
-
-    with torch.inference_mode(False):
-        clone = copy.deepcopy(module)
-        for p in clone.parameters():
-            p.data = p.data.clone()
-        for mod in clone.modules():
-            for name, b in list(mod._buffers.items()):
-                if b is not None:
-                    mod._buffers[name] = b.clone()
-    return clone
-
-
-def _upsampler_conv(up):
-    """The 3x3 conv of an upsampler that is exactly nearest-2x + that conv: diffusers' ``Upsample2D``, or the
-    Stable Diffusion / ComfyUI decoder's ``Upsample`` (``with_conv``, scale 2) whose conv is not patched (no
-    weight casting or LoRA functions on it); else None."""
-    conv = diffusers_upsampler_conv(up)
-    if conv is not None:
-        return conv
-    if type(up).__name__ != "Upsample" or not getattr(up, "with_conv", False):
-        return None
-    scale = getattr(up, "scale_factor", None)
-    conv = getattr(up, "conv", None)
-    if scale not in (2, 2.0, (2, 2), (2.0, 2.0)) or not is_plain_conv3x3(conv):
-        return None
-    if getattr(conv, "comfy_cast_weights", False) or getattr(conv, "weight_function", None) \
-            or getattr(conv, "bias_function", None):
-        return None
-    return conv
-
-
-class ComfyVaeCodec(VaeCodec):
-    """A ComfyUI VAE as the core's codec: ``encode`` [-1, 1] BCHW -> scaled latents, ``decode`` back.
-
-    Decoding latents that require grad (PoseGuidance) goes through ``vae.first_stage_model.decode`` (a module that
-    autograd can differentiate); everything else through the VAE's own encode / decode."""
-
-    def __init__(self, vae, scaling_factor: float = SCALING_FACTOR, keep=()):
-        if not (callable(getattr(vae, "encode", None)) and callable(getattr(vae, "decode", None))):
-            raise ValueError(f"vae: expected a ComfyUI VAE (with encode / decode), got {type(vae).__name__}")
-        self.comfy_vae = vae
-        self.keep = tuple(keep)  # our managed models, reloaded after each VAE call (bridge.keep_loaded)
-        self.vae = None
-        self.scaling_factor = float(scaling_factor)
-        factor = getattr(vae, "downscale_ratio", 8)
-        self.factor = factor if isinstance(factor, int) else 8
-        self._grad_decoder = None
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        pixels = ((image.float() + 1) / 2).clamp(0, 1).movedim(1, -1).cpu()
-        latents = torch.as_tensor(bridge.keep_loaded(self.comfy_vae.encode, *self.keep)(pixels))
-        return latents.to(image.device) * self.scaling_factor
-
-    def decode(self, latents: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        z = latents / self.scaling_factor
-        if scale != 1.0:
-            z = F.interpolate(z, scale_factor=scale, mode="bilinear", align_corners=False)
-        if latents.requires_grad:
-            fsm = getattr(self.comfy_vae, "first_stage_model", None)
-            if fsm is None or not callable(getattr(fsm, "decode", None)):
-                raise ValueError("guidance: the VAE has no first_stage_model to differentiate through")
-            if self._grad_decoder is None:
-                # ComfyUI's VAE resident beside our models first, so that the copy is made on the compute device
-                bridge.load_models(*self.keep, comfy_objects=(self.comfy_vae,))
-                self._grad_decoder = _plain_copy(fsm)
-            p = next(self._grad_decoder.parameters())
-            with fused_upsamplers(self._grad_decoder, _upsampler_conv):  # the same function, cheaper (core docs)
-                out = self._grad_decoder.decode(z.to(p.device, p.dtype))
-            out = getattr(out, "sample", out)
-            return out.to(latents.device, latents.dtype)
-        images = torch.as_tensor(bridge.keep_loaded(self.comfy_vae.decode, *self.keep)(z.float().cpu()))
-        images = images.reshape(-1, *images.shape[-3:])[..., :3]
-        return (images.movedim(-1, 1).float() * 2 - 1).to(latents.device, latents.dtype)
-
-    __call__ = encode
-
-
-# ------------------------------------------------------------------------------------------------ frames
-def _working_size(canvas_w: int, canvas_h: int, resolution: int, factor: int) -> tuple[int, int]:
-    """(H, W): ``resolution`` high (a multiple of ``factor``), the width from the canvas' aspect ratio."""
-    h = max(factor, int(round(resolution / factor)) * factor)
-    w = max(factor, int(round(resolution * canvas_w / canvas_h / factor)) * factor)
-    return h, w
-
-
-def _pose_images(target_pose, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The target skeleton(s) rendered on the working frame: (B, 3, H, W) 0..1 and the canvas (W, H)."""
-    poses = with_person(_poses(target_pose, "target_pose"), "target_pose")
-    canvas = (poses[0].width, poses[0].height)
-    if any((p.width, p.height) != canvas for p in poses):
-        raise ValueError("target_pose: all frames must share one canvas size")
-    h, w = size
-    images = [render_skeleton(resize(None, p, w, h)[1]) for p in poses]
-    return torch.from_numpy(np.stack(images).astype(np.float32) / 255.0).permute(0, 3, 1, 2), canvas
-
-
-def _to_frame(images, size: tuple[int, int], what: str) -> torch.Tensor:
-    x = image(images, what).movedim(-1, 1)
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp(0, 1)
-
-
-def _to_canvas(images: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
-    """(B, 3, H, W) 0..1 -> IMAGE (B, h, w, 3) at the canvas (w, h)."""
-    w, h = canvas
-    x = images.float()
-    if tuple(x.shape[-2:]) != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp(0, 1).movedim(1, -1).contiguous().cpu()
+RePoseFeatures = AlignedSource  # REPOSE_FEATURES: PoseAlign's output for the sampler (core.repose.transfer)
 
 
 def _require_model(repose_model) -> RePoseModel:
@@ -354,53 +161,19 @@ class PoseTransferPoseAlign:
         model = _require_model(repose_model)
         resolution, iterations = int_in(resolution, "resolution", 16, 2048), int_in(iterations, "iterations", 0, 20)
         codec = ComfyVaeCodec(vae, keep=(model.managed_pose_align,))
-        poses = _poses(target_pose, "target_pose")
-        size = _working_size(poses[0].width, poses[0].height, resolution, codec.factor)
-        pose_images, canvas = _pose_images(target_pose, size)
-        source = _to_frame(source_image, size, "source_image")
-        b = pose_images.shape[0]
-        if source.shape[0] not in (1, b):
-            raise ValueError(f"source_image: expected 1 image or one per target pose frame ({b}), got "
-                             f"{source.shape[0]}")
-        source = source.expand(b, -1, -1, -1)
+        poses = pose_keypoints(target_pose, "target_pose")
+        source = image(source_image, "source_image")
         bridge.check_interrupt()
-        pa = model.pose_align
         with bridge.on_device(model.managed_pose_align) as device, torch.no_grad():
-            dtype = next(pa.parameters()).dtype
-            pose_latents = codec.encode(pose_images.to(device) * 2 - 1).to(dtype)
-            out = pa((source.to(device) * 2 - 1).to(dtype), pose_latents, lambda x: codec.encode(x).to(dtype),
-                     num_iterations=int(iterations) or None)
-        aligned = type(out)(features=out.features.float().cpu(), flow=out.flow.float().cpu(),
-                            image_flow=out.image_flow.float().cpu(), warped_image=out.warped_image.float().cpu())
-        preview = _to_canvas((aligned.warped_image + 1) / 2, canvas)
-        return (RePoseFeatures(aligned, source.cpu(), size, canvas, b, pose_images.cpu()), preview)
+            feats = repose.align(model.pose_align, codec, source, poses, resolution=resolution,
+                                 iterations=iterations or None, device=device)
+        preview = repose.to_canvas((feats.aligned.warped_image + 1) / 2, feats.canvas)
+        return (feats, preview)
 
 
 # -------------------------------------------------------------------------------------------- guidance
 def list_estimators() -> list[str]:
     return bridge.list_model_files(set(ESTIMATOR_EXTS))
-
-
-def _load_estimator(path: str):
-    """HigherHRNet from an official checkpoint: W32, else W48; a ``<name>.json`` beside it gives another
-    HigherHRNet config (keyword arguments of HigherHRNet)."""
-    sidecar = os.path.splitext(path)[0] + ".json"
-    if os.path.isfile(sidecar):
-        try:
-            with open(sidecar, encoding="utf-8") as f:
-                config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()}
-            inspect.signature(HigherHRNet).bind(**config)  # unknown keys fail here, not deep in torch
-        except (ValueError, AttributeError, TypeError) as exc:
-            raise ValueError(f"{sidecar}: expected a JSON dict of HigherHRNet settings (the config beside the "
-                             f"checkpoint), got an unusable file ({exc})") from None
-        return load_higher_hrnet(path, config)
-    try:
-        return load_higher_hrnet(path, HIGHER_HRNET_W32_CONFIG)
-    except ValueError as first:
-        try:
-            return load_higher_hrnet(path, HIGHER_HRNET_W48_CONFIG)
-        except ValueError:
-            raise first from None
 
 
 class PoseTransferPoseGuidance:
@@ -474,7 +247,7 @@ class PoseTransferPoseGuidance:
 
         def build():  # the managed wrapper is cached, so the estimator keeps one ComfyUI ModelPatcher
             with torch.inference_mode(False):
-                return bridge.managed(_load_estimator(path))
+                return bridge.managed(load_pose_estimator(path))
 
         try:
             managed = _CACHE.get(("estimator", file_stamp(path)), build)
@@ -484,24 +257,6 @@ class PoseTransferPoseGuidance:
                                       managed, float(decode_scale), timestep_range, target)
         factory.make()  # validates the settings now rather than at sampling time
         return (factory,)
-
-
-# --------------------------------------------------------------------------------------------- sampler
-def make_scheduler(name: str):
-    """A diffusers scheduler with RePose's training noise schedule (T = 1000, linear); ``ddpm`` uses the learned
-    variance."""
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                           UniPCMultistepScheduler)
-
-    base = repose_noise_scheduler()
-    if name == "ddpm":
-        return base
-    classes = {"ddim": DDIMScheduler, "dpmpp_2m": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
-               "unipc": UniPCMultistepScheduler}
-    if name not in classes:
-        raise ValueError(f"scheduler: expected one of {SCHEDULERS}, got {name!r}")
-    config = {k: v for k, v in dict(base.config).items() if k != "variance_type"}
-    return classes[name].from_config(config)
 
 
 class PoseTransferRePoseSampler:
@@ -531,10 +286,11 @@ class PoseTransferRePoseSampler:
                                          "DPM++ / UniPC)."}),
             "w_c": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 30.0, "step": 0.1,
                               "tooltip": "Classifier-free guidance scale w_c of eq 16 (1 turns it off)."}),
-            "scheduler": (list(SCHEDULERS), {
+            "scheduler": (list(SCHEDULER_CHOICES), {
                 "default": "ddpm",
-                "tooltip": "ddpm: ancestral with the learned variance (as trained). ddim / dpmpp_2m / euler / "
-                           "unipc: faster samplers on the same noise schedule."}),
+                "tooltip": "ddpm (= default): ancestral with the learned variance (as trained). ddim / dpmpp_2m / "
+                           "euler / uni_pc / uni_pc_bh2: faster samplers on the same noise schedule (ComfyUI's "
+                           "names; the same list as the PCDMs nodes)."}),
         }, "optional": {
             "guidance": (GUIDANCE_TYPE, {"tooltip": "Optional pose gradient guidance (RePose PoseGuidance)."}),
         }}
@@ -556,22 +312,10 @@ class PoseTransferRePoseSampler:
                         "prediction expects that guidance; sampling %s", model.name or "the model",
                         trained.get("scale"), f"with scale {guidance.scale}" if guided else "without it")
         estimator = guidance.managed if guided else None
+        if scheduler != "default":
+            canonical_scheduler_name(scheduler)
         codec = ComfyVaeCodec(vae, keep=(model.managed_denoiser, estimator))
-        pose_images, canvas = _pose_images(target_pose, feats.size)
-        if canvas != feats.canvas:
-            raise ValueError(f"target_pose: canvas {canvas[0]}x{canvas[1]}, but repose_features were computed for "
-                             f"{feats.canvas[0]}x{feats.canvas[1]}; connect the same target_pose to PoseAlign and "
-                             f"the sampler")
-        if pose_images.shape[0] != feats.frames:
-            raise ValueError(f"target_pose: {pose_images.shape[0]} frame(s), but repose_features were computed for "
-                             f"{feats.frames}; connect the same target_pose to PoseAlign and the sampler")
-        if feats.pose_images is not None and not torch.equal(pose_images.cpu(), feats.pose_images):
-            raise ValueError("target_pose: not the pose that PoseAlign aligned repose_features to (the source would "
-                             "be sampled into one pose with features warped to another); connect the same "
-                             "target_pose to PoseAlign and the sampler")
-        latent_grid = (feats.size[0] // codec.factor, feats.size[1] // codec.factor)
-        if tuple(feats.aligned.features.shape[-2:]) != latent_grid:
-            raise ValueError("repose_features: computed with another VAE (latent grid mismatch)")
+        poses = pose_keypoints(target_pose, "target_pose")
         bar = bridge.ProgressBar(int(steps))
         previewer = bridge.latent_previewer()
 
@@ -586,20 +330,13 @@ class PoseTransferRePoseSampler:
             pose_guidance = None
             if guided:
                 bridge.make_plain(estimator.module)  # ComfyUI may have offloaded it under inference mode
-                pose_guidance = guidance.make(
-                    target=keypoint_target(_poses(target_pose, "target_pose"), feats.size)
-                    if guidance.target == "keypoints" else None)
-            sampler = RePoseSampler(model.denoiser, None, codec, make_scheduler(scheduler))
-            out = sampler(feats.source_images.clone(), pose_images, num_inference_steps=int(steps),
-                          guidance_scale=float(w_c), pose_guidance=pose_guidance, seed=int(seed),
-                          guidance_decode_scale=guidance.decode_scale if guided else 1.0,
-                          callback=callback, aligned=_clone_aligned(feats.aligned))
-        return (_to_canvas(out.images, canvas),)
-
-
-def _clone_aligned(aligned):
-    return type(aligned)(features=aligned.features.clone(), flow=aligned.flow.clone(),
-                         image_flow=aligned.image_flow.clone(), warped_image=aligned.warped_image.clone())
+                pose_guidance = guidance.make(target=repose.keypoint_target(poses, feats.size)
+                                              if guidance.target == "keypoints" else None)
+            images = repose.sample(model.denoiser, codec, feats, poses, seed=int(seed), steps=steps, w_c=w_c,
+                                   scheduler=scheduler, pose_guidance=pose_guidance,
+                                   guidance_decode_scale=guidance.decode_scale if guided else 1.0, callback=callback,
+                                   features_what="repose_features")
+        return (images,)
 
 
 NODE_CLASS_MAPPINGS = {

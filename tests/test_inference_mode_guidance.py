@@ -16,7 +16,7 @@ from test_pcdms_nodes import FAST, _one_thread, models_dir  # noqa: F401  (fixtu
 from posetransfer.core.images import load_image
 from posetransfer.core.repose.pose_estimator import TinyPoseEstimator
 from posetransfer.nodes import pcdms_nodes as pn, repose_nodes
-from posetransfer.nodes.repose_nodes import PoseGuidanceFactory
+from posetransfer.nodes.adapters import PoseGuidanceFactory
 
 
 def _mode(inference: bool):

@@ -13,6 +13,7 @@ from comfy_doubles import SAMPLES, TinyClipVision, TinyDinoVision, TinyVAE
 from posetransfer.core.geometry import resize
 from posetransfer.core.pcdms.pipelines import PriorPipeline
 from posetransfer.core.pose_io import dump_pose_keypoint, load_pose_keypoint
+from posetransfer.core.repose import transfer as repose_transfer
 from posetransfer.core.repose.pose_align import PoseAlignOutput
 from posetransfer.nodes import bridge, checks, flow_model_nodes, pcdms_nodes as pn, pose_nodes, repose_nodes as rn
 from posetransfer.nodes.flowwarp_nodes import PoseTransferFlowWarp
@@ -135,7 +136,7 @@ def test_repose_sampler_checks_widgets_and_the_target_canvas():
     with pytest.raises(ValueError, match="repose_model: expected a REPOSE_MODEL"):   # a PCDMs model wired in
         sample(pn.PCDMsModel(torch.nn.Linear(1, 1), "inpaint"), feats, vae, pose("jumper", 32))
     # Same canvas and frame count, another pose than PoseAlign's: refused (it rendered the jumper).
-    rendered, _ = rn._pose_images(pose("jumper", 32), (32, 32))
+    rendered, _ = repose_transfer.pose_images(load_pose_keypoint(pose("jumper", 32)), (32, 32))
     feats = rn.RePoseFeatures(aligned, torch.zeros(1, 3, 32, 32), (32, 32), (32, 32), 1, rendered)
     with pytest.raises(ValueError, match="target_pose: not the pose that PoseAlign aligned repose_features to"):
         sample(model, feats, vae, pose("fashion_standing", 32), steps=1)

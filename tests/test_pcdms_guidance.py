@@ -12,7 +12,7 @@ from posetransfer.core.pcdms.pipelines import InpaintPipeline, RefinePipeline, S
 from posetransfer.core.repose.guidance import PoseGuidance
 from posetransfer.core.repose.pose_estimator import TinyPoseEstimator
 from posetransfer.nodes import pcdms_nodes as pn
-from posetransfer.nodes.repose_nodes import PoseGuidanceFactory
+from posetransfer.nodes.adapters import PoseGuidanceFactory
 
 C = 0.05  # what the fake guidance adds to eps
 

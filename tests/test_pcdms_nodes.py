@@ -12,7 +12,8 @@ import comfy_doubles
 from comfy_doubles import PCDMS_FILES, SAMPLES, TinyClipVision, TinyDinoVision, TinyVAE
 
 from posetransfer.core.images import load_image
-from posetransfer.core.pcdms.encoders import clip_preprocess
+from posetransfer.core.pcdms.encoders import CLIP_MEAN, CLIP_STD, clip_preprocess
+from posetransfer.nodes.adapters import comfy_latent_codec
 from posetransfer.nodes import bridge, pcdms_nodes as pn
 
 FAST = {"steps": 2, "resolution": 64}
@@ -125,7 +126,7 @@ def test_encoders_node(enc):
     # std at 224 px) turns into exactly the official pixels
     got = e.clip.clip_vision.last_image
     assert tuple(got.shape) == (2, 224, 224, 3)
-    mean, std = torch.tensor(pn.CLIP_MEAN), torch.tensor(pn.CLIP_STD)
+    mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
     comfy_pixels = ((got * 255).clamp(0, 255).round() / 255 - mean) / std
     torch.testing.assert_close(comfy_pixels.permute(0, 3, 1, 2), clip_preprocess(images), rtol=0, atol=1e-5)
     # normalised pixels -> the image ComfyUI's preprocessing turns back into them (zeros = CLIP mean colour)
@@ -324,7 +325,7 @@ def test_interrupt_stops_sampling(m, enc, data, bars):
 # ------------------------------------------------------------------------------- ComfyUI's model manager
 def test_stages_hand_their_models_to_comfy(m, enc, data, monkeypatch):
     from posetransfer.core.repose.pose_estimator import TinyPoseEstimator
-    from posetransfer.nodes.repose_nodes import PoseGuidanceFactory
+    from posetransfer.nodes.adapters import PoseGuidanceFactory
 
     torch.manual_seed(0)
     guidance = PoseGuidanceFactory(TinyPoseEstimator(num_joints=3, width=4), threshold=-1.0)
@@ -379,7 +380,7 @@ def test_comfy_vae_encoding_samples_the_posterior_as_the_official_code():
     from posetransfer.core.pcdms.encoders import DiffusersVAE, MomentsLatentCodec
 
     vae = TinyVAE()
-    codec = pn.comfy_latent_codec(vae)
+    codec = comfy_latent_codec(vae)
     assert isinstance(codec, MomentsLatentCodec)
     pixels = torch.rand(2, 3, 32, 48) * 2 - 1
     got = codec.encode(pixels, torch.Generator().manual_seed(3))

@@ -194,7 +194,7 @@ def test_scheduler_configs_and_timesteps():
     assert {k: ddim[k] for k in public(simplified.config)} == public(simplified.config)
     assert make_scheduler("dpmsolver++").config.algorithm_type == "dpmsolver++"
     assert type(make_scheduler("euler")).__name__ == "EulerDiscreteScheduler"
-    with pytest.raises(ValueError, match="unknown scheduler"):
+    with pytest.raises(ValueError, match="scheduler: expected one of default, ddpm, ddim, dpmpp_2m"):
         make_scheduler("pndm")
 
 

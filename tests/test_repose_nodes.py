@@ -15,7 +15,8 @@ from comfy_doubles import SAMPLES
 from posetransfer.core.repose import TINY_POSE_ALIGN_CONFIG, TINY_UNET_CONFIG, PoseAlign, PoseGuidance, RePoseDenoiser
 from posetransfer.core.repose.model_files import MARKER, is_repose_model, load_repose_model, save_repose_model
 from posetransfer.core.pose_io import load_pose_keypoint
-from posetransfer.nodes import bridge, repose_nodes
+from posetransfer.core.repose import transfer as repose_transfer
+from posetransfer.nodes import adapters, bridge, repose_nodes
 from posetransfer.training import train_repose
 
 
@@ -74,7 +75,7 @@ def test_nodes_end_to_end(comfy_free, monkeypatch):
 
     monkeypatch.setattr(repose_nodes.bridge, "ProgressBar", Bar)
     feats, preview, image = align_and_sample(vae)
-    pose = repose_nodes._poses(target_pose(), "target_pose")[0]
+    pose = adapters.pose_keypoints(target_pose(), "target_pose")[0]
     canvas = (pose.height, pose.width)
     assert preview.shape == (1, *canvas, 3) and image.shape == (1, *canvas, 3)
     for x in (preview, image):
@@ -103,10 +104,10 @@ def test_keypoint_heatmap_target(comfy_free):
     # lands at (9.75, 5.75) of a 20x24 frame (pixel centres scale), so its channel peaks at pixel (10, 6).
     pose = load_pose_keypoint(json.dumps({"people": [{"pose_keypoints_2d": [20, 12, 1] + [0, 0, 0] * 17}],
                                           "canvas_width": 40, "canvas_height": 48}))
-    hm = repose_nodes.keypoint_target(pose, (48 // 2, 40 // 2)).heatmaps
+    hm = repose_transfer.keypoint_target(pose, (48 // 2, 40 // 2)).heatmaps
     assert hm.shape == (1, 17, 24, 20) and hm[0, 1:].max() == 0                 # nose only (COCO-17 channel 0)
     assert divmod(int(hm[0, 0].argmax()), 20) == (6, 10)
-    assert hm[0, 0].max() == pytest.approx(np.exp(-2 * 0.25 ** 2 / (2 * repose_nodes.KEYPOINT_SIGMA ** 2)), rel=1e-5)
+    assert hm[0, 0].max() == pytest.approx(np.exp(-2 * 0.25 ** 2 / (2 * repose_transfer.KEYPOINT_SIGMA ** 2)), rel=1e-5)
     (kp,) = repose_nodes.PoseTransferPoseGuidance().make(comfy_doubles.HRNET_FILE, scale=50.0, threshold=-1.0,
                                                         target="keypoints")
     assert kp.target == "keypoints" and kp.make().compare == "heatmaps"
@@ -321,7 +322,7 @@ def test_comfy_decoder_upsamplers_are_fused_exactly():
     want = net(x)
     (g_want,) = torch.autograd.grad(want.square().sum(), x)
     calls = []
-    with fused_upsamplers(net, repose_nodes._upsampler_conv):
+    with fused_upsamplers(net, adapters._upsampler_conv):
         assert all("forward" in vars(m) for m in net if isinstance(m, Upsample))
         original = torch.nn.functional.interpolate
         torch.nn.functional.interpolate = lambda *a, **k: calls.append(1) or original(*a, **k)
@@ -335,4 +336,4 @@ def test_comfy_decoder_upsamplers_are_fused_exactly():
     torch.testing.assert_close(g_got, g_want, rtol=1e-12, atol=1e-12)
     assert not any("forward" in vars(m) for m in net)          # restored
     net[0].conv.weight_function = [lambda w: w]                # a ComfyUI-patched conv keeps its own forward
-    assert repose_nodes._upsampler_conv(net[0]) is None and repose_nodes._upsampler_conv(net[2]) is not None
+    assert adapters._upsampler_conv(net[0]) is None and adapters._upsampler_conv(net[2]) is not None

@@ -54,7 +54,12 @@ import torch
 import torch.nn.functional as F
 
 from . import common
+<<<<<<< HEAD
 from .common import CHECKPOINTS, EpochSampler, parse_size
+=======
+from ..core.pcdms.training import draw_training_noise, prior_noise_scheduler, training_loss, unet_noise_scheduler
+from .common import CHECKPOINTS, EpochSampler, parse_size, resolve_resume
+>>>>>>> h-entry
 
 PROG = "train_pcdms"
 MODEL_FILE = "model.safetensors"
@@ -121,23 +126,6 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return build_arg_parser().parse_args(argv)
-
-
-# ------------------------------------------------------------------------------------------------ schedulers
-def unet_noise_scheduler():
-    """The SD-2.1-base training scheduler: DDPM, 1000 steps, scaled_linear 0.00085-0.012, epsilon."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False)
-
-
-def prior_noise_scheduler():
-    """The prior's: DDPM squaredcos_cap_v2, prediction_type sample, 1000 steps."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
-                         clip_sample=False)
 
 
 # ------------------------------------------------------------------------------------------------ UNet init
@@ -327,36 +315,10 @@ class _Stage:
 
     def draw(self, x0, gen):
         """Training timesteps and offset noise for ``x0``."""
-        b = x0.shape[0]
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        if self.offset:  # per sample (and channel for latents), constant over the rest
-            shape = (b, x0.shape[1]) + (1,) * (x0.ndim - 2) if x0.ndim > 2 else (b,) + (1,) * (x0.ndim - 1)
-            noise = noise + self.offset * torch.randn(shape, generator=gen)
-        return t.to(x0.device), noise.to(x0.device)
+        return draw_training_noise(x0, self.scheduler, gen, self.offset)
 
     def loss(self, model, prep: dict, timesteps, noise) -> torch.Tensor:
-        x0 = prep["x0"]
-        noisy = self.scheduler.add_noise(x0, noise, timesteps)
-        if self.stage == "prior":
-            pred = model(noisy, timesteps, prep["source_embedding"], prep["source_pose"],
-                         prep["target_pose"]).predicted_image_embedding
-            return F.mse_loss(pred.float(), x0.float())
-        if self.stage == "refine":
-            cond = model.encode_conditions(prep["image_features"])
-            pred = model(torch.cat([noisy, prep["cond_latents"]], 1), timesteps, **cond).sample
-            return F.mse_loss(pred.float(), noise.float())
-        from ..core.pcdms.models import inpaint_unet_input, side_by_side_mask
-
-        b, _, h, w = x0.shape
-        mask = side_by_side_mask(b, h, w, dtype=x0.dtype, device=x0.device)
-        sample = inpaint_unet_input(noisy, mask, prep["masked_latents"])
-        if self.stage == "inpaint":
-            cond = model.encode_conditions(prep["image_features"], prep["global_embedding"], prep["pose_image"])
-        else:
-            cond = model.encode_conditions(prep["image_features"], prep["pose_image"])
-        pred = model(sample, timesteps, **cond).sample
-        return F.mse_loss(pred.float(), noise.float())
+        return training_loss(self.stage, model, prep, timesteps, noise, self.scheduler)
 
 
 # ------------------------------------------------------------------------------------------------ training

@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from ..keypoints import Person, Pose
+from ..pose_inputs import place_pose as _scale_pose
 from ..pose_io import read_gfla_annotations, read_openpose_json, read_pairs_csv
 from . import metrics as M
 from .fid import activation_statistics, compute_features, frechet_distance, load_statistics, save_statistics
@@ -282,17 +283,6 @@ def pcdms_selection_ssim(raw_gt: np.ndarray, raw_pred: np.ndarray) -> float:
     if gt8.shape != pred8.shape:
         gt8 = np.asarray(Image.fromarray(gt8).resize((pred8.shape[1], pred8.shape[0]), Image.BICUBIC))
     return M.structural_similarity(gt8, pred8, gaussian_weights=True, sigma=1.2, channel_axis=2)
-
-
-def _scale_pose(pose: Pose, size_hw: tuple[int, int]) -> Pose:
-    """``pose`` on an image of ``size_hw``: its canvas scaled uniformly to fit and centred (the same aspect ratio:
-    a plain scale; DeepFashion's 256x176 annotation frame in its 256x256 images padded with 40 px a side: x + 40)."""
-    h, w = size_hw
-    if (pose.height, pose.width) == (h, w):
-        return pose
-    s = min(w / pose.width, h / pose.height)
-    offset = np.array([(w - pose.width * s) / 2, (h - pose.height * s) / 2])
-    return pose.map_points(lambda xy: xy * s + offset, width=w, height=h)
 
 
 # --------------------------------------------------------------------------------------------- evaluation

@@ -38,6 +38,8 @@ from PIL import Image
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "CLIP_CROP_SIZE",
+    "null_pixels",
     "VAE_SCALING_FACTOR",
     "clip_preprocess",
     "ImageEncoder",
@@ -55,6 +57,7 @@ __all__ = [
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, CLIPImageProcessor's defaults
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_CROP_SIZE = 224  # CLIPImageProcessor's crop_size: the pixels CLIP and DINOv2 get in the official code
 VAE_SCALING_FACTOR = 0.18215  # SD-2.1-base: its config has no scaling_factor key, so diffusers' default applies
 
 
@@ -80,7 +83,7 @@ def _resize_hw(h: int, w: int, shortest_edge: int) -> tuple[int, int]:
     return (new_short, new_long) if h <= w else (new_long, new_short)
 
 
-def clip_preprocess(images, *, shortest_edge: int = 224, crop_size: int = 224, mean=CLIP_MEAN, std=CLIP_STD,
+def clip_preprocess(images, *, shortest_edge: int = CLIP_CROP_SIZE, crop_size: int = CLIP_CROP_SIZE, mean=CLIP_MEAN, std=CLIP_STD,
                     exact: bool = True) -> torch.Tensor:
     """``CLIPImageProcessor()`` defaults: images (B, H, W, 3) 0..1 -> pixel_values (B, 3, crop, crop) float32.
 
@@ -113,6 +116,13 @@ def clip_preprocess(images, *, shortest_edge: int = 224, crop_size: int = 224, m
     return ((x - mean_t.to(x.device)[:, None, None]) / std_t.to(x.device)[:, None, None]).contiguous()
 
 
+def null_pixels(encoder, batch: int = 1) -> torch.Tensor:
+    """All-zero preprocessed pixels (B, 3, S, S): the training's dropped image condition, at the encoder's input
+    size (its ``input_size``, else the CLIPImageProcessor crop the official code uses)."""
+    size = int(getattr(encoder, "input_size", None) or CLIP_CROP_SIZE)
+    return torch.zeros(batch, 3, size, size)
+
+
 @runtime_checkable
 class ImageEncoder(Protocol):
     """What the pipelines need from an image encoder.
@@ -133,6 +143,7 @@ class TransformersImageEncoder:
     """A transformers vision model + :func:`clip_preprocess`. Subclasses pick the output."""
 
     model_class_name = ""
+    input_size = CLIP_CROP_SIZE  # what preprocess makes (the official CLIPImageProcessor crop)
 
     def __init__(self, model, *, exact_preprocess: bool = True, preprocess: Callable | None = None):
         self.model = model.eval()

@@ -175,6 +175,13 @@ def _as_global_token(embedding: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"global embedding: expected (B, D) or (B, 1, D), got {tuple(embedding.shape)}")
 
 
+def _in_own_dtype(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with ``x`` cast to the module's weight dtype: the released fp16 set-up keeps the pose encoder
+    and the image projection in fp32 beside an fp16 UNet (the callers cast the result to the UNet's dtype)."""
+    p = next(module.parameters(), None)
+    return module(x if p is None or not x.is_floating_point() else x.to(p.dtype))
+
+
 class _PCDMsUNetBase(ModelMixin, ConfigMixin):
     """Shared helpers: the UNet call with pose features after conv_in."""
 
@@ -259,11 +266,11 @@ class PCDMsInpaintModel(_PCDMsUNetBase):
     # --- conditioning, computed once per call by the pipelines ---
     def encode_pose(self, pose_image: torch.Tensor) -> torch.Tensor:
         """[source pose | target pose] rendering in [-1, 1], (B, 3, H, W) -> (B, C0, H/8, W/8)."""
-        return self.pose_proj(pose_image)
+        return _in_own_dtype(self.pose_proj, pose_image)
 
     def project_image_features(self, image_features: torch.Tensor) -> torch.Tensor:
         """DINOv2 last_hidden_state (B, N, 1536) -> (B, N, cross_attention_dim)."""
-        return self.image_proj_model_p(image_features)
+        return _in_own_dtype(self.image_proj_model_p, image_features)
 
     @staticmethod
     def build_context(projected_tokens: torch.Tensor, global_embedding: torch.Tensor) -> torch.Tensor:
@@ -325,7 +332,7 @@ class PCDMsRefineModel(_PCDMsUNetBase):
         self.unet = UNet2DConditionModel(**unet_config)
 
     def project_image_features(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.image_proj_model_p(image_features)
+        return _in_own_dtype(self.image_proj_model_p, image_features)
 
     def encode_conditions(self, image_features: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"encoder_hidden_states": self.project_image_features(image_features)}
@@ -371,10 +378,10 @@ class PCDMsSimplifiedModel(_PCDMsUNetBase):
                                              unet_config["cross_attention_dim"])
 
     def encode_pose(self, pose_image: torch.Tensor) -> torch.Tensor:
-        return self.pose_proj(pose_image)
+        return _in_own_dtype(self.pose_proj, pose_image)
 
     def project_image_features(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.image_proj_model(image_features)
+        return _in_own_dtype(self.image_proj_model, image_features)
 
     def encode_conditions(self, image_features: torch.Tensor, pose_image: torch.Tensor) -> dict[str, torch.Tensor]:
         return {

@@ -1,5 +1,9 @@
 """PCDMs sampling: prior -> inpaint -> refine (and the simplified single-stage release), each callable alone.
 
+Modules: the schedulers in :mod:`.schedulers`, the shared denoising loop (CFG, rescale, pose guidance, callbacks,
+random draws) in :mod:`.denoising`, the Pose-level entry the nodes / CLI / Python call in :mod:`.transfer`, the
+training objectives in :mod:`.training`.
+
 What the official code does is in ``../shared/reference/pcdms/README.md``; these pipelines reproduce it to
 float32 rounding with the same weights, inputs, scheduler settings and generator, and do the right thing where
 the official code is broken. Summary per stage (CFG = classifier-free guidance, on when ``guidance_scale > 1``;
@@ -68,17 +72,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    UnCLIPScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDIMScheduler, UnCLIPScheduler
 
-from .encoders import DiffusersVAE, images_to_pixels
+from .denoising import (PCDMsInterrupted, StepInfo, _as_images, _broadcast, _fresh, _generator, _initial_latents,
+                        _model_place, _noise_at, _notify, _randn, _resolve_rescale, _UNetDenoiser, clean_estimate,
+                        flatten_pose, rescale_noise_cfg)
+from .encoders import images_to_pixels, null_pixels
 from .image_layout import FrameLayout, from_frame, to_frame
 from .models import side_by_side_mask
+from .schedulers import (PRIOR_SCHEDULER_CONFIG, PRIOR_SCHEDULER_NAMES, SCHEDULER_NAMES, SD21_BASE_SCHEDULER_CONFIG,
+                         SIMPLIFIED_DDIM_CONFIG, make_prior_scheduler, make_scheduler)
 
 __all__ = [
     "SD21_BASE_SCHEDULER_CONFIG",
@@ -96,215 +99,13 @@ __all__ = [
     "PriorOutput",
     "ImageOutput",
     "ChainOutput",
+    "PreparedInputs",
     "PriorPipeline",
     "InpaintPipeline",
     "RefinePipeline",
     "SimplifiedPipeline",
     "run_pcdms",
 ]
-
-# stabilityai/stable-diffusion-2-1-base scheduler/scheduler_config.json (PNDM); stages 2 and 3 build UniPC
-# from it with from_config, as the official scripts do.
-SD21_BASE_SCHEDULER_CONFIG: dict[str, Any] = {
-    "_class_name": "PNDMScheduler",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
-# The Kandinsky-2.2 prior's UnCLIPScheduler (README: assumed from the public configuration).
-PRIOR_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "variance_type": "fixed_small_log",
-    "clip_sample": True,
-    "clip_sample_range": 10.0,
-    "prediction_type": "sample",
-    "beta_schedule": "squaredcos_cap_v2",
-}
-# The simplified demo's DDIMScheduler(...) call.
-SIMPLIFIED_DDIM_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
-
-SCHEDULER_NAMES = ("unipc", "ddim", "dpmsolver++", "euler")
-PRIOR_SCHEDULER_NAMES = ("unclip", "ddim")
-
-
-def make_scheduler(name: str = "unipc", config: dict | None = None):
-    """A UNet-stage scheduler from the SD-2.1-base config (or ``config``): ``"unipc"`` (official stages 2/3:
-    bh2, order 2, x0-predicting, linspace spacing, ``final_sigmas_type="sigma_min"``), ``"ddim"`` (leading
-    spacing, steps_offset 1: the simplified demo's DDIM), ``"dpmsolver++"`` (multistep, order 2), ``"euler"``."""
-    cfg = dict(config or SD21_BASE_SCHEDULER_CONFIG)
-    key = str(name).lower().replace("_", "").replace("-", "")
-    if key == "unipc":
-        return UniPCMultistepScheduler.from_config(cfg, final_sigmas_type="sigma_min")
-    if key == "ddim":
-        return DDIMScheduler.from_config(cfg)
-    if key in ("dpmsolver++", "dpm++", "dpmsolver", "dpmpp"):
-        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++")
-    if key == "euler":
-        return EulerDiscreteScheduler.from_config(cfg)
-    raise ValueError(f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULER_NAMES)}")
-
-
-def make_prior_scheduler(name: str = "unclip"):
-    """The prior's scheduler: ``"unclip"`` (official) or ``"ddim"`` (same cosine schedule, x0 prediction,
-    clipping at +-10, trailing spacing so the first step is t = 999)."""
-    key = str(name).lower()
-    if key == "unclip":
-        return UnCLIPScheduler(**PRIOR_SCHEDULER_CONFIG)
-    if key == "ddim":
-        return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
-                             clip_sample=True, clip_sample_range=10.0, set_alpha_to_one=True,
-                             timestep_spacing="trailing")
-    raise ValueError(f"unknown prior scheduler {name!r}; expected one of {', '.join(PRIOR_SCHEDULER_NAMES)}")
-
-
-def _fresh(scheduler):
-    """A private copy per call (multistep schedulers keep state between steps)."""
-    return type(scheduler).from_config(scheduler.config)
-
-
-def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_cond: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
-    """diffusers' ``rescale_noise_cfg`` (arXiv 2305.08891 sec. 3.4), as the official stage-3 pipeline calls it."""
-    dims = list(range(1, noise_cond.ndim))
-    std_cond = noise_cond.std(dim=dims, keepdim=True)
-    std_cfg = noise_cfg.std(dim=dims, keepdim=True)
-    rescaled = noise_cfg * (std_cond / std_cfg)
-    return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
-
-
-def flatten_pose(pose: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-    """Stage-1 pose coordinates: (18, 2), (B, 18, 2), (B, 36) or (B, 1, 36) -> (B, 36) float (official: the
-    18 "x y" lines of the pose file, flattened; their normalisation was never published)."""
-    pose = torch.as_tensor(pose).float()
-    if pose.ndim == 2 and pose.shape == (18, 2):
-        pose = pose[None]
-    if pose.ndim == 3 and pose.shape[1:] == (18, 2):
-        pose = pose.reshape(pose.shape[0], 36)
-    elif pose.ndim == 3 and pose.shape[1] == 1:
-        pose = pose[:, 0]
-    elif pose.ndim == 1:
-        pose = pose[None]
-    if pose.ndim != 2:
-        raise ValueError(f"pose coordinates: expected (B, 36), (B, 1, 36) or (B, 18, 2), got {tuple(pose.shape)}")
-    return pose
-
-
-# ------------------------------------------------------------------------------------------ plumbing
-@dataclass
-class StepInfo:
-    """Passed to the per-step callback after each scheduler step."""
-
-    stage: str  # "prior" | "inpaint" | "refine" | "simplified"
-    step: int  # 1-based
-    num_steps: int
-    timestep: int
-    latents: torch.Tensor
-    pred_original: torch.Tensor | None = None  # UNet stages: this step's clean-latent estimate (previews)
-
-
-class PCDMsInterrupted(RuntimeError):
-    """Raised when a per-step callback returns False."""
-
-
-def _notify(callback, stage, i, n, t, latents, pred_original=None):
-    if callback is None:
-        return
-    if callback(StepInfo(stage, i + 1, n, int(t), latents, pred_original)) is False:
-        raise PCDMsInterrupted(f"PCDMs {stage}: interrupted at step {i + 1} of {n}")
-
-
-def clean_estimate(scheduler, x: torch.Tensor, model_output: torch.Tensor, t) -> torch.Tensor | None:
-    """The clean-latent estimate of one step from the variance-preserving ``x`` (the scheduler-scaled model input)
-    and the model output, by the scheduler's ``prediction_type``: Tweedie for epsilon (RePoseDM eq 13),
-    ``sqrt(a) x - sqrt(1 - a) v`` for v, the output itself for sample; None for others."""
-    a = scheduler.alphas_cumprod[int(round(float(t)))].to(device=x.device, dtype=x.dtype)
-    kind = scheduler.config.get("prediction_type", "epsilon")
-    if kind == "epsilon":
-        return (x - (1 - a).sqrt() * model_output) / a.sqrt()
-    if kind == "v_prediction":
-        return a.sqrt() * x - (1 - a).sqrt() * model_output
-    return model_output if kind == "sample" else None
-
-
-def _generator(generator, seed):
-    if generator is not None and seed is not None:
-        raise ValueError("give either seed or generator, not both")
-    if seed is not None:
-        return torch.Generator("cpu").manual_seed(int(seed))
-    return generator
-
-
-def _randn(shape, generator, device, dtype):
-    """diffusers' randn_tensor for one generator: drawn on the generator's device (the global RNG of ``device``
-    without one), then moved."""
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=dtype)
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def _noise_at(step_noise, i, shape, device, dtype):
-    noise = step_noise(i, shape) if callable(step_noise) else step_noise[i]
-    noise = torch.as_tensor(noise)
-    if tuple(noise.shape) != tuple(shape):
-        raise ValueError(f"step_noise[{i}]: expected shape {tuple(shape)}, got {tuple(noise.shape)}")
-    return noise.to(device=device, dtype=dtype)
-
-
-def _initial_latents(latents, shape, generator, device, dtype, scheduler):
-    if latents is None:
-        latents = _randn(shape, generator, device, dtype)
-    else:
-        latents = torch.as_tensor(latents)
-        if tuple(latents.shape) != tuple(shape):
-            raise ValueError(f"latents: expected shape {tuple(shape)}, got {tuple(latents.shape)}")
-        latents = latents.to(device=device, dtype=dtype)
-    return latents * scheduler.init_noise_sigma
-
-
-def _model_place(model) -> tuple[torch.device, torch.dtype]:
-    p = next(model.parameters())
-    return p.device, p.dtype
-
-
-def _broadcast(*tensors):
-    """Bring batch-1 tensors to the common batch size (one source, several target poses, or the reverse)."""
-    sizes = {t.shape[0] for t in tensors if t is not None}
-    b = max(sizes)
-    if not sizes <= {1, b}:
-        raise ValueError(f"batch sizes do not match: {sorted(sizes)} (each must be 1 or {b})")
-    return [None if t is None else (t.expand(b, *t.shape[1:]) if t.shape[0] != b else t) for t in tensors]
-
-
-def _as_images(images, what):
-    images = torch.as_tensor(images)
-    if images.ndim == 3:
-        images = images[None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"{what}: expected (B, H, W, C) images in 0..1 (channels last), got {tuple(images.shape)}")
-    return images
-
-
-def _resolve_rescale(guidance_rescale, guidance_scale) -> float:
-    if isinstance(guidance_rescale, str):
-        if guidance_rescale != "official":
-            raise ValueError(f"guidance_rescale: a float or 'official', got {guidance_rescale!r}")
-        return float(guidance_scale)  # the official stage-3 script passes its guidance scale
-    return float(guidance_rescale)
-
 
 @dataclass
 class PriorOutput:
@@ -323,150 +124,23 @@ class ImageOutput:
 
 
 @dataclass
+class PreparedInputs:
+    """The stage-2 / simplified inputs laid out once per call (:meth:`InpaintPipeline.prepare`), reusable across
+    sampling calls (e.g. DINOv2 features shared with stage 3)."""
+
+    source_frame: torch.Tensor  # (B, S, S, 3) 0..1: the source image in the frame (what the encoders see)
+    vae_canvas: torch.Tensor  # (B, 3, S, 2S) in [-1, 1]: [source | black], VAE-encoded as the masked image
+    pose_canvas: torch.Tensor  # (B, 3, S, 2S) in [-1, 1]: [source pose | target pose], the pose encoder's input
+    target_layout: FrameLayout  # how the target pose image was put in the frame (for the crop back)
+
+
+@dataclass
 class ChainOutput:
     images: torch.Tensor  # final (refined, or coarse without a refine model) images, target size
     coarse: ImageOutput
     refined: ImageOutput | None
     target_embedding: torch.Tensor
     prior: PriorOutput | None
-
-
-def _guidance_decode(codec, decode=None):
-    """A differentiable ``latents (scaled) -> image in [-1, 1]`` for pose guidance: ``decode`` when given, else the
-    codec's ``decode_for_guidance``, else the AutoencoderKL inside a :class:`DiffusersVAE` (its ``decode`` runs
-    without gradient and clamps, so it cannot be used). Other codecs (ComfyUI's VAE) need ``guidance_decode``."""
-    if decode is not None:
-        return decode
-    fn = getattr(codec, "decode_for_guidance", None)
-    if fn is not None:
-        return fn
-    if isinstance(codec, DiffusersVAE):
-        return lambda z: codec.vae.decode(z.to(codec.dtype) / codec.scaling_factor).sample.to(z.dtype)
-    raise ValueError(f"pose_guidance: give guidance_decode (a differentiable latents -> [-1, 1] image) for the "
-                     f"{type(codec).__name__} codec")
-
-
-def _pose_guided(guidance, *, scheduler, x, t, pred, uncond, cond, guidance_scale, rescaled, decode, target,
-                 col0):
-    """Apply RePoseDM pose guidance to one step's noise prediction ``pred`` (the CFG'd, possibly rescaled eps).
-
-    * Only the latent columns ``col0:`` are guided: the target half of the PCDMs [source | target] canvas (col0 =
-      w / 2; 0 for refine). The guidance sees ``x[..., col0:]`` and ``pred[..., col0:]`` and ``decode`` gets the
-      cropped target-half latents, so the estimator looks at the generated person only; the source half of the
-      returned prediction is ``pred``'s, untouched.
-    * ``x`` is the scheduler-scaled model input (the variance-preserving ``y_t``; identity for DDIM / UniPC /
-      DPM-Solver, ``x / sqrt(sigma^2 + 1)`` for Euler), and ``alpha_bar = scheduler.alphas_cumprod[t]``: with the
-      epsilon prediction (checked by the caller) that is exactly eq 13's Tweedie estimate.
-    * Under CFG without rescale the paper's eq 16 (``guide_cfg``: the pose term scaled by ``w_c`` too) is used when
-      the object has it; with ``guidance_rescale`` > 0 (or an object without ``guide_cfg``) eq 15 is applied to the
-      final (rescaled) prediction.
-    * The gradient runs under ``torch.enable_grad()`` (the samplers are ``no_grad``) on detached latents; the
-      guidance makes its Tweedie estimate a leaf requiring grad and differentiates through ``decode``.
-    * ``target``: the pose image for the estimator, passed only when the guidance has none of its own."""
-    a = scheduler.alphas_cumprod[int(round(float(t)))].to(device=x.device, dtype=x.dtype)
-    kw = {} if getattr(guidance, "has_target", False) or target is None else {"target": target}
-    x_t = x[..., col0:].detach()
-    with torch.enable_grad():
-        if uncond is not None and not rescaled and hasattr(guidance, "guide_cfg"):
-            new = guidance.guide_cfg(uncond[..., col0:], cond[..., col0:], guidance_scale, x_t, t, a, decode, **kw)
-        else:
-            new = guidance(x_t, t, pred[..., col0:], a, decode, **kw)
-    out = pred.clone()
-    out[..., col0:] = new.detach().to(pred.dtype)
-    return out
-
-
-class _UNetDenoiser:
-    """The shared loop of the UNet stages: guidance in one UNet call, buffers built once."""
-
-    stage = ""
-
-    def _denoise(self, *, model_call, scheduler, latents, extra_cond, extra_uncond, guidance_scale,
-                 guidance_rescale, generator, step_noise, callback, eta, pose_guidance=None, guidance_decode=None,
-                 guidance_target=None, guide_col0=0):
-        """``pose_guidance`` (None: the loop is unchanged): see :func:`_pose_guided`; ``guidance_decode`` maps the
-        cropped latents to an image in [-1, 1] (mapped on to the guidance's ``image_range``)."""
-        do_cfg = guidance_scale > 1.0
-        n, c_lat, h, w = latents.shape
-        if pose_guidance is not None:
-            ptype = getattr(scheduler.config, "prediction_type", "epsilon")
-            if ptype != "epsilon":
-                raise ValueError(f"pose_guidance needs an epsilon-prediction scheduler, got {ptype!r}")
-            base_decode = _guidance_decode(self.vae, guidance_decode)
-            lo, hi = getattr(pose_guidance, "image_range", (-1.0, 1.0))
-            if (lo, hi) == (-1.0, 1.0):
-                decode = base_decode
-            else:
-                decode = lambda z: lo + (hi - lo) * (base_decode(z) + 1) / 2  # noqa: E731
-        timesteps = scheduler.timesteps
-        rows = 2 * n if do_cfg else n
-        c_extra = 0 if extra_cond is None else extra_cond.shape[1]
-        unet_in = torch.empty(rows, c_lat + c_extra, h, w, device=latents.device, dtype=latents.dtype)
-        if c_extra:
-            if do_cfg:
-                unet_in[:n, c_lat:] = extra_uncond
-                unet_in[n:, c_lat:] = extra_cond
-            else:
-                unet_in[:, c_lat:] = extra_cond
-        params = inspect.signature(scheduler.step).parameters
-        if step_noise is not None and "variance_noise" not in params:
-            raise ValueError(f"step_noise: {type(scheduler).__name__}.step takes no per-step noise")
-        kwargs = {}
-        if "generator" in params and step_noise is None:
-            kwargs["generator"] = generator
-        if "eta" in params:
-            kwargs["eta"] = eta
-        for i, t in enumerate(timesteps):
-            x = scheduler.scale_model_input(latents, t)  # noisy latents only (see the module docstring)
-            unet_in[:n, :c_lat] = x
-            if do_cfg:
-                unet_in[n:, :c_lat] = x
-            pred = model_call(unet_in, t)
-            uncond = cond = None
-            if do_cfg:
-                uncond, cond = pred.chunk(2)
-                pred = uncond + guidance_scale * (cond - uncond)
-                if guidance_rescale > 0:
-                    pred = rescale_noise_cfg(pred, cond, guidance_rescale)
-            if pose_guidance is not None:
-                pred = _pose_guided(pose_guidance, scheduler=scheduler, x=x, t=t, pred=pred, uncond=uncond, cond=cond,
-                                    guidance_scale=guidance_scale, rescaled=do_cfg and guidance_rescale > 0,
-                                    decode=decode, target=guidance_target, col0=guide_col0)
-            if step_noise is not None:
-                kwargs["variance_noise"] = _noise_at(step_noise, i, latents.shape, latents.device, latents.dtype)
-            out = scheduler.step(pred, t, latents, **kwargs, return_dict=True)
-            latents = out.prev_sample
-            if callback is not None:  # the scheduler's own estimate where it gives one (DDIM, DDPM, Euler)
-                x0 = getattr(out, "pred_original_sample", None)
-                _notify(callback, self.stage, i, len(timesteps), t, latents,
-                        clean_estimate(scheduler, x, pred, t) if x0 is None else x0)
-        return latents
-
-    # --- images in and out ---
-    def _frame(self, images, layout_mode, fill, what, layout=None):
-        images = _as_images(images, what)
-        return to_frame(images, layout, size=self.size, mode=layout_mode, fill=fill)
-
-    def _check_size(self):
-        f = self.vae.downscale_factor
-        if self.size % f:
-            raise ValueError(f"size {self.size} must be a multiple of the VAE factor {f}")
-
-    def _features(self, image_features, source_frame, what="image_features"):
-        if image_features is None:
-            if self.image_encoder is None:
-                raise ValueError(f"{type(self).__name__}: give image_features (DINOv2 tokens of the source frame) "
-                                 "or an image_encoder")
-            image_features = self.image_encoder.encode(source_frame)
-        image_features = torch.as_tensor(image_features)
-        if image_features.ndim != 3:
-            raise ValueError(f"{what}: expected (B, tokens, channels), got {tuple(image_features.shape)}")
-        return image_features
-
-    def _decode(self, latents, width_halves: int):
-        canvas = self.vae.decode(latents).float().permute(0, 2, 3, 1).contiguous()
-        frames = canvas[:, :, -canvas.shape[1]:] if width_halves == 2 else canvas
-        return canvas, frames.contiguous()
 
 
 # ------------------------------------------------------------------------------------------ stage 1
@@ -493,7 +167,7 @@ class PriorPipeline:
         """The training's dropped source condition: CLIP of all-zero preprocessed pixels (None without CLIP)."""
         if self.image_encoder is None:
             return None
-        return self.image_encoder.encode_pixels(torch.zeros(batch, 3, 224, 224))
+        return self.image_encoder.encode_pixels(null_pixels(self.image_encoder, batch))
 
     @torch.no_grad()
     def __call__(self, source_pose, target_pose, source_embedding=None, source_image=None, *, num_samples: int = 1,
@@ -595,7 +269,7 @@ def _unclip_step(s: UnCLIPScheduler, model_output, t, sample, prev_timestep, noi
 class _SideBySidePipeline(_UNetDenoiser):
     """Stage 2 and the simplified model: [source | target] canvas."""
 
-    default_scheduler = "unipc"
+    default_scheduler = "uni_pc_bh2"
     default_steps = 20
 
     def __init__(self, model, vae, image_encoder=None, scheduler=None, size: int = 512, layout: str = "pad"):
@@ -607,21 +281,19 @@ class _SideBySidePipeline(_UNetDenoiser):
         self.size = size
         self.layout = layout
 
-    def prepare(self, source_image, source_pose_image, target_pose_image, layout: str | None = None) -> dict:
-        """Frames and canvases: source frame (B, S, S, 3), VAE canvas [source | black] and pose canvas
-        [source pose | target pose] as (B, 3, S, 2S) in [-1, 1], and the target's layout."""
+    def prepare(self, source_image, source_pose_image, target_pose_image, layout: str | None = None
+                ) -> PreparedInputs:
+        """The frames and canvases of one call (:class:`PreparedInputs`)."""
         mode = layout or self.layout
         source_frame, _ = self._frame(source_image, mode, "edge", "source_image")
         spose, _ = self._frame(source_pose_image, mode, "black", "source_pose_image")
         tpose, t_layout = self._frame(target_pose_image, mode, "black", "target_pose_image")
         source_frame, spose, tpose = _broadcast(source_frame, spose, tpose)
         black = torch.zeros_like(source_frame)
-        return {
-            "source_frame": source_frame,
-            "vae_canvas": images_to_pixels(torch.cat([source_frame, black], dim=2)),
-            "pose_canvas": images_to_pixels(torch.cat([spose, tpose], dim=2)),
-            "target_layout": t_layout,
-        }
+        return PreparedInputs(source_frame=source_frame,
+                              vae_canvas=images_to_pixels(torch.cat([source_frame, black], dim=2)),
+                              pose_canvas=images_to_pixels(torch.cat([spose, tpose], dim=2)),
+                              target_layout=t_layout)
 
     def _sample(self, *, vae_canvas, pose_canvas, context, class_labels, negative_context, num_samples, steps,
                 guidance_scale, guidance_rescale, generator, latents, vae_noise, step_noise, callback, eta,
@@ -682,7 +354,7 @@ class InpaintPipeline(_SideBySidePipeline):
     stage = "inpaint"
 
     @torch.no_grad()
-    def sample_prepared(self, prepared: dict, target_embedding, image_features=None, *, num_samples: int = 1,
+    def sample_prepared(self, prepared: PreparedInputs, target_embedding, image_features=None, *, num_samples: int = 1,
                         steps: int = 20, guidance_scale: float = 2.0, guidance_rescale: float = 0.0, generator=None,
                         seed=None, latents=None, vae_noise=None, step_noise=None, callback=None, eta: float = 0.0,
                         decode: bool = True, pose_guidance=None, guidance_decode=None):
@@ -692,11 +364,11 @@ class InpaintPipeline(_SideBySidePipeline):
         of its own it compares with the target pose image. ``guidance_decode``: a differentiable latents ->
         [-1, 1] image (needed unless the codec is a :class:`DiffusersVAE`)."""
         generator = _generator(generator, seed)
-        feats = self._features(image_features, prepared["source_frame"])
+        feats = self._features(image_features, prepared.source_frame)
         device, dtype = _model_place(self.model)
         g = torch.as_tensor(target_embedding)
         g = g[:, 0] if g.ndim == 3 else (g[None] if g.ndim == 1 else g)
-        feats, g, vae_canvas, pose_canvas = _broadcast(feats, g, prepared["vae_canvas"], prepared["pose_canvas"])
+        feats, g, vae_canvas, pose_canvas = _broadcast(feats, g, prepared.vae_canvas, prepared.pose_canvas)
         tokens = self.model.project_image_features(feats.to(device=device, dtype=dtype))
         context = self.model.build_context(tokens, g.to(device=device, dtype=dtype))
         latents = self._sample(vae_canvas=vae_canvas, pose_canvas=pose_canvas, context=context, class_labels=g,
@@ -705,7 +377,7 @@ class InpaintPipeline(_SideBySidePipeline):
                                latents=latents, vae_noise=vae_noise, step_noise=step_noise, callback=callback,
                                eta=eta, official_rng=False, pose_guidance=pose_guidance,
                                guidance_decode=guidance_decode)
-        return self._finish(latents, prepared["target_layout"]) if decode else latents
+        return self._finish(latents, prepared.target_layout) if decode else latents
 
     def __call__(self, source_image, source_pose_image, target_pose_image, target_embedding, *, image_features=None,
                  layout: str | None = None, pose_guidance=None, **kwargs) -> ImageOutput:
@@ -729,15 +401,15 @@ class SimplifiedPipeline(_SideBySidePipeline):
         super().__init__(model, vae, image_encoder, scheduler, size, layout)
 
     @torch.no_grad()
-    def sample_prepared(self, prepared: dict, image_features=None, *, num_samples: int = 1, steps: int = 50,
+    def sample_prepared(self, prepared: PreparedInputs, image_features=None, *, num_samples: int = 1, steps: int = 50,
                         guidance_scale: float = 2.0, guidance_rescale: float = 0.0, generator=None, seed=None,
                         latents=None, vae_noise=None, step_noise=None, callback=None, eta: float = 0.0,
                         official_rng: bool = False, decode: bool = True, pose_guidance=None, guidance_decode=None):
         """As :meth:`InpaintPipeline.sample_prepared` (``pose_guidance`` / ``guidance_decode`` included)."""
         generator = _generator(generator, seed)
-        feats = self._features(image_features, prepared["source_frame"])
+        feats = self._features(image_features, prepared.source_frame)
         device, dtype = _model_place(self.model)
-        feats, vae_canvas, pose_canvas = _broadcast(feats, prepared["vae_canvas"], prepared["pose_canvas"])
+        feats, vae_canvas, pose_canvas = _broadcast(feats, prepared.vae_canvas, prepared.pose_canvas)
         feats = feats.to(device=device, dtype=dtype)
         context = self.model.project_image_features(feats)
         negative = self.model.project_image_features(torch.zeros_like(feats[:1]))
@@ -747,7 +419,7 @@ class SimplifiedPipeline(_SideBySidePipeline):
                                latents=latents, vae_noise=vae_noise, step_noise=step_noise, callback=callback,
                                eta=eta, official_rng=official_rng, pose_guidance=pose_guidance,
                                guidance_decode=guidance_decode)
-        return self._finish(latents, prepared["target_layout"]) if decode else latents
+        return self._finish(latents, prepared.target_layout) if decode else latents
 
     def __call__(self, source_image, source_pose_image, target_pose_image, *, image_features=None,
                  layout: str | None = None, pose_guidance=None, **kwargs) -> ImageOutput:
@@ -761,7 +433,7 @@ class RefinePipeline(_UNetDenoiser):
 
     stage = "refine"
 
-    def __init__(self, model, vae, image_encoder=None, scheduler="unipc", size: int = 512, layout: str = "pad"):
+    def __init__(self, model, vae, image_encoder=None, scheduler="uni_pc_bh2", size: int = 512, layout: str = "pad"):
         self.model = model
         self.vae = vae
         self.image_encoder = image_encoder
@@ -839,7 +511,9 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
               num_samples: int = 1, seed: int | None = 42, generator_device="cpu",
               steps: Sequence[int] = (20, 20, 20), guidance_scale: Sequence[float] = (0.0, 2.0, 2.0),
               guidance_rescale="official", layout: str | None = None, quantize_coarse: bool = True,
-              callback: Callable | None = None, on_stage_done: Callable[[str], None] | None = None) -> ChainOutput:
+              callback: Callable | None = None, on_stage_done: Callable[[str], None] | None = None,
+              official_rng: bool = False, make_pose_guidance: Callable[[], Any] | None = None,
+              guidance_decode=None) -> ChainOutput:
     """Prior -> inpaint -> refine, as the three official scripts run one after the other.
 
     Each stage gets its own generator seeded with ``seed`` (the official scripts each seed 42). Encoders run
@@ -847,8 +521,17 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
     prior, ``target_embedding`` (e.g. the real target's CLIP embedding, the official "train_*" path) is used.
     ``num_samples`` samples per input in stage 2; each is refined once. Stage 3 receives stage 2's frames
     quantised to 8 bits (``quantize_coarse``; the official stage 2 saves a PNG that stage 3 reads).
-    ``on_stage_done(stage)`` is called after each stage (e.g. to offload that stage's model).
+    ``on_stage_done(stage)`` is called after each stage (e.g. to offload that stage's model). ``official_rng``: the
+    prior's per-step noise from torch's global RNG, as the official stage 1 (see :class:`PriorPipeline`).
+    ``make_pose_guidance``: makes a fresh RePoseDM pose guidance for stage 2 and one for stage 3 (None: none);
+    ``guidance_decode`` as :meth:`InpaintPipeline.sample_prepared`.
     """
+
+    def guide():
+        if make_pose_guidance is None:
+            return {}
+        return {"pose_guidance": make_pose_guidance(), "guidance_decode": guidance_decode}
+
     mode = layout or inpaint.layout
 
     def gen():
@@ -864,11 +547,11 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
         encoder = clip_encoder or prior.image_encoder
         if encoder is None:
             raise ValueError("run_pcdms: the prior needs a CLIP image encoder")
-        source_embedding = encoder.encode(prepared["source_frame"])
-        neg = encoder.encode_pixels(torch.zeros(1, 3, 224, 224)) if guidance_scale[0] > 1 else None
+        source_embedding = encoder.encode(prepared.source_frame)
+        neg = encoder.encode_pixels(null_pixels(encoder)) if guidance_scale[0] > 1 else None
         prior_out = prior(source_pose, target_pose, source_embedding, steps=steps[0],
                           guidance_scale=guidance_scale[0], generator=gen(), negative_source_embedding=neg,
-                          callback=callback)
+                          official_rng=official_rng, callback=callback)
         target_embedding = prior_out.embeddings
         if on_stage_done:
             on_stage_done("prior")
@@ -876,10 +559,10 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
         encoder = dino_encoder or inpaint.image_encoder
         if encoder is None:
             raise ValueError("run_pcdms: give a DINOv2 image encoder or image_features")
-        image_features = encoder.encode(prepared["source_frame"])
+        image_features = encoder.encode(prepared.source_frame)
     coarse = inpaint.sample_prepared(prepared, target_embedding, image_features, num_samples=num_samples,
                                      steps=steps[1], guidance_scale=guidance_scale[1], generator=gen(),
-                                     callback=callback)
+                                     callback=callback, **guide())
     if on_stage_done:
         on_stage_done("inpaint")
     refined = None
@@ -889,10 +572,10 @@ def run_pcdms(source_image, source_pose_image, target_pose_image, source_pose=No
             frames = (frames * 255).round().clamp(0, 255) / 255
         feats = torch.as_tensor(image_features)
         if num_samples > 1:
-            feats = _broadcast(feats, prepared["source_frame"])[0].repeat_interleave(num_samples, 0)
+            feats = _broadcast(feats, prepared.source_frame)[0].repeat_interleave(num_samples, 0)
         refined = refine.sample_frames(frames, None, feats, steps=steps[2], guidance_scale=guidance_scale[2],
                                        guidance_rescale=guidance_rescale, generator=gen(), callback=callback,
-                                       target_layout=coarse.layout)
+                                       target_layout=coarse.layout, **guide())
         if on_stage_done:
             on_stage_done("refine")
     images = refined.images if refined is not None else coarse.images

@@ -27,6 +27,9 @@ Shipped estimators:
 
 from __future__ import annotations
 
+import inspect
+import json
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -379,3 +382,25 @@ def load_higher_hrnet(path: str | Path, config: dict | None = None, map_location
                          f"model {tuple(own[bad[0]].shape)}); wrong width (W32 vs W48)?")
     net.load_state_dict(state, strict=True)
     return HigherHRNetEstimator(net.eval())
+
+
+def load_pose_estimator(path: str | Path) -> HigherHRNetEstimator:
+    """HigherHRNet from an official checkpoint: W32, else W48; a ``<name>.json`` beside it gives another
+    HigherHRNet config (keyword arguments of :class:`HigherHRNet`)."""
+    sidecar = os.path.splitext(os.fspath(path))[0] + ".json"
+    if os.path.isfile(sidecar):
+        try:
+            with open(sidecar, encoding="utf-8") as f:
+                config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()}
+            inspect.signature(HigherHRNet).bind(**config)  # unknown keys fail here, not deep in torch
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ValueError(f"{sidecar}: expected a JSON dict of HigherHRNet settings (the config beside the "
+                             f"checkpoint), got an unusable file ({exc})") from None
+        return load_higher_hrnet(path, config)
+    try:
+        return load_higher_hrnet(path, HIGHER_HRNET_W32_CONFIG)
+    except ValueError as first:
+        try:
+            return load_higher_hrnet(path, HIGHER_HRNET_W48_CONFIG)
+        except ValueError:
+            raise first from None
