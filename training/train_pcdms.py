@@ -54,12 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from . import common
-<<<<<<< HEAD
-from .common import CHECKPOINTS, EpochSampler, parse_size
-=======
 from ..core.pcdms.training import draw_training_noise, prior_noise_scheduler, training_loss, unet_noise_scheduler
-from .common import CHECKPOINTS, EpochSampler, parse_size, resolve_resume
->>>>>>> h-entry
+from .common import CHECKPOINTS, EpochSampler, parse_size
 
 PROG = "train_pcdms"
 MODEL_FILE = "model.safetensors"
