@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from .flow import base_coords, coords_to_flow, warp
 from .inpaint import INPAINT_METHODS, fill_holes
 from .keypoints import Person, Pose
-from .part_flow import label_boxes, part_flow
+from .part_flow import hidden_parts, label_boxes, part_flow
 from .parts import DEFAULT_DEPTH_ORDER
 from .retarget import ANCHORS, retarget_pose
 from .segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label_map, person_mask
+from .views import side_view_depth_order, uncross_legs
 
 BACKGROUNDS = ("inpaint", "keep", "black", "white")
 METHODS = ("parts", "model")
@@ -79,6 +80,7 @@ class PreparedSource:
     background: torch.Tensor  # (3, H, W)
     background_real: torch.Tensor  # (H, W) 1 where the background is the photo's, 0 where it was filled
     boxes: dict = field(default_factory=dict)  # bounding box of each part label (part_flow.label_boxes)
+    hidden: frozenset = frozenset()  # far-side limbs a side view hides (part_flow.hidden_parts)
 
 
 @dataclass
@@ -111,13 +113,13 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
     if (pose.height, pose.width) != (h, w):
         raise ValueError(f"{what} pose: canvas {pose.width}x{pose.height} does not match the {what} image "
                          f"{w}x{h}; the pose must be detected on this image (or resized with it)")
-    person = pose.person(options.source_person, f"{what} pose")
+    person = uncross_legs(pose.person(options.source_person, f"{what} pose"))
     fields = part_distance_fields(person, (h, w))
     if not fields:
         raise ValueError(f"{what} pose: too few joints to locate any body part (need e.g. neck and a hip, "
                          f"or both ends of a limb)")
     mask = torch.from_numpy(person_mask(image, person, options.segmentation, fields))
-    labels = part_label_map(fields, mask, options.depth_order)
+    labels = part_label_map(fields, mask, side_view_depth_order(person, options.depth_order))
     img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
     if options.background == "inpaint":
         # Fill from colours well away from the silhouette (segmentation edges are not exact), but keep the
@@ -135,7 +137,8 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         value = {"keep": None, "black": 0.0, "white": 1.0}[options.background]
         background = img.clone() if value is None else torch.full_like(img, value)
         real = torch.ones(h, w)
-    return PreparedSource(img, pose, person, mask, labels, background, real, label_boxes(labels))
+    return PreparedSource(img, pose, person, mask, labels, background, real, label_boxes(labels),
+                          hidden_parts(person, labels))
 
 
 def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
@@ -160,6 +163,7 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
         target = target_pose.person(0, what)
     else:
         target = target_pose.person(options.target_person, what)
+    target = uncross_legs(target)
     size = (target_pose.height, target_pose.width)
     hs, ws = source.mask.shape
     bg_coords = _cover_coords(size, (hs, ws))
@@ -177,7 +181,8 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
         image = _sample(source.image, coords)
         return FlowWarpResult(image, flow[0], vis[0, 0], vis[0, 0], target_pose)
 
-    pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes)
+    pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes,
+                   source.hidden)
     body = (pf.person > 0) | pf.hole
     coords = torch.where(body, pf.coords, bg_coords)
     person_img = _sample(source.image, coords)

@@ -22,7 +22,8 @@ SEGMENTATION_METHODS = ("grabcut", "skeleton")
 GRABCUT_SIDE = 192
 GRABCUT_ITERATIONS = 2  # 4 gave the same masks on the samples (IoU >= 0.998) at 1.6x the time
 LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso
-CORE = 1.0  # normalised distance below which a pixel belongs to the part whatever the segmentation says
+CORE = 1.0  # normalised distance below which a pixel is inside a part's nominal region
+SURE = 0.35  # normalised distance below which a pixel is the person whatever the colours say (GrabCut seed)
 
 
 REACH = 3.5  # fields are exact up to this many radii from a part (enough for every use below); FAR beyond
@@ -85,7 +86,10 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     mask = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
     mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.5 / scale))
-    return np.maximum(np.clip(mask, 0, 1), (nearest < CORE).astype(np.float32))
+    # Only the sure seeds are forced: the ring between them and the part's nominal region (CORE) is
+    # person or background as the colours say, so background between the legs or beside a thin arm is
+    # never taken for the person (it would be moved with the limb and counted as real person content).
+    return np.maximum(np.clip(mask, 0, 1), (nearest < SURE).astype(np.float32))
 
 
 def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
@@ -94,7 +98,8 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
 
     Where parts' cores (normalised distance < 1) overlap, the front-most in ``depth_order`` wins; other
     person pixels (loose clothes, hair) go to the nearest part if it is within ``LOOSE`` radii, else to the
-    torso (capes, long skirts and coats hang from the torso; a limb would swing them around).
+    torso (capes, long skirts and coats hang from the torso; a limb would swing them around). Only person
+    pixels (``mask > 0.5``) get a label: background inside a part's nominal region stays background.
     """
     nearest, labels = None, None
     for name, field in fields.items():  # running argmin (faster than argmin over a stacked tensor)
@@ -110,5 +115,4 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
     for name in depth_order:  # back to front
         if name in fields:
             labels = torch.where(fields[name] < 1.0, torch.tensor(PART_BY_NAME[name].label), labels)
-    person = (mask > 0.5) | (nearest < CORE)
-    return torch.where(person, labels, torch.zeros_like(labels))
+    return torch.where(mask > 0.5, labels, torch.zeros_like(labels))
