@@ -81,6 +81,7 @@ class PreparedSource:
     background_real: torch.Tensor  # (H, W) 1 where the background is the photo's, 0 where it was filled
     boxes: dict = field(default_factory=dict)  # bounding box of each part label (part_flow.label_boxes)
     hidden: frozenset = frozenset()  # far-side limbs a side view hides (part_flow.hidden_parts)
+    device: torch.device = torch.device("cpu")  # where the input image was: the results go back there
 
 
 @dataclass
@@ -108,6 +109,7 @@ def _check_image(image, what: str) -> np.ndarray:
 def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = FlowWarpOptions(),
                    what: str = "source") -> PreparedSource:
     """Segment the source person, label its parts and build the background (see module doc)."""
+    device = image.device if isinstance(image, torch.Tensor) else torch.device("cpu")
     image = _check_image(image, f"{what} image")
     h, w = image.shape[:2]
     if (pose.height, pose.width) != (h, w):
@@ -138,7 +140,7 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         background = img.clone() if value is None else torch.full_like(img, value)
         real = torch.ones(h, w)
     return PreparedSource(img, pose, person, mask, labels, background, real, label_boxes(labels),
-                          hidden_parts(person, labels))
+                          hidden_parts(person, labels), device)
 
 
 def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
@@ -177,29 +179,46 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
         if estimator is None:
             raise ValueError("flow_model: method 'model' needs a flow model; connect one or use method 'parts'")
         flow, vis = estimator.estimate(source.image[None], source.pose, target_pose)
+        flow, vis = flow.to(torch.float32).cpu(), vis.to(torch.float32).cpu()
+        # Composited like the parts method: the model's flow moves the source person (its mask, sampled
+        # along the flow, is the output person), the model's visibility says where that content is real.
         coords = (flow + base_coords(*size))[0]
-        image = _sample(source.image, coords)
-        return FlowWarpResult(image, flow[0], vis[0, 0], vis[0, 0], target_pose)
+        on_person = _sample(source.mask[None], coords)[0]
+        seen = vis[0, 0] > 0.5
+        hole = (on_person > 0.5) & ~seen
+        alpha = torch.where(seen, on_person, hole.float())
+        coords = torch.where((alpha > 0)[None], coords, bg_coords)
+        return _composite(source, coords, alpha, hole, hole, bg, bg_real, options, target_pose)
 
     pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes,
                    source.hidden)
     body = (pf.person > 0) | pf.hole
     coords = torch.where(body, pf.coords, bg_coords)
+    return _composite(source, coords, pf.person, pf.hole, pf.hole | (pf.owner == 0), bg, bg_real, options,
+                      target_pose)
+
+
+def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor, hole: torch.Tensor,
+               unknown: torch.Tensor, bg: torch.Tensor, bg_real: torch.Tensor, options: FlowWarpOptions,
+               target_pose: Pose) -> FlowWarpResult:
+    """The moved person (source pixels at ``coords``, soft ``alpha``) over the background; ``hole`` person
+    pixels are filled from the visible person around them (``unknown`` = not a colour to fill from)."""
     person_img = _sample(source.image, coords)
-    alpha = pf.person
     # Holes inside the person take the colours of the visible body around them.
-    known = ((pf.owner > 0) & (alpha > 0.5)).float()
-    if pf.hole.any():  # fill within the person's box (plus a margin): the fill only needs nearby colours
-        rows, cols = _box_slices(pf.hole | (known > 0), margin=8)
+    known = (~unknown & (alpha > 0.5)).float()
+    if hole.any():  # fill within the person's box (plus a margin): the fill only needs nearby colours
+        rows, cols = _box_slices(hole | (known > 0), margin=8)
         filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill)[0]
-        person_img[:, rows, cols] = torch.where(pf.hole[rows, cols], filled, person_img[:, rows, cols])
+        person_img[:, rows, cols] = torch.where(hole[rows, cols], filled, person_img[:, rows, cols])
     # Content to generate: holes in the person, and background the source person hid that the moved
     # person does not cover. Binary, as inpainting stages expect.
-    generate = pf.hole | ((alpha < 0.5) & (bg_real < 0.5))
+    generate = hole | ((alpha < 0.5) & (bg_real < 0.5))
     alpha = _feather(alpha)
     image = alpha * person_img + (1 - alpha) * bg
     visibility = (~generate).float()
-    return FlowWarpResult(image.clamp(0, 1), coords_to_flow(coords[None])[0], visibility, alpha, target_pose)
+    d = source.device
+    return FlowWarpResult(image.clamp(0, 1).to(d), coords_to_flow(coords[None])[0].to(d), visibility.to(d),
+                          alpha.to(d), target_pose)
 
 
 def _box_slices(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:

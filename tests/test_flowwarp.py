@@ -294,3 +294,34 @@ def test_crossed_thigh_labels_give_uncrossed_legs():
     legs = cv2.erode(legs.any(0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     # The legs stay where they are (the source's own legs): the same picture, not an X.
     assert np.abs(hwc(r.image) - image)[legs].mean() < 0.01
+
+
+class _ShiftEstimator:
+    """A flow model whose answer is known: every pixel moves ``dx`` to the right, all of it visible."""
+
+    def __init__(self, dx):
+        self.dx = dx
+
+    def estimate(self, source, source_pose, target_pose):
+        h, w = target_pose.height, target_pose.width
+        flow = torch.zeros(1, 2, h, w)
+        flow[:, 0] = -self.dx
+        return flow, torch.ones(1, 1, h, w)
+
+
+def test_model_method_is_composited_like_the_parts_method():
+    image, pose = sample("fashion_standing")
+    shifted = moved(pose[0], lambda xy: xy + [20, 0])
+    opts = FlowWarpOptions(method="model", segmentation="skeleton", background="white")
+    r = flow_warp([image], pose, [shifted], opts, estimator=_ShiftEstimator(20))[0]
+    parts = flow_warp([image], pose, [shifted], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    # The person mask is the moved source person, not the visibility map (which is all ones here).
+    assert r.person.min() == 0 and (r.person.numpy() >= 1).sum() > 1000
+    iou = ((r.person > 0.5) & (parts.person > 0.5)).sum() / ((r.person > 0.5) | (parts.person > 0.5)).sum()
+    assert iou > 0.9
+    # Away from the person the background option applies (white), where the flow alone would copy the photo.
+    away = (r.person.numpy() == 0) & (parts.person.numpy() == 0)
+    assert np.abs(hwc(r.image)[away] - 1).max() < 1e-5
+    on = r.person.numpy() >= 1
+    expect = np.roll(image, 20, axis=1)
+    assert np.abs(hwc(r.image) - expect)[on].max() < 1e-3
