@@ -49,6 +49,7 @@ from .parts import DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_PARE
 from .views import MIRROR_PART, is_side_view, mirrored, near_side, side_view_depth_order, view_flips
 
 HIDDEN_VISIBLE = 0.35  # a far-side limb of a side view showing less of its region than this is hidden
+GAP = 5  # gaps narrower than about this many pixels between kept pixels are closed (_close_gaps)
 JOINT_REACH = 1.5  # a neighbour's label is accepted this many radii around the shared joint
 BLEND = 0.5  # a child part fades in from its parent over this many of its radii past their joint
 _PARENTS_FIRST = ("torso", "head", "right_upper_arm", "left_upper_arm", "right_thigh", "left_thigh",
@@ -223,8 +224,36 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         hole[rows, cols] |= new_hole
         taken[rows, cols] |= keep
     hole &= ~taken
+    if taken.any():
+        _close_gaps(flow_coords, person, owner, taken, hole, source_labels, source_mask)
     person = torch.where(hole, torch.ones_like(person), person)
     return PartFlow(flow_coords, person, hole, owner)
+
+
+def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, k: int = GAP):
+    """Fill, in place, the narrow gaps no part keeps between kept pixels: where two parts' maps meet along
+    loose clothes (a coat panel between thigh and torso) each keeps only the pixels landing on its own
+    label, which leaves comb-like teeth along the seam. A gap pixel (inside the ``k x k`` closing of the
+    kept pixels) takes the mean source position of its kept neighbours when that lands on the person."""
+    rows = torch.nonzero(taken.any(1)).flatten()
+    cols = torch.nonzero(taken.any(0)).flatten()
+    r0, r1 = max(int(rows[0]) - k, 0), int(rows[-1]) + k + 1
+    c0, c1 = max(int(cols[0]) - k, 0), int(cols[-1]) + k + 1
+    win = (slice(r0, r1), slice(c0, c1))
+    t = taken[win].float()[None, None]
+    pad = k // 2
+    closed = -F.max_pool2d(-F.max_pool2d(t, k, 1, pad), k, 1, pad)
+    gap = (closed[0, 0] > 0) & ~taken[win] & ~hole[win]
+    if not gap.any():
+        return
+    wsum = F.avg_pool2d(t, k, 1, pad)[0, 0].clamp_min(1e-6)
+    mean = F.avg_pool2d(coords[:, win[0], win[1]][None] * t, k, 1, pad)[0] / wsum
+    label = _sample(source_labels, mean, "nearest").round().long()
+    fill = gap & (label > 0)
+    coords[:, win[0], win[1]] = torch.where(fill, mean, coords[:, win[0], win[1]])
+    person[win] = torch.where(fill, _sample(source_mask, mean, "bilinear"), person[win])
+    owner[win] = torch.where(fill, label, owner[win])
+    taken[win] |= fill
 
 
 def _affine(m: np.ndarray, xy: torch.Tensor) -> torch.Tensor:
