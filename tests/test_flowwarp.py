@@ -325,3 +325,33 @@ def test_model_method_is_composited_like_the_parts_method():
     on = r.person.numpy() >= 1
     expect = np.roll(image, 20, axis=1)
     assert np.abs(hwc(r.image) - expect)[on].max() < 1e-3
+
+
+def test_side_view_source_leaves_the_hidden_far_arm_to_generate():
+    from posetransfer.core.part_flow import hidden_parts
+    from posetransfer.core.segmentation import part_distance_fields, part_label_map, person_mask
+    from posetransfer.core.views import side_view_depth_order
+    _, front, _ = _striped_figure()
+    side = front.copy()
+    b = side.people[0].body
+    xy = {"right_shoulder": (127.5, 64), "left_shoulder": (128.5, 64), "right_hip": (127.5, 140),
+          "left_hip": (128.5, 140), "right_elbow": (118, 102), "right_wrist": (110, 136),  # near arm, in front
+          "left_elbow": (131, 102), "left_wrist": (133, 136), "nose": (140, 40)}  # far arm, behind the chest
+    for name, p in xy.items():
+        b[JOINT_INDEX[name], :2] = p
+    b[JOINT_INDEX["left_ear"], 2] = 0  # only the right ear shows: the right side faces the camera
+    side_image = np.ones((256, 256, 3), np.float32)
+    side_image[render_part_labels(side) > 0] = 0.5
+    person = side.people[0]
+    fields = part_distance_fields(person, (256, 256))
+    labels = part_label_map(fields, torch.from_numpy(person_mask(side_image, person, "skeleton", fields)),
+                            side_view_depth_order(person, FlowWarpOptions().depth_order))
+    assert {"left_upper_arm", "left_forearm"} <= hidden_parts(person, labels)
+    assert not hidden_parts(person, labels) & {"right_upper_arm", "right_forearm"}
+    r = flow_warp([side_image], [side], [front], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    e = front.people[0].body[JOINT_INDEX["left_elbow"], :2]
+    yy, xx = np.mgrid[:256, :256]
+    far_forearm = (render_part_masks(front)[PART_NAMES.index("left_forearm")] > 0) & (np.hypot(xx - e[0], yy - e[1]) > 15)
+    # A hole to generate, not a copy of the chest or the near arm; the rest is the chest, which the front
+    # view shows wider than the side view did (the far arm's source pixels are chest: it lies behind it).
+    assert (r.visibility.numpy()[far_forearm] == 0).mean() > 0.5
