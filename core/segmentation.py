@@ -25,6 +25,7 @@ GRABCUT_ITERATIONS = 2  # 4 gave the same masks on the samples (IoU >= 0.998) at
 LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso
 CORE = 1.0  # normalised distance below which a pixel is inside a part's nominal region
 REACH_LOOSE = 0.6  # GrabCut may find person up to this many body scales beyond 3 part radii
+MIN_SURE_BACKGROUND = 0.3  # the wider zone is used only where it leaves this fraction as sure background
 COLOUR_GAP = 0.12  # RGB distance (0..1) from the predicted background that makes a pixel stand out
 PERSON_RATIO = 0.5  # ... when its distance to the predicted person colour is below this times that distance
 SURE = 0.35  # normalised distance below which a pixel is the person whatever the colours say (GrabCut seed)
@@ -78,7 +79,10 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     # Loose clothes (coat tails, wide skirts) reach far from every bone: "probably background", not sure
     # background, up to a further REACH_LOOSE body scales around the 3-radii zone.
     k = 2 * int(round(REACH_LOOSE * body_scale(person) * scale)) + 1
-    zone = cv2.dilate((near < 3.0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+    zone = near < 3.0
+    wide = cv2.dilate(zone.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+    if (~wide).mean() >= MIN_SURE_BACKGROUND:  # GrabCut needs enough sure background for its colour model
+        zone = wide
     seeds[zone] = cv2.GC_PR_BGD
     seeds[near < 1.2] = cv2.GC_PR_FGD
     seeds[near < 0.35] = cv2.GC_FGD
