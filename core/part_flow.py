@@ -234,7 +234,7 @@ def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, 
     """Fill, in place, the narrow gaps no part keeps between kept pixels: where two parts' maps meet along
     loose clothes (a coat panel between thigh and torso) each keeps only the pixels landing on its own
     label, which leaves comb-like teeth along the seam. A gap pixel (inside the ``k x k`` closing of the
-    kept pixels) takes the mean source position of its kept neighbours when that lands on the person."""
+    kept pixels) takes the mean displacement of its kept neighbours when that lands on the person."""
     rows = torch.nonzero(taken.any(1)).flatten()
     cols = torch.nonzero(taken.any(0)).flatten()
     r0, r1 = max(int(rows[0]) - k, 0), int(rows[-1]) + k + 1
@@ -247,7 +247,11 @@ def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, 
     if not gap.any():
         return
     wsum = F.avg_pool2d(t, k, 1, pad)[0, 0].clamp_min(1e-6)
-    mean = F.avg_pool2d(coords[:, win[0], win[1]][None] * t, k, 1, pad)[0] / wsum
+    # Average the displacement, not the position: a pixel among neighbours that do not move stays put.
+    xy = base_coords(r1 - r0, c1 - c0)[0] + torch.tensor([float(c0), float(r0)])[:, None, None]
+    xy = xy[:, :gap.shape[0], :gap.shape[1]]
+    shift = F.avg_pool2d((coords[:, win[0], win[1]] - xy)[None] * t, k, 1, pad)[0] / wsum
+    mean = xy + shift
     label = _sample(source_labels, mean, "nearest").round().long()
     fill = gap & (label > 0)
     coords[:, win[0], win[1]] = torch.where(fill, mean, coords[:, win[0], win[1]])
