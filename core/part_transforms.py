@@ -6,7 +6,10 @@ Every function returns a ``(2, 3)`` matrix sending TARGET pixel coordinates to S
 * Limb segment ``a -> b``: the target bone maps onto the source bone (direction and length), and the
   direction across the limb scales by the ratio of body scales, so a limb keeps its real width when the
   bone looks shorter (foreshortened) in one of the two poses. The along-bone ratio is clamped to
-  ``[1/4, 4]`` times the body-scale ratio: a bone pointing at the camera has no usable length.
+  ``[1/4, 4]`` times the body-scale ratio: a bone pointing at the camera has no usable length. A limb
+  whose target bone is more than ``MAX_STRETCH`` times longer than the source's (relative to body scale)
+  gets no transform: the source shows it end-on, and its few pixels would be smeared into streaks; the
+  target shows a hole to generate there instead.
 * Torso: least-squares affine over neck, shoulders and hips, ridge-regularised towards the best
   similarity, then checked (:func:`torso_transform`): a map that mirrors (determinant <= 0) or is not
   finite is never used; in order of preference the torso takes this affine with its anisotropy bounded
@@ -36,6 +39,7 @@ HEAD_JOINTS = tuple(JOINT_INDEX[n] for n in ("nose", "right_eye", "left_eye", "r
 ALONG_CLAMP = 4.0
 MAX_ANISOTROPY = 2.0  # largest ratio of the torso map's two singular values
 SCALE_CLAMP = 2.0  # the torso map's scale stays within [1/2, 2] x the body-scale ratio
+MAX_STRETCH = 2.5  # a limb stretched more than this (vs body scale) is foreshortened in the source: left out
 SIDE_DEPTH = 0.4  # least shoulder / hip width of a torso, in body scales (the chest's depth in a side view)
 
 
@@ -151,6 +155,13 @@ def torso_transform(dst: np.ndarray, src: np.ndarray, ratio: float) -> tuple[np.
     return np.hstack([lin, (ms - lin @ md)[:, None]]), "translation"
 
 
+def _stretch(source: Person, target: Person, a: int, b: int, ratio: float) -> float:
+    """How many times longer bone ``a-b`` is in the target than in the source, relative to body scale."""
+    ls = float(np.linalg.norm(source.body[b, :2] - source.body[a, :2]))
+    lt = float(np.linalg.norm(target.body[b, :2] - target.body[a, :2]))
+    return lt * ratio / max(ls, 1e-6)
+
+
 def fit_part_transforms(source: Person, target: Person) -> dict[str, np.ndarray]:
     """Transforms of every part that both poses determine, keyed by part name (see module docstring)."""
     from .parts import BODY_PARTS
@@ -164,7 +175,7 @@ def fit_part_transforms(source: Person, target: Person) -> dict[str, np.ndarray]
     for part in BODY_PARTS:
         if part.segment is not None:
             a, b = part.segment
-            if both[a] and both[b]:
+            if both[a] and both[b] and _stretch(source, target, a, b, ratio) <= MAX_STRETCH:
                 m = limb_affine(target.body[a, :2], target.body[b, :2], source.body[a, :2], source.body[b, :2], ratio)
                 if m is not None:
                     out[part.name] = m

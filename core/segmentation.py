@@ -26,8 +26,8 @@ LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone m
 CORE = 1.0  # normalised distance below which a pixel is inside a part's nominal region
 REACH_LOOSE = 0.6  # GrabCut may find person up to this many body scales beyond 3 part radii
 MIN_SURE_BACKGROUND = 0.3  # the wider zone is used only where it leaves this fraction as sure background
-COLOUR_GAP = 0.12  # RGB distance (0..1) from the predicted background that makes a pixel stand out
-PERSON_RATIO = 0.5  # ... when its distance to the predicted person colour is below this times that distance
+COLOUR_GAP = 0.15  # RGB distance (0..1) from the predicted background that makes a pixel stand out
+PERSON_RATIO = 0.35  # ... when its distance to the predicted person colour is below this times that distance
 SURE = 0.35  # normalised distance below which a pixel is the person whatever the colours say (GrabCut seed)
 
 
@@ -106,23 +106,24 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
 
 
 def _grow_by_colour(img: np.ndarray, fg: np.ndarray, zone: np.ndarray) -> np.ndarray:
-    """``fg`` plus the pixels of ``zone`` whose colour stands out from the background around them and that
+    """``fg`` plus the pixels of ``zone`` whose colour stands out from the backdrop around them and that
     touch ``fg``: GrabCut's colour models miss clothes close in colour to a plain backdrop (a pale pink coat on
-    light grey). The background there is predicted by a smooth fill of the pixels outside ``zone``."""
+    light grey). The backdrop's colour at each pixel is predicted by a smooth fill of the pixels outside
+    ``zone``, the person's by a fill of ``fg``; a pixel is added when it is far from the first and much
+    closer to the second."""
     outside = ~zone
     if not outside.any():
         return fg
     rgb = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
 
-    def predict(known):
+    def distance_to_fill(known):
         k = torch.from_numpy(known.astype(np.float32))[None, None]
         return np.linalg.norm(img / 255.0 - pyramid_fill(rgb, k)[0].permute(1, 2, 0).numpy(), axis=-1)
 
-    d_bg, d_fg = predict(outside), predict(fg > 0)
-    # Far from the backdrop's colour there, and much closer to the colour of the person next to it.
+    d_bg, d_fg = distance_to_fill(outside), distance_to_fill(fg > 0)
     stands_out = (d_bg > COLOUR_GAP) & (d_fg < PERSON_RATIO * d_bg) & zone
     grown = (stands_out | (fg > 0)).astype(np.uint8)
-    n, comp = cv2.connectedComponents(grown, connectivity=4)
+    _, comp = cv2.connectedComponents(grown, connectivity=4)
     touching = np.unique(comp[fg > 0])
     return np.isin(comp, touching[touching > 0]) | (fg > 0)
 
