@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -240,24 +241,30 @@ def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, 
     r0, r1 = max(int(rows[0]) - k, 0), int(rows[-1]) + k + 1
     c0, c1 = max(int(cols[0]) - k, 0), int(cols[-1]) + k + 1
     win = (slice(r0, r1), slice(c0, c1))
-    t = taken[win].float()[None, None]
-    pad = k // 2
-    closed = -F.max_pool2d(-F.max_pool2d(t, k, 1, pad), k, 1, pad)
-    gap = (closed[0, 0] > 0) & ~taken[win] & ~hole[win]
+    t = taken[win].numpy().astype(np.uint8)
+    kernel = np.ones((k, k), np.uint8)
+    gap = torch.from_numpy(cv2.morphologyEx(t, cv2.MORPH_CLOSE, kernel) > 0) & ~taken[win] & ~hole[win]
     if not gap.any():
         return
-    wsum = F.avg_pool2d(t, k, 1, pad)[0, 0].clamp_min(1e-6)
     # Average the displacement, not the position: a pixel among neighbours that do not move stays put.
-    xy = base_coords(r1 - r0, c1 - c0)[0] + torch.tensor([float(c0), float(r0)])[:, None, None]
-    xy = xy[:, :gap.shape[0], :gap.shape[1]]
-    shift = F.avg_pool2d((coords[:, win[0], win[1]] - xy)[None] * t, k, 1, pad)[0] / wsum
-    mean = xy + shift
-    label = _sample(source_labels, mean, "nearest").round().long()
-    fill = gap & (label > 0)
-    coords[:, win[0], win[1]] = torch.where(fill, mean, coords[:, win[0], win[1]])
-    person[win] = torch.where(fill, _sample(source_mask, mean, "bilinear"), person[win])
-    owner[win] = torch.where(fill, label, owner[win])
-    taken[win] |= fill
+    # Only the (few) gap pixels are sampled.
+    tf = t.astype(np.float32)
+    ys, xs = np.nonzero(gap.numpy())
+    wsum = cv2.boxFilter(tf, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)[ys, xs]
+    xy = np.stack([xs + c0, ys + r0]).astype(np.float32)
+    c = coords[:, win[0], win[1]].numpy()
+    disp = (c[0] - np.arange(c0, c0 + t.shape[1], dtype=np.float32)[None, :],
+            c[1] - np.arange(r0, r0 + t.shape[0], dtype=np.float32)[:, None])
+    shift = np.stack([cv2.boxFilter(d * tf, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)[ys, xs]
+                      for d in disp])
+    mean = torch.from_numpy(xy + shift / np.maximum(wsum, 1e-6))[:, None, :]  # (2, 1, n)
+    label = _sample(source_labels, mean, "nearest").round().long()[0]
+    fill = label > 0
+    ys, xs, mean = ys[fill.numpy()] + r0, xs[fill.numpy()] + c0, mean[:, 0, fill]
+    coords[:, ys, xs] = mean
+    person[ys, xs] = _sample(source_mask, mean[:, None, :], "bilinear")[0]
+    owner[ys, xs] = label[fill]
+    taken[ys, xs] = True
 
 
 def _affine(m: np.ndarray, xy: torch.Tensor) -> torch.Tensor:

@@ -114,11 +114,15 @@ def _grow_by_colour(img: np.ndarray, fg: np.ndarray, zone: np.ndarray) -> np.nda
     outside = ~zone
     if not outside.any():
         return fg
-    rgb = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    # The fills are smooth: computed at half resolution, then brought back.
+    h, w = img.shape[:2]
+    half = (max(1, w // 2), max(1, h // 2))
+    rgb = torch.from_numpy(cv2.resize(img, half, interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None].float() / 255
 
     def distance_to_fill(known):
-        k = torch.from_numpy(known.astype(np.float32))[None, None]
-        return np.linalg.norm(img / 255.0 - pyramid_fill(rgb, k)[0].permute(1, 2, 0).numpy(), axis=-1)
+        k = torch.from_numpy(cv2.resize(known.astype(np.float32), half, interpolation=cv2.INTER_AREA))[None, None]
+        fill = pyramid_fill(rgb, k)[0].permute(1, 2, 0).numpy()
+        return np.linalg.norm(img / 255.0 - cv2.resize(fill, (w, h), interpolation=cv2.INTER_LINEAR), axis=-1)
 
     d_bg, d_fg = distance_to_fill(outside), distance_to_fill(fg > 0)
     stands_out = (d_bg > COLOUR_GAP) & (d_fg < PERSON_RATIO * d_bg) & zone
