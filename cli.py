@@ -289,6 +289,10 @@ DEMO_CASES = (
     DemoCase("fashion_standing_to_jumper", "fashion_standing", "jumper", False),
     DemoCase("fashion_standing_to_model_red_background", "fashion_standing", "model_red_background", False),
     DemoCase("model_red_background_to_jumper_retargeted", "model_red_background", "jumper", True),
+    # One character from a turnaround sheet (samples/turnaround): a turn to the side and a turn around.
+    DemoCase("turnaround_front_to_side", "turnaround/turn_front", "turnaround/turn_side1", False),
+    DemoCase("turnaround_side_to_back", "turnaround/turn_side1", "turnaround/turn_back", False),
+    DemoCase("turnaround_back_to_front_walking", "turnaround/turn_back", "turnaround/turn_hero", False),
 )
 
 

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from .flow import base_coords, coords_to_flow, warp
 from .inpaint import INPAINT_METHODS, fill_holes
 from .keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
-from .part_flow import label_boxes, part_flow
+from .part_flow import hidden_parts, label_boxes, part_flow
 from .parts import DEFAULT_DEPTH_ORDER
 from .retarget import ANCHORS, retarget_pose
 from .segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label_map, person_mask
+from .views import side_view_depth_order, uncross_legs
 
 BACKGROUNDS = ("inpaint", "keep", "black", "white")
 METHODS = ("parts", "model")
@@ -83,6 +84,8 @@ class PreparedSource:
     background: torch.Tensor  # (3, H, W)
     background_real: torch.Tensor  # (H, W) 1 where the background is the photo's, 0 where it was filled
     boxes: dict = field(default_factory=dict)  # bounding box of each part label (part_flow.label_boxes)
+    hidden: frozenset = frozenset()  # far-side limbs a side view hides (part_flow.hidden_parts)
+    device: torch.device = torch.device("cpu")  # where the input image was: the results go back there
 
 
 @dataclass
@@ -110,19 +113,20 @@ def _check_image(image, what: str) -> np.ndarray:
 def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = FlowWarpOptions(),
                    what: str = "source") -> PreparedSource:
     """Segment the source person, label its parts and build the background (see module doc)."""
+    device = image.device if isinstance(image, torch.Tensor) else torch.device("cpu")
     image = _check_image(image, f"{what} image")
     h, w = image.shape[:2]
     check_canvas_size(w, h, f"{what} image")
     if (pose.height, pose.width) != (h, w):
         raise ValueError(f"{what} pose: canvas {pose.width}x{pose.height} does not match the {what} image "
                          f"{w}x{h}; the pose must be detected on this image (or resized with it)")
-    person = pose.person(options.source_person, f"{what} pose")
+    person = uncross_legs(pose.person(options.source_person, f"{what} pose"))
     fields = part_distance_fields(person, (h, w))
     if not fields:
         raise ValueError(f"{what} pose: too few joints to locate any body part (need e.g. neck and a hip, "
                          f"or both ends of a limb)")
     mask = torch.from_numpy(person_mask(image, person, options.segmentation, fields))
-    labels = part_label_map(fields, mask, options.depth_order)
+    labels = part_label_map(fields, mask, side_view_depth_order(person, options.depth_order))
     img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
     if options.background == "inpaint":
         # Fill from colours well away from the silhouette (segmentation edges are not exact), but keep the
@@ -140,7 +144,8 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         value = {"keep": None, "black": 0.0, "white": 1.0}[options.background]
         background = img.clone() if value is None else torch.full_like(img, value)
         real = torch.ones(h, w)
-    return PreparedSource(img, pose, person, mask, labels, background, real, label_boxes(labels))
+    return PreparedSource(img, pose, person, mask, labels, background, real, label_boxes(labels),
+                          hidden_parts(person, labels), device)
 
 
 def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
@@ -165,6 +170,7 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
         target = target_pose.person(0, what)
     else:
         target = target_pose.person(options.target_person, what)
+    target = uncross_legs(target)
     size = (target_pose.height, target_pose.width)
     hs, ws = source.mask.shape
     bg_coords = _cover_coords(size, (hs, ws))
@@ -178,32 +184,50 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
         if estimator is None:
             raise ValueError("flow_model: method 'model' needs a flow model; connect one or use method 'parts'")
         flow, vis = estimator.estimate(source.image[None], source.pose, target_pose)
+        flow, vis = flow.to(torch.float32).cpu(), vis.to(torch.float32).cpu()
+        # Composited like the parts method: the model's flow moves the source person (its mask, sampled
+        # along the flow, is the output person), the model's visibility says where that content is real.
         coords = (flow + base_coords(*size))[0]
-        image = _sample(source.image, coords)
-        return FlowWarpResult(image, flow[0], vis[0, 0], vis[0, 0], target_pose)
+        on_person = _sample(source.mask[None], coords)[0]
+        seen = vis[0, 0] > 0.5
+        hole = (on_person > 0.5) & ~seen
+        alpha = torch.where(seen, on_person, hole.float())
+        coords = torch.where((alpha > 0)[None], coords, bg_coords)
+        return _composite(source, coords, alpha, hole, hole, bg, bg_real, options, target_pose)
 
-    pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes)
+    pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes,
+                   source.hidden)
     body = (pf.person > 0) | pf.hole
     if not body.any():  # else a picture with the person erased, silently
         raise ValueError(f"{what}: no body part of the person could be placed on the {size[1]}x{size[0]} canvas "
                          f"(it needs both ends of a limb, the torso's or a face joint, on or near the canvas, "
                          f"that the source pose also has)")
     coords = torch.where(body, pf.coords, bg_coords)
+    return _composite(source, coords, pf.person, pf.hole, pf.hole | (pf.owner == 0), bg, bg_real, options,
+                      target_pose)
+
+
+def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor, hole: torch.Tensor,
+               unknown: torch.Tensor, bg: torch.Tensor, bg_real: torch.Tensor, options: FlowWarpOptions,
+               target_pose: Pose) -> FlowWarpResult:
+    """The moved person (source pixels at ``coords``, soft ``alpha``) over the background; ``hole`` person
+    pixels are filled from the visible person around them (``unknown`` = not a colour to fill from)."""
     person_img = _sample(source.image, coords)
-    alpha = pf.person
     # Holes inside the person take the colours of the visible body around them.
-    known = ((pf.owner > 0) & (alpha > 0.5)).float()
-    if pf.hole.any():  # fill within the person's box (plus a margin): the fill only needs nearby colours
-        rows, cols = _box_slices(pf.hole | (known > 0), margin=8)
+    known = (~unknown & (alpha > 0.5)).float()
+    if hole.any():  # fill within the person's box (plus a margin): the fill only needs nearby colours
+        rows, cols = _box_slices(hole | (known > 0), margin=8)
         filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill)[0]
-        person_img[:, rows, cols] = torch.where(pf.hole[rows, cols], filled, person_img[:, rows, cols])
+        person_img[:, rows, cols] = torch.where(hole[rows, cols], filled, person_img[:, rows, cols])
     # Content to generate: holes in the person, and background the source person hid that the moved
     # person does not cover. Binary, as inpainting stages expect.
-    generate = pf.hole | ((alpha < 0.5) & (bg_real < 0.5))
+    generate = hole | ((alpha < 0.5) & (bg_real < 0.5))
     alpha = _feather(alpha)
     image = alpha * person_img + (1 - alpha) * bg
     visibility = (~generate).float()
-    return FlowWarpResult(image.clamp(0, 1), coords_to_flow(coords[None])[0], visibility, alpha, target_pose)
+    d = source.device
+    return FlowWarpResult(image.clamp(0, 1).to(d), coords_to_flow(coords[None])[0].to(d), visibility.to(d),
+                          alpha.to(d), target_pose)
 
 
 def _box_slices(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:

@@ -94,7 +94,9 @@ def polygon_distance(xy: torch.Tensor, poly: np.ndarray) -> torch.Tensor:
     if len(hull) < 3:
         return segment_distance(xy, hull[0], hull[-1])[0]
     inside = np.zeros((h, w), np.uint8)
-    cv2.fillConvexPoly(inside, np.round(hull * 16).astype(np.int32), 1, shift=4)
+    # ``xy`` may be a window of the canvas: rasterise the polygon in the window's own pixels.
+    origin = np.array([float(xy[0, 0, 0]), float(xy[1, 0, 0])], np.float32)
+    cv2.fillConvexPoly(inside, np.round((hull - origin) * 16).astype(np.int32), 1, shift=4)
     dist = torch.stack([segment_distance(xy, hull[i], hull[(i + 1) % len(hull)])[0] for i in range(len(hull))]).amin(0)
     return torch.where(torch.from_numpy(inside).bool(), torch.zeros_like(dist), dist)
 

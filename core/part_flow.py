@@ -20,6 +20,14 @@ For every target pixel:
    outside the source image, or the part cannot be moved at all because the source lacks its joints: such
    pixels are *holes*, person pixels whose content must be generated.
 
+View changes (:mod:`.views`): when source and target face opposite ways (front <-> back), each target part
+is fed by the source part on the same image side (the source's labels are mirrored first), so no part map
+is a reflection; the torso map itself is bounded and falls back to a similarity or a translation
+(:func:`~.part_transforms.torso_transform`). In a side-view target the far side's limbs are drawn behind
+the torso; in a side-view source the far side's limbs that the body hides (``hidden``, see
+:func:`hidden_parts`) count as missing, so the target shows holes to generate there, not stretched copies
+of the near side.
+
 Missing joints: a limb segment missing a joint in either pose is dropped (a target limb whose source is
 unknown becomes a hole; a source limb the target lacks simply disappears); missing hips are inferred for the
 torso; the head needs one face joint or the neck in both poses.
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,8 +46,11 @@ from .flow import base_coords, coords_to_grid
 from .keypoints import Person
 from .part_fields import normalised_distance, part_geometry
 from .part_transforms import fit_part_transforms
-from .parts import DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_PARENT
+from .parts import DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_PARENT, PART_RADIUS, body_scale
+from .views import MIRROR_PART, is_side_view, mirrored, near_side, side_view_depth_order, view_flips
 
+HIDDEN_VISIBLE = 0.35  # a far-side limb of a side view showing less of its region than this is hidden
+GAP = 5  # gaps narrower than about this many pixels between kept pixels are closed (_close_gaps)
 JOINT_REACH = 1.5  # a neighbour's label is accepted this many radii around the shared joint
 BLEND = 0.5  # a child part fades in from its parent over this many of its radii past their joint
 _PARENTS_FIRST = ("torso", "head", "right_upper_arm", "left_upper_arm", "right_thigh", "left_thigh",
@@ -106,23 +118,55 @@ def _window(boxes, h: int, w: int, margin: int = 2) -> tuple[slice, slice] | Non
     return slice(y0, y1), slice(x0, x1)
 
 
+def hidden_parts(person: Person, labels: torch.Tensor) -> frozenset[str]:
+    """Far-side limbs of a side view that the body hides: their label covers less than ``HIDDEN_VISIBLE``
+    of their nominal region (capsule area), so the source cannot supply them (see module docstring)."""
+    if not is_side_view(person):
+        return frozenset()
+    near = near_side(person)
+    if near is None:
+        return frozenset()
+    far = "left_" if near == "right" else "right_"
+    counts = torch.bincount(labels.flatten(), minlength=NUM_PART_LABELS).tolist()
+    scale = body_scale(person)
+    out = set()
+    for name, g in part_geometry(person).items():
+        if name.startswith(far) and g.kind == "segment":
+            r = PART_RADIUS[name] * scale
+            area = np.pi * r * r + 2 * r * float(np.linalg.norm(g.points[1] - g.points[0]))
+            if counts[PART_BY_NAME[name].label] < HIDDEN_VISIBLE * area:
+                out.add(name)
+    return frozenset(out)
+
+
 def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Tensor, target: Person,
               size: tuple[int, int], depth_order: tuple[str, ...] = DEFAULT_DEPTH_ORDER,
-              boxes: dict[int, tuple[float, float, float, float]] | None = None) -> PartFlow:
+              boxes: dict[int, tuple[float, float, float, float]] | None = None,
+              hidden: frozenset[str] = frozenset()) -> PartFlow:
     """Part-based backward flow from ``source`` (with its label map and soft person mask on the source
     grid, see :mod:`.segmentation`) to ``target`` on a target grid of ``size`` ``(H, W)``.
 
     Each part is evaluated only inside the window where it can matter (the target pixels its map sends
     onto its own or its neighbours' source labels, and its core region), so the cost grows with the
     person's area, not the canvas's times the number of parts. ``boxes`` are the source's
-    :func:`label_boxes`, computed here when not given (pass them when warping one source many times)."""
+    :func:`label_boxes`, computed here when not given (pass them when warping one source many times).
+    ``hidden``: source parts that must not be used (:func:`hidden_parts`)."""
     h, w = size
     xy = base_coords(h, w)[0]
-    transforms = fit_part_transforms(source, target)
+    boxes = label_boxes(source_labels) if boxes is None else boxes
+    if view_flips(source, target):  # feed each target part from the source part on its image side
+        source = mirrored(source)
+        lut = torch.arange(NUM_PART_LABELS)
+        for name, other in MIRROR_PART.items():
+            lut[PART_BY_NAME[name].label] = PART_BY_NAME[other].label
+        source_labels = lut[source_labels]
+        boxes = {int(lut[k]): v for k, v in boxes.items()}
+        hidden = frozenset(MIRROR_PART[n] for n in hidden)
+    depth_order = side_view_depth_order(target, depth_order)
+    transforms = {k: v for k, v in fit_part_transforms(source, target).items() if k not in hidden}
     t_geom = part_geometry(target)
     s_geom = part_geometry(source)
     hs, ws = source_labels.shape
-    boxes = label_boxes(source_labels) if boxes is None else boxes
 
     flow_coords = torch.zeros(2, h, w)
     person = torch.zeros(h, w)
@@ -181,8 +225,46 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         hole[rows, cols] |= new_hole
         taken[rows, cols] |= keep
     hole &= ~taken
+    if taken.any():
+        _close_gaps(flow_coords, person, owner, taken, hole, source_labels, source_mask)
     person = torch.where(hole, torch.ones_like(person), person)
     return PartFlow(flow_coords, person, hole, owner)
+
+
+def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, k: int = GAP):
+    """Fill, in place, the narrow gaps no part keeps between kept pixels: where two parts' maps meet along
+    loose clothes (a coat panel between thigh and torso) each keeps only the pixels landing on its own
+    label, which leaves comb-like teeth along the seam. A gap pixel (inside the ``k x k`` closing of the
+    kept pixels) takes the mean displacement of its kept neighbours when that lands on the person."""
+    rows = torch.nonzero(taken.any(1)).flatten()
+    cols = torch.nonzero(taken.any(0)).flatten()
+    r0, r1 = max(int(rows[0]) - k, 0), int(rows[-1]) + k + 1
+    c0, c1 = max(int(cols[0]) - k, 0), int(cols[-1]) + k + 1
+    win = (slice(r0, r1), slice(c0, c1))
+    t = taken[win].numpy().astype(np.uint8)
+    kernel = np.ones((k, k), np.uint8)
+    gap = torch.from_numpy(cv2.morphologyEx(t, cv2.MORPH_CLOSE, kernel) > 0) & ~taken[win] & ~hole[win]
+    if not gap.any():
+        return
+    # Average the displacement, not the position: a pixel among neighbours that do not move stays put.
+    # Only the (few) gap pixels are sampled.
+    tf = t.astype(np.float32)
+    ys, xs = np.nonzero(gap.numpy())
+    wsum = cv2.boxFilter(tf, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)[ys, xs]
+    xy = np.stack([xs + c0, ys + r0]).astype(np.float32)
+    c = coords[:, win[0], win[1]].numpy()
+    disp = (c[0] - np.arange(c0, c0 + t.shape[1], dtype=np.float32)[None, :],
+            c[1] - np.arange(r0, r0 + t.shape[0], dtype=np.float32)[:, None])
+    shift = np.stack([cv2.boxFilter(d * tf, -1, (k, k), normalize=False, borderType=cv2.BORDER_CONSTANT)[ys, xs]
+                      for d in disp])
+    mean = torch.from_numpy(xy + shift / np.maximum(wsum, 1e-6))[:, None, :]  # (2, 1, n)
+    label = _sample(source_labels, mean, "nearest").round().long()[0]
+    fill = label > 0
+    ys, xs, mean = ys[fill.numpy()] + r0, xs[fill.numpy()] + c0, mean[:, 0, fill]
+    coords[:, ys, xs] = mean
+    person[ys, xs] = _sample(source_mask, mean[:, None, :], "bilinear")[0]
+    owner[ys, xs] = label[fill]
+    taken[ys, xs] = True
 
 
 def _affine(m: np.ndarray, xy: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,21 @@ Every function returns a ``(2, 3)`` matrix sending TARGET pixel coordinates to S
 * Limb segment ``a -> b``: the target bone maps onto the source bone (direction and length), and the
   direction across the limb scales by the ratio of body scales, so a limb keeps its real width when the
   bone looks shorter (foreshortened) in one of the two poses. The along-bone ratio is clamped to
-  ``[1/4, 4]`` times the body-scale ratio: a bone pointing at the camera has no usable length.
+  ``[1/4, 4]`` times the body-scale ratio: a bone pointing at the camera has no usable length. A limb
+  whose target bone is more than ``MAX_STRETCH`` times longer than the source's (relative to body scale)
+  gets no transform: the source shows it end-on, and its few pixels would be smeared into streaks; the
+  target shows a hole to generate there instead.
 * Torso: least-squares affine over neck, shoulders and hips, ridge-regularised towards the best
-  similarity so that a torso seen edge-on (shoulders on top of each other) does not blow up.
+  similarity, then checked (:func:`torso_transform`): a map that mirrors (determinant <= 0) or is not
+  finite is never used; in order of preference the torso takes this affine with its anisotropy bounded
+  (singular values at most ``MAX_ANISOTROPY`` apart, overall scale within ``SCALE_CLAMP`` of the body-scale
+  ratio: this bounds shear too, since an affine is rotation x axis scales x rotation), else the best
+  similarity (if its scale is within ``SCALE_CLAMP`` of the body-scale ratio), else a translation of the
+  centroid with the body-scale ratio. A torso seen edge-on (side view, shoulders and hips almost on top of
+  each other) is first given a depth: each shoulder and hip pair is widened, about its midpoint and across
+  the neck-hip axis, to at least ``SIDE_DEPTH`` body scales (a chest seen from the side), in both the
+  transform and the part's region (:mod:`.part_fields`), so the fit is well conditioned and the region
+  matches the body. Mirrored views (front <-> back) are handled before fitting, by :mod:`.views`.
   Missing hips are inferred (a virtual hip one body scale below each shoulder, perpendicular to the
   shoulder line, away from the head), so waist-up portraits still get a torso.
 * Head: least-squares similarity (rotation, uniform scale, translation) over the face joints and neck.
@@ -25,6 +37,10 @@ NECK, RSH, LSH, RHIP, LHIP, NOSE = (JOINT_INDEX[n] for n in
                                     ("neck", "right_shoulder", "left_shoulder", "right_hip", "left_hip", "nose"))
 HEAD_JOINTS = tuple(JOINT_INDEX[n] for n in ("nose", "right_eye", "left_eye", "right_ear", "left_ear", "neck"))
 ALONG_CLAMP = 4.0
+MAX_ANISOTROPY = 2.0  # largest ratio of the torso map's two singular values
+SCALE_CLAMP = 2.0  # the torso map's scale stays within [1/2, 2] x the body-scale ratio
+MAX_STRETCH = 2.5  # a limb stretched more than this (vs body scale) is foreshortened in the source: left out
+SIDE_DEPTH = 0.4  # least shoulder / hip width of a torso, in body scales (the chest's depth in a side view)
 
 
 def similarity_fit(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
@@ -91,7 +107,59 @@ def torso_points(person: Person, scale: float) -> dict[int, np.ndarray]:
             pts[RHIP] = pts[RSH] + down * scale
         if LHIP not in pts:
             pts[LHIP] = pts[LSH] + down * scale
-    return pts
+    return _with_depth(pts, scale)
+
+
+def _with_depth(pts: dict[int, np.ndarray], scale: float) -> dict[int, np.ndarray]:
+    """Shoulder and hip pairs narrower than ``SIDE_DEPTH * scale`` across the neck-hip axis, widened to it
+    about their midpoints (keeping the side each joint is on; a pair exactly on top of each other puts the
+    right joint on the image's left, as seen from the front)."""
+    if NECK not in pts or not all(j in pts for j in (RSH, LSH, RHIP, LHIP)):
+        return pts
+    down = (pts[RHIP] + pts[LHIP]) / 2 - pts[NECK]
+    if np.linalg.norm(down) < 1e-6:
+        return pts
+    down /= np.linalg.norm(down)
+    perp = np.array([down[1], -down[0]])  # right -> left of a person facing the camera (+x when upright)
+    half = SIDE_DEPTH * scale / 2
+    out = dict(pts)
+    for r, l in ((RSH, LSH), (RHIP, LHIP)):
+        width = float(np.dot(pts[l] - pts[r], perp))
+        if abs(width) < 2 * half:
+            sign = 1.0 if width >= 0 else -1.0
+            mid = (pts[r] + pts[l]) / 2
+            along = float(np.dot(pts[l] - pts[r], down))  # keep the pair's tilt along the body
+            out[r] = mid - sign * half * perp - along / 2 * down
+            out[l] = mid + sign * half * perp + along / 2 * down
+    return out
+
+
+def torso_transform(dst: np.ndarray, src: np.ndarray, ratio: float) -> tuple[np.ndarray, str]:
+    """The torso map ``dst -> src`` and which fallback gave it: ``"affine"``, ``"similarity"`` or
+    ``"translation"`` (see module docstring). ``ratio`` is the body-scale ratio source / target."""
+    md, ms = dst.mean(0), src.mean(0)
+    if len(dst) >= 3:
+        lin = ridge_affine_fit(dst, src)[:, :2]
+        if np.all(np.isfinite(lin)) and np.linalg.det(lin) > 0:
+            u, s, vt = np.linalg.svd(lin)
+            g = float(np.clip(np.sqrt(s[0] * s[1]), ratio / SCALE_CLAMP, ratio * SCALE_CLAMP))
+            r = np.sqrt(MAX_ANISOTROPY)
+            s = np.clip(s / np.sqrt(s[0] * s[1]), 1 / r, r) * g
+            lin = u @ np.diag(s) @ vt
+            return np.hstack([lin, (ms - lin @ md)[:, None]]), "affine"
+    sim = similarity_fit(dst, src)
+    scale = float(np.sqrt(abs(np.linalg.det(sim[:, :2]))))
+    if len(dst) >= 2 and ratio / SCALE_CLAMP <= scale <= ratio * SCALE_CLAMP:
+        return sim, "similarity"
+    lin = ratio * np.eye(2)
+    return np.hstack([lin, (ms - lin @ md)[:, None]]), "translation"
+
+
+def _stretch(source: Person, target: Person, a: int, b: int, ratio: float) -> float:
+    """How many times longer bone ``a-b`` is in the target than in the source, relative to body scale."""
+    ls = float(np.linalg.norm(source.body[b, :2] - source.body[a, :2]))
+    lt = float(np.linalg.norm(target.body[b, :2] - target.body[a, :2]))
+    return lt * ratio / max(ls, 1e-6)
 
 
 def fit_part_transforms(source: Person, target: Person) -> dict[str, np.ndarray]:
@@ -107,7 +175,7 @@ def fit_part_transforms(source: Person, target: Person) -> dict[str, np.ndarray]
     for part in BODY_PARTS:
         if part.segment is not None:
             a, b = part.segment
-            if both[a] and both[b]:
+            if both[a] and both[b] and _stretch(source, target, a, b, ratio) <= MAX_STRETCH:
                 m = limb_affine(target.body[a, :2], target.body[b, :2], source.body[a, :2], source.body[b, :2], ratio)
                 if m is not None:
                     out[part.name] = m
@@ -115,7 +183,8 @@ def fit_part_transforms(source: Person, target: Person) -> dict[str, np.ndarray]
             sp, tp = torso_points(source, s_scale), torso_points(target, t_scale)
             common = sorted(set(sp) & set(tp))
             if len(common) >= 2:
-                out["torso"] = ridge_affine_fit(np.array([tp[j] for j in common]), np.array([sp[j] for j in common]))
+                out["torso"] = torso_transform(np.array([tp[j] for j in common]), np.array([sp[j] for j in common]),
+                                               ratio)[0]
         elif part.name == "head":
             common = [j for j in HEAD_JOINTS if both[j]]
             if common:

@@ -16,13 +16,19 @@ import torch
 from .flow import base_coords
 from .keypoints import Person
 from .part_fields import normalised_distance, part_geometry
-from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME
+from .inpaint import pyramid_fill
+from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME, body_scale
 
 SEGMENTATION_METHODS = ("grabcut", "skeleton")
 GRABCUT_SIDE = 192
 GRABCUT_ITERATIONS = 2  # 4 gave the same masks on the samples (IoU >= 0.998) at 1.6x the time
 LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso
-CORE = 1.0  # normalised distance below which a pixel belongs to the part whatever the segmentation says
+CORE = 1.0  # normalised distance below which a pixel is inside a part's nominal region
+REACH_LOOSE = 0.6  # GrabCut may find person up to this many body scales beyond 3 part radii
+MIN_SURE_BACKGROUND = 0.3  # the wider zone is used only where it leaves this fraction as sure background
+COLOUR_GAP = 0.15  # RGB distance (0..1) from the predicted background that makes a pixel stand out
+PERSON_RATIO = 0.35  # ... when its distance to the predicted person colour is below this times that distance
+SURE = 0.35  # normalised distance below which a pixel is the person whatever the colours say (GrabCut seed)
 
 
 REACH = 3.5  # fields are exact up to this many radii from a part (enough for every use below); FAR beyond
@@ -70,7 +76,14 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     img = cv2.resize(np.clip(image * 255, 0, 255).astype(np.uint8), small, interpolation=cv2.INTER_AREA)
     near = cv2.resize(nearest, small, interpolation=cv2.INTER_LINEAR)
     seeds = np.full(near.shape, cv2.GC_BGD, np.uint8)
-    seeds[near < 3.0] = cv2.GC_PR_BGD
+    # Loose clothes (coat tails, wide skirts) reach far from every bone: "probably background", not sure
+    # background, up to a further REACH_LOOSE body scales around the 3-radii zone.
+    k = 2 * int(round(REACH_LOOSE * body_scale(person) * scale)) + 1
+    zone = near < 3.0
+    wide = cv2.dilate(zone.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+    if (~wide).mean() >= MIN_SURE_BACKGROUND:  # GrabCut needs enough sure background for its colour model
+        zone = wide
+    seeds[zone] = cv2.GC_PR_BGD
     seeds[near < 1.2] = cv2.GC_PR_FGD
     seeds[near < 0.35] = cv2.GC_FGD
     if not (seeds == cv2.GC_BGD).any() or not ((seeds == cv2.GC_PR_BGD) | (seeds == cv2.GC_BGD)).any():
@@ -81,11 +94,42 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
         cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seeds, None, bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # degenerate colour models (e.g. a flat image): fall back to the skeleton
         return skeleton
-    fg = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.float32)
+    fg = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    fg = _grow_by_colour(img, fg, zone).astype(np.float32)
     mask = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
     mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.5 / scale))
-    return np.maximum(np.clip(mask, 0, 1), (nearest < CORE).astype(np.float32))
+    # Only the sure seeds are forced: the ring between them and the part's nominal region (CORE) is
+    # person or background as the colours say, so background between the legs or beside a thin arm is
+    # never taken for the person (it would be moved with the limb and counted as real person content).
+    return np.maximum(np.clip(mask, 0, 1), (nearest < SURE).astype(np.float32))
+
+
+def _grow_by_colour(img: np.ndarray, fg: np.ndarray, zone: np.ndarray) -> np.ndarray:
+    """``fg`` plus the pixels of ``zone`` whose colour stands out from the backdrop around them and that
+    touch ``fg``: GrabCut's colour models miss clothes close in colour to a plain backdrop (a pale pink coat on
+    light grey). The backdrop's colour at each pixel is predicted by a smooth fill of the pixels outside
+    ``zone``, the person's by a fill of ``fg``; a pixel is added when it is far from the first and much
+    closer to the second."""
+    outside = ~zone
+    if not outside.any():
+        return fg
+    # The fills are smooth: computed at half resolution, then brought back.
+    h, w = img.shape[:2]
+    half = (max(1, w // 2), max(1, h // 2))
+    rgb = torch.from_numpy(cv2.resize(img, half, interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None].float() / 255
+
+    def distance_to_fill(known):
+        k = torch.from_numpy(cv2.resize(known.astype(np.float32), half, interpolation=cv2.INTER_AREA))[None, None]
+        fill = pyramid_fill(rgb, k)[0].permute(1, 2, 0).numpy()
+        return np.linalg.norm(img / 255.0 - cv2.resize(fill, (w, h), interpolation=cv2.INTER_LINEAR), axis=-1)
+
+    d_bg, d_fg = distance_to_fill(outside), distance_to_fill(fg > 0)
+    stands_out = (d_bg > COLOUR_GAP) & (d_fg < PERSON_RATIO * d_bg) & zone
+    grown = (stands_out | (fg > 0)).astype(np.uint8)
+    _, comp = cv2.connectedComponents(grown, connectivity=4)
+    touching = np.unique(comp[fg > 0])
+    return np.isin(comp, touching[touching > 0]) | (fg > 0)
 
 
 def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
@@ -94,7 +138,8 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
 
     Where parts' cores (normalised distance < 1) overlap, the front-most in ``depth_order`` wins; other
     person pixels (loose clothes, hair) go to the nearest part if it is within ``LOOSE`` radii, else to the
-    torso (capes, long skirts and coats hang from the torso; a limb would swing them around).
+    torso (capes, long skirts and coats hang from the torso; a limb would swing them around). Only person
+    pixels (``mask > 0.5``) get a label: background inside a part's nominal region stays background.
     """
     nearest, labels = None, None
     for name, field in fields.items():  # running argmin (faster than argmin over a stacked tensor)
@@ -110,5 +155,4 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
     for name in depth_order:  # back to front
         if name in fields:
             labels = torch.where(fields[name] < 1.0, torch.tensor(PART_BY_NAME[name].label), labels)
-    person = (mask > 0.5) | (nearest < CORE)
-    return torch.where(person, labels, torch.zeros_like(labels))
+    return torch.where(mask > 0.5, labels, torch.zeros_like(labels))

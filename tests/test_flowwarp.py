@@ -213,3 +213,145 @@ def test_options_are_validated():
         FlowWarpOptions(background="blur")
     with pytest.raises(ValueError, match="segmentation"):
         FlowWarpOptions(segmentation="sam")
+
+
+# View changes (front <-> back, side views, swapped leg labels): see core/views.py.
+
+def _part_flow_of(image, source_pose, target_pose):
+    from posetransfer.core.part_flow import part_flow
+    from posetransfer.core.segmentation import part_distance_fields, part_label_map, person_mask
+    from posetransfer.core.views import uncross_legs
+    s, t = uncross_legs(source_pose.people[0]), uncross_legs(target_pose.people[0])
+    fields = part_distance_fields(s, image.shape[:2])
+    mask = torch.from_numpy(person_mask(image, s, "skeleton", fields))
+    return part_flow(s, part_label_map(fields, mask), mask, t, (target_pose.height, target_pose.width))
+
+
+def _regions(pose, radius_scale):
+    return render_part_masks(pose, radius_scale=radius_scale) > 0
+
+
+def test_turned_around_figure_keeps_every_part_within_its_target_region():
+    from posetransfer.core.views import mirrored, view_flips
+    image, pose, _ = _striped_figure()
+    # Turned around: same joint positions, left and right labels swapped (the back view's labels).
+    back = Pose([mirrored(pose.people[0])], 256, 256)
+    assert view_flips(pose.people[0], back.people[0])
+    pf = _part_flow_of(image, pose, back)
+    regions = _regions(back, 1.3)  # a part's region with a margin (a part takes pixels next to its joints)
+    for i, name in enumerate(PART_NAMES):
+        own = pf.owner.numpy() == PART_BY_NAME[name].label
+        assert own.sum() <= regions[i].sum(), name
+        assert (own & ~regions.any(0)).sum() <= 0.01 * regions[i].sum(), name
+
+
+def test_mirrored_torso_points_never_give_a_mirrored_map():
+    from posetransfer.core.part_transforms import torso_transform
+    src = np.array([[0, 0], [-20, 2], [20, 2], [-12, 60], [12, 60]], float)
+    dst = src * [-1, 1] + [5, 3]  # a reflection, which no turn of a real body is
+    m, kind = torso_transform(dst, src, 1.0)
+    assert kind in ("similarity", "translation") and np.linalg.det(m[:, :2]) > 0
+    # Degenerate (all points on a line): never a smear, the scale stays within the clamp.
+    line = np.array([[0, 0], [0, 1], [0, 2], [0, 60], [0, 61]], float)
+    m, _ = torso_transform(line, src, 1.0)
+    s = np.linalg.svd(m[:, :2], compute_uv=False)
+    assert np.all(np.isfinite(m)) and s.max() <= 2 * np.sqrt(2) + 1e-9 and s.min() > 0
+    # A well-conditioned rotation + scale is kept exactly.
+    a = np.radians(20)
+    rot = 1.3 * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    m, kind = torso_transform(src, src @ rot.T + [7, -4], 1.3)
+    assert kind == "affine" and np.allclose(m[:, :2], rot, atol=1e-6) and np.allclose(m[:, 2], [7, -4], atol=1e-6)
+
+
+def test_side_view_target_keeps_the_torso_within_its_hull():
+    from posetransfer.core.part_fields import normalised_distance, part_geometry
+    from posetransfer.core.flow import base_coords
+    image, pose, _ = _striped_figure()
+    side = pose.copy()
+    b = side.people[0].body
+    for r, l in (("right_shoulder", "left_shoulder"), ("right_hip", "left_hip")):
+        mid = (b[JOINT_INDEX[r], 0] + b[JOINT_INDEX[l], 0]) / 2
+        b[JOINT_INDEX[r], 0], b[JOINT_INDEX[l], 0] = mid - 0.5, mid + 0.5  # shoulder width ~ 0
+    pf = _part_flow_of(image, pose, side)
+    torso = pf.owner.numpy() == PART_BY_NAME["torso"].label
+    assert torso.sum() > 500
+    g = part_geometry(side.people[0])["torso"]
+    hull = normalised_distance(g, base_coords(256, 256)[0]).numpy() < 1.5
+    assert (torso & ~hull).sum() <= 0.02 * torso.sum()
+    # Nothing is smeared sideways: every person pixel lies within the target's part regions.
+    person = pf.person.numpy() > 0.5
+    assert (person & ~_regions(side, 1.3).any(0)).sum() <= 0.01 * person.sum()
+
+
+def test_crossed_thigh_labels_give_uncrossed_legs():
+    image, pose, _ = _striped_figure()
+    crossed = pose.copy()
+    b = crossed.people[0].body
+    for r, l in (("right_knee", "left_knee"), ("right_ankle", "left_ankle")):
+        b[[JOINT_INDEX[r], JOINT_INDEX[l]]] = b[[JOINT_INDEX[l], JOINT_INDEX[r]]]  # thighs now cross in 2-D
+    r = flow_warp([image], [pose], [crossed], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    legs = _regions(pose, 1.0)[[PART_NAMES.index(n) for n in ("right_thigh", "right_shin", "left_thigh", "left_shin")]]
+    legs = cv2.erode(legs.any(0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    # The legs stay where they are (the source's own legs): the same picture, not an X.
+    assert np.abs(hwc(r.image) - image)[legs].mean() < 0.01
+
+
+class _ShiftEstimator:
+    """A flow model whose answer is known: every pixel moves ``dx`` to the right, all of it visible."""
+
+    def __init__(self, dx):
+        self.dx = dx
+
+    def estimate(self, source, source_pose, target_pose):
+        h, w = target_pose.height, target_pose.width
+        flow = torch.zeros(1, 2, h, w)
+        flow[:, 0] = -self.dx
+        return flow, torch.ones(1, 1, h, w)
+
+
+def test_model_method_is_composited_like_the_parts_method():
+    image, pose = sample("fashion_standing")
+    shifted = moved(pose[0], lambda xy: xy + [20, 0])
+    opts = FlowWarpOptions(method="model", segmentation="skeleton", background="white")
+    r = flow_warp([image], pose, [shifted], opts, estimator=_ShiftEstimator(20))[0]
+    parts = flow_warp([image], pose, [shifted], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    # The person mask is the moved source person, not the visibility map (which is all ones here).
+    assert r.person.min() == 0 and (r.person.numpy() >= 1).sum() > 1000
+    iou = ((r.person > 0.5) & (parts.person > 0.5)).sum() / ((r.person > 0.5) | (parts.person > 0.5)).sum()
+    assert iou > 0.9
+    # Away from the person the background option applies (white), where the flow alone would copy the photo.
+    away = (r.person.numpy() == 0) & (parts.person.numpy() == 0)
+    assert np.abs(hwc(r.image)[away] - 1).max() < 1e-5
+    on = r.person.numpy() >= 1
+    expect = np.roll(image, 20, axis=1)
+    assert np.abs(hwc(r.image) - expect)[on].max() < 1e-3
+
+
+def test_side_view_source_leaves_the_hidden_far_arm_to_generate():
+    from posetransfer.core.part_flow import hidden_parts
+    from posetransfer.core.segmentation import part_distance_fields, part_label_map, person_mask
+    from posetransfer.core.views import side_view_depth_order
+    _, front, _ = _striped_figure()
+    side = front.copy()
+    b = side.people[0].body
+    xy = {"right_shoulder": (127.5, 64), "left_shoulder": (128.5, 64), "right_hip": (127.5, 140),
+          "left_hip": (128.5, 140), "right_elbow": (118, 102), "right_wrist": (110, 136),  # near arm, in front
+          "left_elbow": (131, 102), "left_wrist": (133, 136), "nose": (140, 40)}  # far arm, behind the chest
+    for name, p in xy.items():
+        b[JOINT_INDEX[name], :2] = p
+    b[JOINT_INDEX["left_ear"], 2] = 0  # only the right ear shows: the right side faces the camera
+    side_image = np.ones((256, 256, 3), np.float32)
+    side_image[render_part_labels(side) > 0] = 0.5
+    person = side.people[0]
+    fields = part_distance_fields(person, (256, 256))
+    labels = part_label_map(fields, torch.from_numpy(person_mask(side_image, person, "skeleton", fields)),
+                            side_view_depth_order(person, FlowWarpOptions().depth_order))
+    assert {"left_upper_arm", "left_forearm"} <= hidden_parts(person, labels)
+    assert not hidden_parts(person, labels) & {"right_upper_arm", "right_forearm"}
+    r = flow_warp([side_image], [side], [front], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    e = front.people[0].body[JOINT_INDEX["left_elbow"], :2]
+    yy, xx = np.mgrid[:256, :256]
+    far_forearm = (render_part_masks(front)[PART_NAMES.index("left_forearm")] > 0) & (np.hypot(xx - e[0], yy - e[1]) > 15)
+    # A hole to generate, not a copy of the chest or the near arm; the rest is the chest, which the front
+    # view shows wider than the side view did (the far arm's source pixels are chest: it lies behind it).
+    assert (r.visibility.numpy()[far_forearm] == 0).mean() > 0.5

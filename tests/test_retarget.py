@@ -58,9 +58,15 @@ def test_bones_take_target_angle_and_source_length():
     out = result.people[0]
     assert (result.width, result.height) == (350, 350)
     assert np.array_equal(out.body[:, 2], t.body[:, 2])  # the target's confidences
+    # Foreshortened: the standing source's right forearm (10 px, its left one 41 px) and the jumper's right
+    # shin (26 px, its left one 103 px); these follow the foreshortening rule, checked below.
+    short = {(3, 4), (9, 10)}
     for a, b in BONES:
-        assert abs(length(out, a, b) - length(s, a, b)) < 1e-4, (a, b)
+        if (a, b) not in short:
+            assert abs(length(out, a, b) - length(s, a, b)) < 1e-4, (a, b)
         assert abs(angle(out, a, b) - angle(t, a, b)) < 1e-4, (a, b)
+    assert abs(length(out, 3, 4) - length(s, 6, 7)) < 1e-4  # the better side's length
+    assert abs(length(out, 9, 10) - length(s, 9, 10) * length(t, 9, 10) / length(t, 12, 13)) < 1e-4
     # it really changed the pose: the jumper's left wrist is far above the standing one's
     assert out.xy[7, 1] < s.xy[7, 1] - 40
 
@@ -84,8 +90,9 @@ def test_missing_source_bone_uses_mirror_then_proportions():
     s, t = load("fashion_standing").people[0], load("jumper").people[0]
     out = retarget(without(s, 6), t)  # left elbow missing: the left arm takes the right arm's lengths
     assert abs(length(out, 5, 6) - length(s, 2, 3)) < 1e-9
-    assert abs(length(out, 6, 7) - length(s, 3, 4)) < 1e-9
-    assert abs(length(out, 6, 7) - length(s, 6, 7)) > 20  # the true forearm length (41 px) was not used
+    # the right forearm (10 px, foreshortened, and now without a measurable mirror) takes the prior
+    assert abs(length(out, 6, 7) - BONE_RATIOS[(6, 7)] * body_scale(s)) < 1e-9
+    assert abs(length(out, 6, 7) - length(s, 6, 7)) > 3  # the true forearm length (41 px) was not used
     out = retarget(without(s, 3, 6), t)  # both elbows missing: typical proportions of the torso length
     scale = body_scale(s)
     for bone in ((2, 3), (3, 4), (5, 6), (6, 7)):
@@ -112,7 +119,7 @@ def test_target_without_neck():
     out = retarget(s, without(t, 1))
     assert not out.present[1] and out.present.sum() == 17
     np.testing.assert_allclose(mid_hip(out), mid_hip(s), atol=1e-9)
-    for a, b in ((8, 9), (9, 10), (2, 3), (0, 14)):
+    for a, b in ((8, 9), (12, 13), (2, 3), (0, 14)):
         assert abs(length(out, a, b) - length(s, a, b)) < 1e-9
         assert abs(angle(out, a, b) - angle(t, a, b)) < 1e-9
 
@@ -141,3 +148,18 @@ def test_errors_name_the_input():
         retarget_pose(load("jumper"), Pose([], 10, 10))
     with pytest.raises(ValueError, match="anchor"):
         retarget(s, t, "middle")
+
+
+def test_foreshortened_source_bone_takes_the_better_side():
+    # A jump: the right shin points at the camera (26 px) while the left shows its length (103 px).
+    src = Person.from_xy([(50, 20), (50, 40), (35, 42), (30, 70), (28, 95), (65, 42), (70, 70), (72, 95),
+                          (42, 110), (40, 150), (40, 176), (58, 110), (60, 150), (60, 253), None, None, None, None])
+    tgt = Person.from_xy([(50, 20), (50, 40), (35, 42), (30, 70), (28, 95), (65, 42), (70, 70), (72, 95),
+                          (42, 110), (40, 190), (40, 290), (58, 110), (60, 190), (60, 290), None, None, None, None])
+    out = retarget(src, tgt)
+    shin = lambda p, k, a: float(np.hypot(*(p.xy[k] - p.xy[a])))  # noqa: E731
+    assert shin(out, 9, 10) == pytest.approx(103, abs=1e-6)
+    assert shin(out, 12, 13) == pytest.approx(103, abs=1e-6)
+    # The source itself, retargeted onto its own pose, is unchanged (its foreshortening is the target's too).
+    same = retarget(src, src)
+    assert np.allclose(same.xy[src.present], src.xy[src.present], atol=1e-6)
