@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..keypoints import Person, Pose
+from ..keypoints import JOINT_INDEX, LIMBS, Person, Pose
 from ..pose_io import read_gfla_annotations, read_openpose_json, read_pairs_csv
 from . import metrics as M
 from .fid import activation_statistics, compute_features, frechet_distance, load_statistics, save_statistics
@@ -48,11 +48,11 @@ SUMMARY_NAME = "summary.json"
 FID_REF_STATS_NAME = "fid_reference_statistics.npz"
 PAIR_SEPARATORS = ("_to_", "_2_")
 
-# GFLA's produce_ma_mask limbs (0-based COCO-18): the drawn skeleton plus shoulder-ear, hip-hip, hip-shoulder
-# and ear-ear links, so the torso and head fill in.
-MASK_LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12),
-              (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17), (1, 16), (1, 17), (8, 11), (11, 5),
-              (8, 2), (16, 17))
+# GFLA's produce_ma_mask limbs: the drawn skeleton plus neck-ear, hip-hip, hip-shoulder and ear-ear links, so
+# the torso and head fill in.
+MASK_LIMBS = LIMBS + tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in (
+    ("neck", "right_ear"), ("neck", "left_ear"), ("right_hip", "left_hip"), ("left_hip", "left_shoulder"),
+    ("right_hip", "right_shoulder"), ("right_ear", "left_ear")))
 
 
 ProgressFn = Callable[[str, int, int], None]
