@@ -211,10 +211,10 @@ def _train(args, accelerator, out: Path) -> dict:
     resume = common.start_run(accelerator, args, out, PROG)
     set_seed(args.seed)
     run = _Run(args, accelerator, out, resume)
-    step = run.state
+    state = run.state
     h, w = args.resolution
     run.truncate_log()
-    if step.step == 0:
+    if state.step == 0:
         run.probes[0] = run.probe()
         run.log({"step": 0, "probe_loss": run.probes[0]})
     if accelerator.is_main_process:
@@ -222,27 +222,27 @@ def _train(args, accelerator, out: Path) -> dict:
               f"{accelerator.device.type}, {h}x{w}, batch {args.batch_size} x {args.gradient_accumulation_steps} "
               f"(accumulation), mixed precision {accelerator.mixed_precision}, guidance "
               f"{'on' if run.guidance is not None else 'off'}", flush=True)
-    stream = run.batches(step.step * args.gradient_accumulation_steps)
+    stream = run.batches(state.step * args.gradient_accumulation_steps)
     history = []
     t0 = time.perf_counter()
-    while step.step < args.max_steps:
+    while state.step < args.max_steps:
         record = run.train_step(stream, t0)
         history.append(record)
         run.log(record)
-        if accelerator.is_main_process and (step.step % max(1, args.log_every) == 0 or step.step == 1):
-            print(f"[{PROG}] step {step.step} loss={record['loss']:.4g} mse={record['mse']:.4g} "
+        if accelerator.is_main_process and (state.step % max(1, args.log_every) == 0 or state.step == 1):
+            print(f"[{PROG}] step {state.step} loss={record['loss']:.4g} mse={record['mse']:.4g} "
                   f"vlb={record['vlb']:.4g}", flush=True)
-        if args.checkpoint_every and step.step % args.checkpoint_every == 0 and step.step < args.max_steps:
+        if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
             run.save_checkpoint()
-    if common.needs_final_checkpoint(out, step.step):
+    if common.needs_final_checkpoint(out, state.step):
         run.save_checkpoint()
-    elif step.step not in run.probes:
-        run.probes[step.step] = run.probe()
+    elif state.step not in run.probes:
+        run.probes[state.step] = run.probe()
     run.export(out / MODEL_DIR)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        print(f"[{PROG}] step {step.step}: model in {out / MODEL_DIR}", flush=True)
-    return {"step": step.step, "history": history, "probe": run.probes, "output_dir": str(out),
+        print(f"[{PROG}] step {state.step}: model in {out / MODEL_DIR}", flush=True)
+    return {"step": state.step, "history": history, "probe": run.probes, "output_dir": str(out),
             "model_dir": str(out / MODEL_DIR)}
 
 
