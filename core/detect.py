@@ -47,20 +47,19 @@ import cv2
 import numpy as np
 
 from .images import _rgb, _to_unit_float, load_image
-from .keypoints import NUM_JOINTS, Person, Pose
+from .keypoints import COCO17_NAMES, COCO18_FROM_COCO17, JOINT_INDEX, NUM_JOINTS, Person, Pose
 from .pose_io import write_openpose_json
 
 PathLike = str | os.PathLike
 
 LOGGER = logging.getLogger("posetransfer")
 
-# COCO-18 joint j comes from COCO-17 keypoint COCO17_TO_COCO18[j]; None: the neck (made from the shoulders).
-COCO17_TO_COCO18: tuple[int | None, ...] = (0, None, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
-# The same for MediaPipe's 33 BlazePose landmarks.
+# COCO-18 joint j is BlazePose landmark BLAZEPOSE_TO_COCO18[j] (MediaPipe's 33; as COCO18_FROM_COCO17 for COCO).
 BLAZEPOSE_TO_COCO18: tuple[int | None, ...] = (0, None, 12, 14, 16, 11, 13, 15, 24, 26, 28, 23, 25, 27, 5, 2, 8, 7)
-RIGHT_SHOULDER, LEFT_SHOULDER, RIGHT_EYE, LEFT_EYE = 2, 5, 14, 15  # COCO-18 indices
+NECK, RIGHT_SHOULDER, LEFT_SHOULDER = JOINT_INDEX["neck"], JOINT_INDEX["right_shoulder"], JOINT_INDEX["left_shoulder"]
+RIGHT_EYE, LEFT_EYE = JOINT_INDEX["right_eye"], JOINT_INDEX["left_eye"]
 
-NUM_COCO = 17
+NUM_COCO = len(COCO17_NAMES)
 NUM_WHOLEBODY = 133
 WHOLEBODY_FACE = slice(23, 91)
 WHOLEBODY_LEFT_HAND = slice(91, 112)
@@ -208,7 +207,7 @@ def _present(points: np.ndarray, scores: np.ndarray, threshold: float) -> np.nda
     return out
 
 
-def to_coco18(points: np.ndarray, scores: np.ndarray, index: Sequence[int | None] = COCO17_TO_COCO18,
+def to_coco18(points: np.ndarray, scores: np.ndarray, index: Sequence[int | None] = COCO18_FROM_COCO17,
               threshold: float = DEFAULT_SCORE_THRESHOLD) -> np.ndarray:
     """Keypoints ``(K, 2)`` + scores ``(K,)`` of another layout -> ``(18, 3)`` COCO-18 ``x, y, confidence``.
 
@@ -223,7 +222,7 @@ def to_coco18(points: np.ndarray, scores: np.ndarray, index: Sequence[int | None
     body[[j for j, i in enumerate(index) if i is not None]] = picked
     rs, ls = body[RIGHT_SHOULDER], body[LEFT_SHOULDER]
     if rs[2] > 0 and ls[2] > 0:
-        body[1] = ((rs[0] + ls[0]) / 2, (rs[1] + ls[1]) / 2, min(rs[2], ls[2]))
+        body[NECK] = ((rs[0] + ls[0]) / 2, (rs[1] + ls[1]) / 2, min(rs[2], ls[2]))
     return body
 
 
@@ -236,7 +235,7 @@ def keypoints_to_person(points: np.ndarray, scores: np.ndarray,
     None."""
     points = np.asarray(points, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
-    body = to_coco18(points[:NUM_COCO], scores[:NUM_COCO], COCO17_TO_COCO18, threshold)
+    body = to_coco18(points[:NUM_COCO], scores[:NUM_COCO], COCO18_FROM_COCO17, threshold)
     if len(points) != NUM_WHOLEBODY:
         return Person(body)
 
@@ -604,5 +603,5 @@ def detect_pose_file(image_path: PathLike, out_json: PathLike | None, detector,
 
 __all__ = ["PoseDetector", "MediaPipeDetector", "mediapipe_available", "build_detector", "detect_pose_file",
            "image_to_uint8", "letterbox", "yolox_grid", "decode_yolox", "nms", "box_center_scale", "crop_matrix",
-           "crop_to_image", "decode_simcc", "to_coco18", "keypoints_to_person", "COCO17_TO_COCO18",
+           "crop_to_image", "decode_simcc", "to_coco18", "keypoints_to_person", "COCO18_FROM_COCO17",
            "BLAZEPOSE_TO_COCO18", "DETECT_MODES", "MEDIAPIPE_EXTRA", "LOGGER"]

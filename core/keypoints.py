@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -30,6 +30,19 @@ JOINT_NAMES: tuple[str, ...] = (
     "right_eye", "left_eye", "right_ear", "left_ear",
 )
 JOINT_INDEX: dict[str, int] = {name: i for i, name in enumerate(JOINT_NAMES)}
+
+# COCO-17: COCO's person keypoints in COCO's order (also the first 17 points of Halpe-26 and COCO-WholeBody).
+COCO17_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+# COCO-17 keypoint k is COCO-18 joint COCO17_FROM_COCO18[k] (``coco17 = coco18[COCO17_FROM_COCO18]``).
+COCO17_FROM_COCO18: tuple[int, ...] = tuple(JOINT_INDEX[name] for name in COCO17_NAMES)
+# COCO-18 joint j is COCO-17 keypoint COCO18_FROM_COCO17[j]; None for the neck, which COCO-17 lacks (readers
+# make it from the shoulders).
+COCO18_FROM_COCO17: tuple[int | None, ...] = tuple(
+    COCO17_NAMES.index(name) if name in COCO17_NAMES else None for name in JOINT_NAMES)
 
 # Limbs in OpenPose/ControlNet drawing order; limb i is drawn with COLORS[i].
 LIMBS: tuple[tuple[int, int], ...] = (
@@ -195,8 +208,8 @@ class Person:
 class Pose:
     """One frame: any number of people on a ``width`` x ``height`` pixel canvas.
 
-    A batch of frames is a plain ``list[Pose]`` (see :data:`PoseBatch`). ``extra`` keeps unknown top-level
-    keys of the frame's dict (``version``, ``animals``...) for lossless round trips.
+    A batch of frames is a plain ``list[Pose]``. ``extra`` keeps unknown top-level keys of the frame's dict
+    (``version``, ``animals``...) for lossless round trips.
     """
 
     people: list[Person]
@@ -275,10 +288,3 @@ def check_has_pose(person: Person, what: str) -> None:
         raise ValueError(f"{what}: all {len(pts)} present body joint(s) lie on one point ({x:.6g}, {y:.6g}); "
                          f"expected a pose with at least two joints apart")
 
-
-PoseBatch = list[Pose]
-
-
-def stack_xy(people: Iterable[Person]) -> np.ndarray:
-    """``(P, 18, 3)`` array of several people's body joints."""
-    return np.stack([p.body for p in people]) if people else np.zeros((0, NUM_JOINTS, 3))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posetransfer.core.keypoints import NUM_JOINTS, Person, Pose
+from posetransfer.core.keypoints import COCO17_FROM_COCO18, COCO18_FROM_COCO17, NUM_JOINTS, Person, Pose
 from posetransfer.core.pose_io import (
     dump_pose_keypoint, format_gfla_keypoints, is_normalized, load_pose_keypoint, parse_gfla_keypoints,
     pcdms_pose_vector, read_gfla_annotations, read_openpose_json, read_pairs_csv, read_pcdms_pose_txt,
@@ -80,6 +80,15 @@ def _rich_frame() -> dict:
 
 
 # ---- POSE_KEYPOINT / OpenPose JSON -----------------------------------------------------------------------
+
+def test_coco17_maps_known_answers_and_inverse():
+    # COCO's keypoint order (nose, left eye, right eye, ... right ankle) against OpenPose's COCO-18, by hand.
+    assert COCO17_FROM_COCO18 == (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)
+    assert COCO18_FROM_COCO17 == (0, None, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)
+    for k, j in enumerate(COCO17_FROM_COCO18):
+        assert COCO18_FROM_COCO17[j] == k
+    assert COCO18_FROM_COCO17.count(None) == 1 and COCO18_FROM_COCO17[1] is None  # the neck
+
 
 def test_samples_exist():
     assert len(SAMPLES) >= 5

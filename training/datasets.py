@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 from ..core.evaluation.datasets import list_photos as _list_photos
 from ..core.evaluation.profiles import IMAGE_EXTENSIONS
 from ..core.images import load_image
-from ..core.keypoints import Person, Pose
+from ..core.keypoints import JOINT_INDEX, LIMBS, Person, Pose
 from ..core.pose_io import read_gfla_annotations, read_openpose_json, read_pairs_csv
 from ..core.render import render_heatmaps, render_part_masks
 
@@ -315,16 +315,16 @@ def _most_joints(json_path: str) -> int | None:
 
 
 # Bones whose angle is jittered (parent joint, child joint) -> maximum rotation in degrees, applied parents first;
-# each rotates the child's whole subtree about the parent (COCO-18 indices).
+# each rotates the child's whole subtree (in the skeleton LIMBS, a tree rooted at the neck) about the parent.
 DEFAULT_ANGLE_JITTER: dict[tuple[int, int], float] = {
-    (1, 0): 10.0,                       # head about the neck
-    (2, 3): 30.0, (3, 4): 30.0,         # right upper arm, forearm
-    (5, 6): 30.0, (6, 7): 30.0,         # left upper arm, forearm
-    (8, 9): 15.0, (9, 10): 15.0,        # right thigh, shin
-    (11, 12): 15.0, (12, 13): 15.0,     # left thigh, shin
+    (JOINT_INDEX[parent], JOINT_INDEX[child]): degrees for parent, child, degrees in (
+        ("neck", "nose", 10.0),                                                     # head
+        ("right_shoulder", "right_elbow", 30.0), ("right_elbow", "right_wrist", 30.0),
+        ("left_shoulder", "left_elbow", 30.0), ("left_elbow", "left_wrist", 30.0),
+        ("right_hip", "right_knee", 15.0), ("right_knee", "right_ankle", 15.0),
+        ("left_hip", "left_knee", 15.0), ("left_knee", "left_ankle", 15.0),
+    )
 }
-_TREE = ((1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
-         (1, 0), (0, 14), (14, 16), (0, 15), (15, 17))
 
 
 def _subtree(joint: int) -> list[int]:
@@ -332,7 +332,7 @@ def _subtree(joint: int) -> list[int]:
     while todo:
         j = todo.pop()
         out.append(j)
-        todo.extend(c for p, c in _TREE if p == j)
+        todo.extend(c for p, c in LIMBS if p == j)
     return out
 
 

@@ -58,8 +58,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -504,23 +505,37 @@ def train(args: argparse.Namespace) -> dict:
     """Run (or resume) one training; returns ``{"step", "history", "output_dir", "model_dir"}`` (``history``:
     the logged records of this call)."""
     _check_args(args)
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
-    from diffusers.optimization import get_scheduler
-
-    from .datasets import InputSpec
+    from accelerate.utils import DistributedDataParallelKwargs
 
     out = Path(args.output_dir)
-    kind = args.model
     return common.run_with_accelerator(
-        args, out, lambda accelerator: _train(args, accelerator, out, kind, get_scheduler, set_seed, InputSpec),
+        args, out, lambda accelerator: _train(args, accelerator, out, args.model),
         logs=True, log_with=args.log_with, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
-def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, InputSpec) -> dict:
-    resume = common.start_run(accelerator, args, out, PROG)
-    set_seed(args.seed)
+@dataclass
+class _Recipe:
+    """One model kind's training, prepared by accelerate: what the step loop, the checkpoints and the logs use."""
 
-    # ---- models: from the checkpoint's config (resume), a saved model (--init) or a preset / JSON
+    loader: torch.utils.data.DataLoader
+    train_modules: list[nn.Module]      # the exported ones first (_EXPORTED[kind]), then the discriminator
+    optimizers: list                    # accelerate's optimizers (their gradients are cleared after each step)
+    deferred: list[_DeferredStep]       # the steps the losses ask for, run once gradients are synced
+    resumable: common.Resumable
+    columns: list[str]                  # the CSV log's columns
+    one_step: Callable[[dict, int], dict]           # (micro-batch, step) -> that micro-batch's losses
+    step_schedulers: Callable[[int, list[dict]], None]
+    current_lr: Callable[[int], float]
+    stage1_steps: int | None = None     # parts only: the steps of stage 1 (flow generators alone)
+
+
+# The modules a run exports as its model, in the order of _Recipe.train_modules.
+_EXPORTED = {"single": ("flow_net", "refiner"), "parts": ("model",)}
+
+
+def _run_modules(args, kind: str, resume: Path | None) -> tuple[dict[str, nn.Module], dict, dict]:
+    """``(modules, model_config, saved)``: from the checkpoint's config (resume, ``saved`` is that config), a
+    saved model (--init) or a preset / JSON."""
     init_modules: dict[str, nn.Module] = {}
     saved: dict = {}
     if resume is not None:
@@ -535,213 +550,246 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
     modules = build_modules(kind, model_config)
     for name, module in init_modules.items():
         modules[name].load_state_dict(module.state_dict())
-    model_config = {name: _module_config(m) for name, m in modules.items()}
-    main_net = modules["flow_net" if kind == "single" else "model"]
-    spec = InputSpec.for_model(main_net)
+    return modules, {name: _module_config(m) for name, m in modules.items()}, saved
 
-    # ---- data
-    dataset = _make_dataset(args, spec)
-    if len(dataset) < args.batch_size:
-        raise ValueError(f"--batch-size {args.batch_size}: the dataset has only {len(dataset)} example(s)")
-    sampler = EpochSampler(len(dataset), args.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=args.num_workers, pin_memory=torch.cuda.is_available())
 
-    # ---- optimisers, schedulers, losses
+def _scheduler_factory(args, accelerator) -> Callable:
+    """``(optimizer, steps) -> lr scheduler`` of --lr-scheduler (accelerate steps it once per process)."""
+    from diffusers.optimization import get_scheduler
+
     nproc = accelerator.num_processes
 
     def scheduler(opt, steps):
         return get_scheduler(args.lr_scheduler, opt, num_warmup_steps=args.lr_warmup_steps * nproc,
                              num_training_steps=max(1, steps) * nproc)
 
-    stage1_steps = None
-    if kind == "single":
-        from ..core.flow_models.losses import MultiScalePerceptualLoss
-        from ..core.flow_models.train_single import (SingleTrainConfig, SingleTransformModels,
-                                                     SingleTransformOptimizers, make_optimizers, train_step)
+    return scheduler
 
-        lr = args.lr if args.lr is not None else 1e-4
-        cfg_kwargs = dict(lr=lr, discriminator_lr=args.d_lr if args.d_lr is not None else lr,
-                          gan_mode=args.gan_mode, schedule=args.schedule, phase1_steps=args.phase1_steps)
-        if args.lambda1 is not None:
-            cfg_kwargs["lambda1"] = args.lambda1
-        if args.lambda2 is not None:
-            cfg_kwargs["lambda2"] = args.lambda2
-        config = SingleTrainConfig(**cfg_kwargs)
-        raw = SingleTransformModels(modules["flow_net"], modules["refiner"], modules["discriminator"])
-        opts = make_optimizers(raw, config)
-        scheds = [scheduler(opts.generator, args.max_steps), scheduler(opts.discriminator, args.max_steps)]
-        layers = _layers(args.perceptual_layers, ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"))
-        scales = tuple(float(s) for s in args.perceptual_scales.split(","))
-        perceptual = MultiScalePerceptualLoss(_Autocast(build_extractor(args, layers), accelerator), scales=scales,
-                                              layers=layers)
-        try:  # the training images' size: fail now, not at the first reconstruction step
-            perceptual.check_input_size(*spec.size)
-        except ValueError as exc:
-            raise ValueError(f"--perceptual-scales / --perceptual-layers: {exc}") from None
-        perceptual = _Float32(perceptual.to(accelerator.device), accelerator)
-        (flow_net, refiner, disc, opt_g, opt_d, sched_g, sched_d, loader) = accelerator.prepare(
-            modules["flow_net"], modules["refiner"], modules["discriminator"], opts.generator, opts.discriminator,
-            scheds[0], scheds[1], loader)
-        plain_forward(accelerator, flow_net, refiner, disc)
-        models = SingleTransformModels(flow_net, refiner, disc).train()
-        step_opts = SingleTransformOptimizers(_DeferredStep(opt_g), _DeferredStep(opt_d))
-        deferred = [step_opts.generator, step_opts.discriminator]
-        optimizers = [opt_g, opt_d]
-        train_modules = [flow_net, refiner, disc]
-        resumable = common.Resumable({"flow_net": flow_net, "refiner": refiner, "discriminator": disc},
-                                     {"generator": opt_g, "discriminator": opt_d},
-                                     {"generator": sched_g, "discriminator": sched_d})
-        columns = ["step", "task", "phase", "loss", "affine", "perceptual", "generative", "discriminator", "lr",
-                   "time"]
 
-        def one_step(batch, step):
-            gen = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
-            return train_step(models, step_opts, perceptual, batch, step, config, backward=accelerator.backward,
-                              generator=gen)
+def _single_recipe(args, accelerator, modules, spec, loader, scheduler) -> _Recipe:
+    """The single-transformation model: flow net + refiner against a discriminator (train_single's steps)."""
+    from ..core.flow_models.losses import MultiScalePerceptualLoss
+    from ..core.flow_models.train_single import (SingleTrainConfig, SingleTransformModels,
+                                                 SingleTransformOptimizers, make_optimizers, train_step)
 
-        def step_schedulers(step, logs):
-            sched_g.step()
-            if "discriminator" in logs[-1]:  # D steps only in task 2 with the generative loss on
-                sched_d.step()
+    lr = args.lr if args.lr is not None else 1e-4
+    cfg_kwargs = dict(lr=lr, discriminator_lr=args.d_lr if args.d_lr is not None else lr,
+                      gan_mode=args.gan_mode, schedule=args.schedule, phase1_steps=args.phase1_steps)
+    if args.lambda1 is not None:
+        cfg_kwargs["lambda1"] = args.lambda1
+    if args.lambda2 is not None:
+        cfg_kwargs["lambda2"] = args.lambda2
+    config = SingleTrainConfig(**cfg_kwargs)
+    raw = SingleTransformModels(modules["flow_net"], modules["refiner"], modules["discriminator"])
+    opts = make_optimizers(raw, config)
+    scheds = [scheduler(opts.generator, args.max_steps), scheduler(opts.discriminator, args.max_steps)]
+    layers = _layers(args.perceptual_layers, ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"))
+    scales = tuple(float(s) for s in args.perceptual_scales.split(","))
+    perceptual = MultiScalePerceptualLoss(_Autocast(build_extractor(args, layers), accelerator), scales=scales,
+                                          layers=layers)
+    try:  # the training images' size: fail now, not at the first reconstruction step
+        perceptual.check_input_size(*spec.size)
+    except ValueError as exc:
+        raise ValueError(f"--perceptual-scales / --perceptual-layers: {exc}") from None
+    perceptual = _Float32(perceptual.to(accelerator.device), accelerator)
+    (flow_net, refiner, disc, opt_g, opt_d, sched_g, sched_d, loader) = accelerator.prepare(
+        modules["flow_net"], modules["refiner"], modules["discriminator"], opts.generator, opts.discriminator,
+        scheds[0], scheds[1], loader)
+    plain_forward(accelerator, flow_net, refiner, disc)
+    models = SingleTransformModels(flow_net, refiner, disc).train()
+    step_opts = SingleTransformOptimizers(_DeferredStep(opt_g), _DeferredStep(opt_d))
 
-        def current_lr(step):
-            return float(opt_g.param_groups[0]["lr"])
+    def one_step(batch, step):
+        gen = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
+        return train_step(models, step_opts, perceptual, batch, step, config, backward=accelerator.backward,
+                          generator=gen)
+
+    def step_schedulers(step, logs):
+        sched_g.step()
+        if "discriminator" in logs[-1]:  # D steps only in task 2 with the generative loss on
+            sched_d.step()
+
+    def current_lr(step):
+        return float(opt_g.param_groups[0]["lr"])
+
+    return _Recipe(
+        loader=loader, train_modules=[flow_net, refiner, disc], optimizers=[opt_g, opt_d],
+        deferred=[step_opts.generator, step_opts.discriminator],
+        resumable=common.Resumable({"flow_net": flow_net, "refiner": refiner, "discriminator": disc},
+                                   {"generator": opt_g, "discriminator": opt_d},
+                                   {"generator": sched_g, "discriminator": sched_d}),
+        columns=["step", "task", "phase", "loss", "affine", "perceptual", "generative", "discriminator", "lr",
+                 "time"],
+        one_step=one_step, step_schedulers=step_schedulers, current_lr=current_lr)
+
+
+def _parts_recipe(args, accelerator, modules, loader, scheduler, saved: dict) -> _Recipe:
+    """The part-flow model: stage 1 trains the flow generators alone, stage 2 everything against a
+    discriminator (part_flow_losses' steps)."""
+    from ..core.flow_models.part_flow_losses import (CORRECTNESS_LAYERS, PERCEPTUAL_LAYERS, STYLE_LAYERS,
+                                                     make_optimizer, stage1_step, stage2_step)
+
+    lr = args.lr if args.lr is not None else 1e-3
+    d_lr = args.d_lr if args.d_lr is not None else lr
+    stage1_steps = args.stage1_steps  # given, else the resumed run's, else a third of the steps
+    if stage1_steps is None:
+        stage1_steps = saved.get("stage1_steps", args.max_steps // 3)
+    weights = _parse_weights(args.loss_weights)
+    corr = _layers(args.correctness_layers, CORRECTNESS_LAYERS)
+    perc = _layers(args.perceptual_layers, PERCEPTUAL_LAYERS)
+    sty = _layers(args.style_layers, STYLE_LAYERS)
+    extractor = build_extractor(args, corr + perc + sty).to(accelerator.device)
+    net, disc_raw = modules["model"], modules["discriminator"]
+    lr1 = args.stage1_lr if args.stage1_lr is not None else lr
+    opt1 = make_optimizer(net.flow_generator_parameters(), lr1)
+    opt_g_raw, opt_d_raw = make_optimizer(net.parameters(), lr), make_optimizer(disc_raw.parameters(), d_lr)
+    s1 = scheduler(opt1, stage1_steps)
+    s2g, s2d = scheduler(opt_g_raw, args.max_steps - stage1_steps), scheduler(opt_d_raw, args.max_steps -
+                                                                              stage1_steps)
+    (net_p, disc, opt1, opt_g, opt_d, s1, s2g, s2d, loader) = accelerator.prepare(
+        net, disc_raw, opt1, opt_g_raw, opt_d_raw, s1, s2g, s2d, loader)
+    plain_forward(accelerator, net_p, disc)
+    inner = accelerator.unwrap_model(net_p)
+    if accelerator.num_processes > 1:  # wrapped by hand: accelerate would save it as one more model
+        from torch.nn.parallel import DistributedDataParallel  # (checkpoints stay nproc-free)
+
+        ids = [accelerator.local_process_index] if accelerator.device.type == "cuda" else None
+        view = DistributedDataParallel(_FlowsView(inner), device_ids=ids, output_device=ids and ids[0],
+                                       find_unused_parameters=True)
+        stage1_model, stage2_model = _FlowsOnly(view, inner), _Inner(net_p, inner)
     else:
-        from ..core.flow_models.part_flow_losses import (CORRECTNESS_LAYERS, PERCEPTUAL_LAYERS, STYLE_LAYERS,
-                                                         make_optimizer, stage1_step, stage2_step)
+        stage1_model = stage2_model = inner
+    net_p.train()
+    disc.train()
+    d1, d2 = _DeferredStep(opt1), (_DeferredStep(opt_g), _DeferredStep(opt_d))
 
-        lr = args.lr if args.lr is not None else 1e-3
-        d_lr = args.d_lr if args.d_lr is not None else lr
-        stage1_steps = args.stage1_steps  # given, else the resumed run's, else a third of the steps
-        if stage1_steps is None:
-            stage1_steps = saved.get("stage1_steps", args.max_steps // 3)
-        weights = _parse_weights(args.loss_weights)
-        corr = _layers(args.correctness_layers, CORRECTNESS_LAYERS)
-        perc = _layers(args.perceptual_layers, PERCEPTUAL_LAYERS)
-        sty = _layers(args.style_layers, STYLE_LAYERS)
-        extractor = build_extractor(args, corr + perc + sty).to(accelerator.device)
-        net, disc_raw = modules["model"], modules["discriminator"]
-        lr1 = args.stage1_lr if args.stage1_lr is not None else lr
-        opt1 = make_optimizer(net.flow_generator_parameters(), lr1)
-        opt_g_raw, opt_d_raw = make_optimizer(net.parameters(), lr), make_optimizer(disc_raw.parameters(), d_lr)
-        s1 = scheduler(opt1, stage1_steps)
-        s2g, s2d = scheduler(opt_g_raw, args.max_steps - stage1_steps), scheduler(opt_d_raw, args.max_steps -
-                                                                                  stage1_steps)
-        (net_p, disc, opt1, opt_g, opt_d, s1, s2g, s2d, loader) = accelerator.prepare(
-            net, disc_raw, opt1, opt_g_raw, opt_d_raw, s1, s2g, s2d, loader)
-        plain_forward(accelerator, net_p, disc)
-        inner = accelerator.unwrap_model(net_p)
-        if nproc > 1:  # wrapped by hand: accelerate would save it as one more model (checkpoints stay nproc-free)
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [accelerator.local_process_index] if accelerator.device.type == "cuda" else None
-            view = DistributedDataParallel(_FlowsView(inner), device_ids=ids, output_device=ids and ids[0],
-                                           find_unused_parameters=True)
-            stage1_model, stage2_model = _FlowsOnly(view, inner), _Inner(net_p, inner)
-        else:
-            stage1_model = stage2_model = inner
-        net_p.train()
-        disc.train()
-        optimizers = [opt1, opt_g, opt_d]
-        train_modules = [net_p, disc]
-        resumable = common.Resumable({"model": net_p, "discriminator": disc},
-                                     {"stage1": opt1, "generator": opt_g, "discriminator": opt_d},
-                                     {"stage1": s1, "generator": s2g, "discriminator": s2d})
-        columns = (["step", "stage", "loss", "sam", "rec", "adv", "per", "sty", "d_loss"]
-                   + [f"sam_{n}" for n in inner.part_names] + ["lr", "time"])
-        d1, d2 = _DeferredStep(opt1), (_DeferredStep(opt_g), _DeferredStep(opt_d))
-        deferred = [d1, *d2]
-
-        def one_step(batch, step):
-            if step < stage1_steps:
-                log = stage1_step(stage1_model, batch, d1, extractor, backward=accelerator.backward, layers=corr)
-                log["stage"] = 1.0
-                return log
-            log = stage2_step(stage2_model, disc, batch, d2[0], d2[1], extractor, weights,
-                              backward=accelerator.backward, correctness_layers=corr, perceptual_layers=perc,
-                              style_layers=sty, adversarial=args.adversarial)
-            log["stage"] = 2.0
+    def one_step(batch, step):
+        if step < stage1_steps:
+            log = stage1_step(stage1_model, batch, d1, extractor, backward=accelerator.backward, layers=corr)
+            log["stage"] = 1.0
             return log
+        log = stage2_step(stage2_model, disc, batch, d2[0], d2[1], extractor, weights,
+                          backward=accelerator.backward, correctness_layers=corr, perceptual_layers=perc,
+                          style_layers=sty, adversarial=args.adversarial)
+        log["stage"] = 2.0
+        return log
 
-        def step_schedulers(step, logs):
-            if step < stage1_steps:
-                s1.step()
-            else:
-                s2g.step()
-                s2d.step()
+    def step_schedulers(step, logs):
+        if step < stage1_steps:
+            s1.step()
+        else:
+            s2g.step()
+            s2d.step()
 
-        def current_lr(step):
-            return float((opt1 if step < stage1_steps else opt_g).param_groups[0]["lr"])
+    def current_lr(step):
+        return float((opt1 if step < stage1_steps else opt_g).param_groups[0]["lr"])
+
+    return _Recipe(
+        loader=loader, train_modules=[net_p, disc], optimizers=[opt1, opt_g, opt_d], deferred=[d1, *d2],
+        resumable=common.Resumable({"model": net_p, "discriminator": disc},
+                                   {"stage1": opt1, "generator": opt_g, "discriminator": opt_d},
+                                   {"stage1": s1, "generator": s2g, "discriminator": s2d}),
+        columns=(["step", "stage", "loss", "sam", "rec", "adv", "per", "sty", "d_loss"]
+                 + [f"sam_{n}" for n in inner.part_names] + ["lr", "time"]),
+        one_step=one_step, step_schedulers=step_schedulers, current_lr=current_lr, stage1_steps=stage1_steps)
+
+
+def _batches(accelerator, loader, dataset, consumed: int):
+    """The training batches, endless, from ``consumed`` batches in (a resume skips what its run had used)."""
+    per_epoch = len(loader)
+    epoch, offset = divmod(consumed, per_epoch)
+    while True:
+        dl = accelerator.skip_first_batches(loader, offset) if offset else loader
+        dl.set_epoch(epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        yield from dl
+        epoch, offset = epoch + 1, 0
+
+
+def _run_step(args, accelerator, recipe: _Recipe, stream, step: int, t0: float) -> dict:
+    """One optimisation step over --gradient-accumulation-steps micro-batches; returns its log record."""
+    logs = []
+    for _ in range(args.gradient_accumulation_steps):
+        batch = next(stream)
+        with accelerator.accumulate(*recipe.train_modules), accelerator.autocast():
+            logs.append(recipe.one_step(batch, step))
+            _step_due(accelerator, recipe.deferred)
+    for opt in recipe.optimizers:
+        opt.optimizer.zero_grad(set_to_none=True)
+    recipe.step_schedulers(step, logs)
+    record = {"step": step + 1, **_mean_logs(logs, accelerator), "lr": recipe.current_lr(step),
+              "time": round(time.perf_counter() - t0, 3)}
+    for key in ("task", "phase", "stage"):
+        if key in record:
+            record[key] = int(record[key])
+    if accelerator.scaler is not None:  # fp16: the loss scale after this step (it halves on a skipped step)
+        record["loss_scale"] = float(accelerator.scaler.get_scale())
+    return record
+
+
+def _train(args, accelerator, out: Path, kind: str) -> dict:
+    from accelerate.utils import set_seed
+
+    from .datasets import InputSpec
+
+    resume = common.start_run(accelerator, args, out, PROG)
+    set_seed(args.seed)
+    modules, model_config, saved = _run_modules(args, kind, resume)
+    spec = InputSpec.for_model(modules["flow_net" if kind == "single" else "model"])
+    dataset = _make_dataset(args, spec)
+    if len(dataset) < args.batch_size:
+        raise ValueError(f"--batch-size {args.batch_size}: the dataset has only {len(dataset)} example(s)")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
+                                         sampler=EpochSampler(len(dataset), args.seed), drop_last=True,
+                                         num_workers=args.num_workers, pin_memory=torch.cuda.is_available())
+    scheduler = _scheduler_factory(args, accelerator)
+    if kind == "single":
+        recipe = _single_recipe(args, accelerator, modules, spec, loader, scheduler)
+    else:
+        recipe = _parts_recipe(args, accelerator, modules, loader, scheduler, saved)
 
     if accelerator.is_main_process:
-        print(f"[train-flow] {kind}: {len(dataset)} examples, {nproc} process(es) on {accelerator.device.type}, "
-              f"mixed precision {accelerator.mixed_precision}, {args.batch_size} x {args.gradient_accumulation_steps} "
-              f"(accumulation) x {nproc} examples per step", flush=True)
+        print(f"[train-flow] {kind}: {len(dataset)} examples, {accelerator.num_processes} process(es) on "
+              f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}, {args.batch_size} x "
+              f"{args.gradient_accumulation_steps} (accumulation) x {accelerator.num_processes} examples per step",
+              flush=True)
+    columns = recipe.columns
     if accelerator.scaler is not None:
         columns.insert(columns.index("lr"), "loss_scale")
     state = common.StepCounter()
-    resumable.data = {"examples": len(dataset), "seed": args.seed}
+    recipe.resumable.data = {"examples": len(dataset), "seed": args.seed}
     if resume is not None:
-        state.step = common.load_checkpoint(accelerator, resume, resumable, PROG)
+        state.step = common.load_checkpoint(accelerator, resume, recipe.resumable, PROG)
         if accelerator.is_main_process:
             print(f"[train-flow] resumed from {resume} at step {state.step}")
 
+    def exported_modules() -> dict[str, nn.Module]:
+        return {n: accelerator.unwrap_model(m) for n, m in zip(_EXPORTED[kind], recipe.train_modules)}
+
     def export(folder: Path, step: int) -> None:
-        if not accelerator.is_main_process:
-            return
-        mods = {n: accelerator.unwrap_model(m) for n, m in
-                zip(("flow_net", "refiner") if kind == "single" else ("model",), train_modules)}
-        info = {"step": step, "model_config": args.model_config, "dataset": args.dataset}
-        export_model(kind, mods, folder, info)
+        if accelerator.is_main_process:
+            info = {"step": step, "model_config": args.model_config, "dataset": args.dataset}
+            export_model(kind, exported_modules(), folder, info)
 
     def save_checkpoint(step: int) -> Path:
-        config = {"kind": kind, "step": step, "model_config": model_config, "stage1_steps": stage1_steps,
+        config = {"kind": kind, "step": step, "model_config": model_config, "stage1_steps": recipe.stage1_steps,
                   "args": common.cli_args(args)}
         return common.save_checkpoint(accelerator, out, step, config, lambda folder: export(folder / MODEL_DIR, step),
-                                      resumable, args.checkpoints_total_limit)
+                                      recipe.resumable, args.checkpoints_total_limit)
 
     if args.log_with:
         accelerator.init_trackers("posetransfer_flow", config={k: v for k, v in vars(args).items()
                                                               if isinstance(v, (int, float, str, bool))})
     logger = _Logger(out, columns, args.log_every, accelerator, state.step)
-    accum = args.gradient_accumulation_steps
-    per_epoch = len(loader)
-    if per_epoch == 0:
+    if len(recipe.loader) == 0:
         raise ValueError(f"--batch-size {args.batch_size}: no full batch per process")
-
-    def batches(consumed: int):
-        epoch, offset = divmod(consumed, per_epoch)
-        while True:
-            dl = accelerator.skip_first_batches(loader, offset) if offset else loader
-            dl.set_epoch(epoch)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            yield from dl
-            epoch, offset = epoch + 1, 0
-
-    stream = batches(state.step * accum)
+    stream = _batches(accelerator, recipe.loader, dataset, state.step * args.gradient_accumulation_steps)
     history = []
     t0 = time.perf_counter()
     while state.step < args.max_steps:
-        step = state.step
-        logs = []
-        for _ in range(accum):
-            batch = next(stream)
-            with accelerator.accumulate(*train_modules), accelerator.autocast():
-                logs.append(one_step(batch, step))
-                _step_due(accelerator, deferred)
-        for opt in optimizers:
-            opt.optimizer.zero_grad(set_to_none=True)
-        step_schedulers(step, logs)
-        state.step = step + 1
-        record = {"step": state.step, **_mean_logs(logs, accelerator), "lr": current_lr(step),
-                  "time": round(time.perf_counter() - t0, 3)}
-        for key in ("task", "phase", "stage"):
-            if key in record:
-                record[key] = int(record[key])
-        if accelerator.scaler is not None:  # fp16: the loss scale after this step (it halves on a skipped step)
-            record["loss_scale"] = float(accelerator.scaler.get_scale())
+        record = _run_step(args, accelerator, recipe, stream, state.step, t0)
+        state.step = record["step"]
         history.append(record)
         logger.log(record)
         if args.log_with:
@@ -754,9 +802,7 @@ def _train(args, accelerator, out: Path, kind: str, get_scheduler, set_seed, Inp
     model_dir = out / MODEL_DIR
     export(model_dir, state.step)
     if args.single_file and accelerator.is_main_process:
-        mods = {n: accelerator.unwrap_model(m) for n, m in
-                zip(("flow_net", "refiner") if kind == "single" else ("model",), train_modules)}
-        save_model_file(kind, mods, out / SINGLE_FILE, {"step": state.step})
+        save_model_file(kind, exported_modules(), out / SINGLE_FILE, {"step": state.step})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         print(f"[train-flow] step {state.step}: model in {model_dir}")

@@ -208,194 +208,240 @@ def train(args: argparse.Namespace) -> dict:
 def _train(args, accelerator, out: Path) -> dict:
     from accelerate.utils import set_seed
 
-    from ..core.repose import (RePoseTrainConfig, VaeCodec, draw_training_noise, make_ema, make_optimizer,
-                               repose_noise_scheduler, training_loss)
-    from ..core.repose.model_files import save_repose_model
-
     resume = common.start_run(accelerator, args, out, PROG)
     set_seed(args.seed)
-    saved_config = None
-    if resume is not None:
-        saved_config = common.read_train_config(resume, KIND)["model_config"]
-    denoiser, pose_align = _build_models(args, saved_config)
-    model_config = {"denoiser": _module_config(denoiser), "pose_align": _module_config(pose_align)}
-    device = accelerator.device
-    codec = VaeCodec(_load_vae(args.vae, args.vae_config).to(device))
+    run = _Run(args, accelerator, out, resume)
+    state = run.state
     h, w = args.resolution
-    if h % (2 * codec.factor) or w % (2 * codec.factor):
-        raise ValueError(f"--resolution {h}x{w}: both sides must be multiples of {2 * codec.factor} (the VAE "
-                         f"factor x 2, for the UNet's downsampling)")
-    guidance = _load_guidance(args)
-    if guidance is not None:
-        guidance.estimator.to(device)
-
-    dataset = _make_dataset(args, RePoseInputSpec((h, w), args.fit))
-    if len(dataset) < args.batch_size:
-        raise ValueError(f"--batch-size {args.batch_size}: the dataset has only {len(dataset)} example(s)")
-    sampler = EpochSampler(len(dataset), args.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=args.num_workers)
-    config = RePoseTrainConfig(learning_rate=args.lr, cond_drop_prob=args.cond_drop_prob,
-                               vlb_weight=args.vlb_weight, ema_decay=args.ema_decay,
-                               max_grad_norm=args.max_grad_norm or None)
-    optimizer = make_optimizer([denoiser, pose_align], config)
-    den_p, pa_p, optimizer = accelerator.prepare(denoiser, pose_align, optimizer)
-    common.plain_forward(accelerator, den_p, pa_p)
-    raw_den, raw_pa = accelerator.unwrap_model(den_p), accelerator.unwrap_model(pa_p)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    ema = make_ema([raw_den, raw_pa], config.ema_decay)
-    state = common.StepCounter()
-    resumable = common.Resumable({"denoiser": den_p, "pose_align": pa_p}, {"optimizer": optimizer},
-                                 extras={"ema": ema}, data={"examples": len(dataset), "seed": args.seed})
-    if resume is not None:
-        state.step = common.load_checkpoint(accelerator, resume, resumable, PROG)
-    ema.to(device)  # also the shadow weights a resume loaded on the CPU
-    if resume is not None:
-        if accelerator.is_main_process:
-            print(f"[{PROG}] resumed from {resume} at step {state.step}", flush=True)
-    scheduler = repose_noise_scheduler()
-    per_epoch = len(loader)
-
-    def to_batch(raw: dict) -> dict:
-        with torch.no_grad():
-            src = raw["source_image"].to(device) * 2 - 1
-            tgt = raw["target_image"].to(device) * 2 - 1
-            pose = raw["target_pose_image"].to(device)
-            batch = {"target_latents": codec.encode(tgt), "pose_latents": codec.encode(pose * 2 - 1),
-                     "source_image": src, "target_pose_image": pose}
-        return batch
-
-    def encode(x):
-        return codec.encode(x)
-
-    def step_loss(batch, timesteps, noise, drop) -> dict:
-        with accelerator.autocast():
-            return training_loss(den_p, batch, scheduler=scheduler, pose_align=pa_p, encode=encode, config=config,
-                                 pose_guidance=guidance, decode=codec.decode, timesteps=timesteps, noise=noise,
-                                 drop=drop)
-
-    def batches(consumed: int):
-        epoch, offset = divmod(consumed, per_epoch)
-        while True:
-            sampler.set_epoch(epoch)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            for i, raw in enumerate(loader):
-                if i >= offset:
-                    yield raw
-            epoch, offset = epoch + 1, 0
-
-    # The probe: the first batch of epoch 0 at fixed timesteps / noise, no null condition.
-    sampler.set_epoch(0)
-    probe_batch = to_batch(next(iter(loader)))
-    pg = torch.Generator().manual_seed(args.seed + 12345)
-    bsz = probe_batch["target_latents"].shape[0]
-    probe_t = torch.linspace(20, 980, bsz).long().to(device)
-    probe_noise = torch.randn(probe_batch["target_latents"].shape, generator=pg).to(device)
-
-    def probe() -> float:
-        den_p.eval()
-        pa_p.eval()
-        with torch.no_grad():
-            value = float(step_loss(probe_batch, probe_t, probe_noise,
-                                    torch.zeros(bsz, dtype=torch.bool, device=device))["loss"])
-        den_p.train()
-        pa_p.train()
-        return value
-
-    def log(record: dict) -> None:
-        if accelerator.is_main_process:
-            common.append_jsonl(out / LOG_JSONL, record)
-
-    def truncate_log(step: int) -> None:
-        if accelerator.is_main_process:
-            common.truncate_jsonl(out / LOG_JSONL, step)
-
-    def export(folder: Path) -> None:
-        if not accelerator.is_main_process:
-            return
-        ema.store(params)
-        ema.copy_to(params)
-        try:
-            info = {"step": state.step, "ema": True, "resolution": [h, w], "dataset": args.dataset}
-            if guidance is not None:  # eq 15 in the loss: the model expects the same guidance at sampling
-                info["trained_with_pose_guidance"] = {"scale": args.guidance_scale,
-                                                      "threshold": args.guidance_threshold,
-                                                      "estimator": str(args.pose_guidance)}
-            save_repose_model(folder, raw_den, raw_pa, info)
-        finally:
-            ema.restore(params)
-
-    probes = {}
-
-    def save_checkpoint() -> Path:
-        probes[state.step] = value = probe()
-        config = {"kind": KIND, "step": state.step, "model_config": model_config, "args": common.cli_args(args)}
-        path = common.save_checkpoint(accelerator, out, state.step, config, lambda folder: export(folder / MODEL_DIR),
-                                      resumable, args.checkpoints_total_limit)
-        log({"step": state.step, "probe_loss": value})
-        return path
-
-    truncate_log(state.step)
+    run.truncate_log()
     if state.step == 0:
-        probes[0] = probe()
-        log({"step": 0, "probe_loss": probes[0]})
+        run.probes[0] = run.probe()
+        run.log({"step": 0, "probe_loss": run.probes[0]})
     if accelerator.is_main_process:
-        print(f"[{PROG}] {len(dataset)} examples, {accelerator.num_processes} process(es) on {device.type}, "
-              f"{h}x{w}, batch {args.batch_size} x {args.gradient_accumulation_steps} (accumulation), mixed precision "
-              f"{accelerator.mixed_precision}, guidance {'on' if guidance is not None else 'off'}", flush=True)
-    accum = args.gradient_accumulation_steps
-    stream = batches(state.step * accum)
+        print(f"[{PROG}] {len(run.dataset)} examples, {accelerator.num_processes} process(es) on "
+              f"{accelerator.device.type}, {h}x{w}, batch {args.batch_size} x {args.gradient_accumulation_steps} "
+              f"(accumulation), mixed precision {accelerator.mixed_precision}, guidance "
+              f"{'on' if run.guidance is not None else 'off'}", flush=True)
+    stream = run.batches(state.step * args.gradient_accumulation_steps)
     history = []
     t0 = time.perf_counter()
     while state.step < args.max_steps:
-        gen = torch.Generator().manual_seed((args.seed * 1_000_003 + state.step) * 64 + accelerator.process_index)
-        parts = []
-        for k in range(accum):
-            batch = to_batch(next(stream))
-            y0 = batch["target_latents"]
-            b = y0.shape[0]
-            if k == 0:  # the draws of the whole step, sliced per micro-batch: accumulation = one big batch
-                draws = draw_training_noise(b * accum, (b * accum, *y0.shape[1:]), scheduler, config.cond_drop_prob,
-                                            gen, y0.dtype, device)
-            t, noise, drop = (d[k * b:(k + 1) * b] for d in draws)
-            with accelerator.accumulate(den_p, pa_p):
-                losses = step_loss(batch, t, noise, drop)
-                accelerator.backward(losses["loss"])  # divided by accum, scaled under fp16
-                if accelerator.sync_gradients and config.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, config.max_grad_norm)  # unscales first under fp16
-                optimizer.step()  # a no-op until the last micro-batch; skipped on fp16 overflow
-                optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients and not optimizer.step_was_skipped:
-                    ema.step(params)
-            parts.append([float(losses[key].detach()) for key in ("loss", "mse", "vlb")])
-        state.step += 1
-        values = torch.tensor(parts, dtype=torch.float64, device=device).mean(0)
-        if accelerator.num_processes > 1:
-            values = accelerator.reduce(values, reduction="mean")
-        record = {"step": state.step, "loss": float(values[0]), "mse": float(values[1]), "vlb": float(values[2]),
-                  "lr": float(optimizer.param_groups[0]["lr"]), "time": round(time.perf_counter() - t0, 3)}
-        if accelerator.scaler is not None:  # fp16: the loss scale after this step (it halves on a skipped step)
-            record["loss_scale"] = float(accelerator.scaler.get_scale())
-        if not all(math.isfinite(record[k]) for k in ("loss", "mse", "vlb")):
-            raise FloatingPointError(f"step {state.step}: non-finite loss {record}")
+        record = run.train_step(stream, t0)
         history.append(record)
-        log(record)
+        run.log(record)
         if accelerator.is_main_process and (state.step % max(1, args.log_every) == 0 or state.step == 1):
             print(f"[{PROG}] step {state.step} loss={record['loss']:.4g} mse={record['mse']:.4g} "
                   f"vlb={record['vlb']:.4g}", flush=True)
         if args.checkpoint_every and state.step % args.checkpoint_every == 0 and state.step < args.max_steps:
-            save_checkpoint()
+            run.save_checkpoint()
     if common.needs_final_checkpoint(out, state.step):
-        save_checkpoint()
-    elif state.step not in probes:
-        probes[state.step] = probe()
-    export(out / MODEL_DIR)
+        run.save_checkpoint()
+    elif state.step not in run.probes:
+        run.probes[state.step] = run.probe()
+    run.export(out / MODEL_DIR)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         print(f"[{PROG}] step {state.step}: model in {out / MODEL_DIR}", flush=True)
-    return {"step": state.step, "history": history, "probe": probes, "output_dir": str(out),
+    return {"step": state.step, "history": history, "probe": run.probes, "output_dir": str(out),
             "model_dir": str(out / MODEL_DIR)}
+
+
+class _Run:
+    """One training run: the models prepared by accelerate, the data, the EMA and the probe, and the steps
+    on them (built in the order the seeded run draws its random numbers)."""
+
+    def __init__(self, args, accelerator, out: Path, resume: Path | None):
+        self.args, self.accelerator, self.out = args, accelerator, out
+        self._build_models(resume)
+        self._build_data()
+        self._build_training(resume)
+        self._build_probe()
+
+    # ---- construction
+    def _build_models(self, resume: Path | None) -> None:
+        from ..core.repose import VaeCodec
+
+        args, device = self.args, self.accelerator.device
+        saved_config = None
+        if resume is not None:
+            saved_config = common.read_train_config(resume, KIND)["model_config"]
+        self.denoiser, self.pose_align = _build_models(args, saved_config)
+        self.model_config = {"denoiser": _module_config(self.denoiser),
+                             "pose_align": _module_config(self.pose_align)}
+        self.codec = VaeCodec(_load_vae(args.vae, args.vae_config).to(device))
+        h, w = args.resolution
+        factor = self.codec.factor
+        if h % (2 * factor) or w % (2 * factor):
+            raise ValueError(f"--resolution {h}x{w}: both sides must be multiples of {2 * factor} (the VAE "
+                             f"factor x 2, for the UNet's downsampling)")
+        self.guidance = _load_guidance(args)
+        if self.guidance is not None:
+            self.guidance.estimator.to(device)
+
+    def _build_data(self) -> None:
+        args = self.args
+        h, w = args.resolution
+        self.dataset = _make_dataset(args, RePoseInputSpec((h, w), args.fit))
+        if len(self.dataset) < args.batch_size:
+            raise ValueError(f"--batch-size {args.batch_size}: the dataset has only {len(self.dataset)} example(s)")
+        self.sampler = EpochSampler(len(self.dataset), args.seed)
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=args.batch_size, sampler=self.sampler,
+                                                  drop_last=True, num_workers=args.num_workers)
+
+    def _build_training(self, resume: Path | None) -> None:
+        from ..core.repose import RePoseTrainConfig, make_ema, make_optimizer, repose_noise_scheduler
+
+        args, accelerator = self.args, self.accelerator
+        self.config = RePoseTrainConfig(learning_rate=args.lr, cond_drop_prob=args.cond_drop_prob,
+                                        vlb_weight=args.vlb_weight, ema_decay=args.ema_decay,
+                                        max_grad_norm=args.max_grad_norm or None)
+        optimizer = make_optimizer([self.denoiser, self.pose_align], self.config)
+        self.den_p, self.pa_p, self.optimizer = accelerator.prepare(self.denoiser, self.pose_align, optimizer)
+        common.plain_forward(accelerator, self.den_p, self.pa_p)
+        self.raw_den, self.raw_pa = accelerator.unwrap_model(self.den_p), accelerator.unwrap_model(self.pa_p)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.ema = make_ema([self.raw_den, self.raw_pa], self.config.ema_decay)
+        self.state = common.StepCounter()
+        self.resumable = common.Resumable({"denoiser": self.den_p, "pose_align": self.pa_p},
+                                          {"optimizer": self.optimizer}, extras={"ema": self.ema},
+                                          data={"examples": len(self.dataset), "seed": args.seed})
+        if resume is not None:
+            self.state.step = common.load_checkpoint(accelerator, resume, self.resumable, PROG)
+        self.ema.to(accelerator.device)  # also the shadow weights a resume loaded on the CPU
+        if resume is not None and accelerator.is_main_process:
+            print(f"[{PROG}] resumed from {resume} at step {self.state.step}", flush=True)
+        self.scheduler = repose_noise_scheduler()
+        self.probes: dict[int, float] = {}
+
+    def _build_probe(self) -> None:
+        """The probe: the first batch of epoch 0 at fixed timesteps / noise, no null condition."""
+        device = self.accelerator.device
+        self.sampler.set_epoch(0)
+        self.probe_batch = self.to_batch(next(iter(self.loader)))
+        pg = torch.Generator().manual_seed(self.args.seed + 12345)
+        shape = self.probe_batch["target_latents"].shape
+        self.probe_t = torch.linspace(20, 980, shape[0]).long().to(device)
+        self.probe_noise = torch.randn(shape, generator=pg).to(device)
+
+    # ---- data and losses
+    def to_batch(self, raw: dict) -> dict:
+        device, codec = self.accelerator.device, self.codec
+        with torch.no_grad():
+            src = raw["source_image"].to(device) * 2 - 1
+            tgt = raw["target_image"].to(device) * 2 - 1
+            pose = raw["target_pose_image"].to(device)
+            return {"target_latents": codec.encode(tgt), "pose_latents": codec.encode(pose * 2 - 1),
+                    "source_image": src, "target_pose_image": pose}
+
+    def batches(self, consumed: int):
+        """The training batches, endless, from ``consumed`` batches in (a resume skips what its run had used)."""
+        epoch, offset = divmod(consumed, len(self.loader))
+        while True:
+            self.sampler.set_epoch(epoch)
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            for i, raw in enumerate(self.loader):
+                if i >= offset:
+                    yield raw
+            epoch, offset = epoch + 1, 0
+
+    def step_loss(self, batch, timesteps, noise, drop) -> dict:
+        from ..core.repose import training_loss
+
+        with self.accelerator.autocast():
+            return training_loss(self.den_p, batch, scheduler=self.scheduler, pose_align=self.pa_p,
+                                 encode=self.codec.encode, config=self.config, pose_guidance=self.guidance,
+                                 decode=self.codec.decode, timesteps=timesteps, noise=noise, drop=drop)
+
+    def probe(self) -> float:
+        self.den_p.eval()
+        self.pa_p.eval()
+        with torch.no_grad():
+            drop = torch.zeros(len(self.probe_t), dtype=torch.bool, device=self.accelerator.device)
+            value = float(self.step_loss(self.probe_batch, self.probe_t, self.probe_noise, drop)["loss"])
+        self.den_p.train()
+        self.pa_p.train()
+        return value
+
+    def train_step(self, stream, t0: float) -> dict:
+        """One optimisation step over --gradient-accumulation-steps micro-batches; returns its log record."""
+        from ..core.repose import draw_training_noise
+
+        args, accelerator, config = self.args, self.accelerator, self.config
+        accum, device = args.gradient_accumulation_steps, accelerator.device
+        gen = torch.Generator().manual_seed((args.seed * 1_000_003 + self.state.step) * 64
+                                            + accelerator.process_index)
+        parts = []
+        for k in range(accum):
+            batch = self.to_batch(next(stream))
+            y0 = batch["target_latents"]
+            b = y0.shape[0]
+            if k == 0:  # the draws of the whole step, sliced per micro-batch: accumulation = one big batch
+                draws = draw_training_noise(b * accum, (b * accum, *y0.shape[1:]), self.scheduler,
+                                            config.cond_drop_prob, gen, y0.dtype, device)
+            t, noise, drop = (d[k * b:(k + 1) * b] for d in draws)
+            with accelerator.accumulate(self.den_p, self.pa_p):
+                losses = self.step_loss(batch, t, noise, drop)
+                accelerator.backward(losses["loss"])  # divided by accum, scaled under fp16
+                if accelerator.sync_gradients and config.max_grad_norm:
+                    accelerator.clip_grad_norm_(self.params, config.max_grad_norm)  # unscales first under fp16
+                self.optimizer.step()  # a no-op until the last micro-batch; skipped on fp16 overflow
+                self.optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients and not self.optimizer.step_was_skipped:
+                    self.ema.step(self.params)
+            parts.append([float(losses[key].detach()) for key in ("loss", "mse", "vlb")])
+        self.state.step += 1
+        values = torch.tensor(parts, dtype=torch.float64, device=device).mean(0)
+        if accelerator.num_processes > 1:
+            values = accelerator.reduce(values, reduction="mean")
+        record = {"step": self.state.step, "loss": float(values[0]), "mse": float(values[1]),
+                  "vlb": float(values[2]), "lr": float(self.optimizer.param_groups[0]["lr"]),
+                  "time": round(time.perf_counter() - t0, 3)}
+        if accelerator.scaler is not None:  # fp16: the loss scale after this step (it halves on a skipped step)
+            record["loss_scale"] = float(accelerator.scaler.get_scale())
+        if not all(math.isfinite(record[k]) for k in ("loss", "mse", "vlb")):
+            raise FloatingPointError(f"step {self.state.step}: non-finite loss {record}")
+        return record
+
+    # ---- logs, model and checkpoints
+    def log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            common.append_jsonl(self.out / LOG_JSONL, record)
+
+    def truncate_log(self) -> None:
+        if self.accelerator.is_main_process:
+            common.truncate_jsonl(self.out / LOG_JSONL, self.state.step)
+
+    def export(self, folder: Path) -> None:
+        """The EMA weights as a model folder (main process only)."""
+        from ..core.repose.model_files import save_repose_model
+
+        if not self.accelerator.is_main_process:
+            return
+        args = self.args
+        h, w = args.resolution
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            info = {"step": self.state.step, "ema": True, "resolution": [h, w], "dataset": args.dataset}
+            if self.guidance is not None:  # eq 15 in the loss: the model expects the same guidance at sampling
+                info["trained_with_pose_guidance"] = {"scale": args.guidance_scale,
+                                                      "threshold": args.guidance_threshold,
+                                                      "estimator": str(args.pose_guidance)}
+            save_repose_model(folder, self.raw_den, self.raw_pa, info)
+        finally:
+            self.ema.restore(self.params)
+
+    def save_checkpoint(self) -> Path:
+        step = self.state.step
+        self.probes[step] = value = self.probe()
+        config = {"kind": KIND, "step": step, "model_config": self.model_config,
+                  "args": common.cli_args(self.args)}
+        path = common.save_checkpoint(self.accelerator, self.out, step, config,
+                                      lambda folder: self.export(folder / MODEL_DIR), self.resumable,
+                                      self.args.checkpoints_total_limit)
+        self.log({"step": step, "probe_loss": value})
+        return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..keypoints import Person, Pose
+from ..keypoints import JOINT_INDEX, LIMBS, Person, Pose
 from ..pose_inputs import place_pose as _scale_pose
 from ..pose_io import read_gfla_annotations, read_openpose_json, read_pairs_csv
 from . import metrics as M
@@ -49,11 +49,11 @@ SUMMARY_NAME = "summary.json"
 FID_REF_STATS_NAME = "fid_reference_statistics.npz"
 PAIR_SEPARATORS = ("_to_", "_2_")
 
-# GFLA's produce_ma_mask limbs (0-based COCO-18): the drawn skeleton plus shoulder-ear, hip-hip, hip-shoulder
-# and ear-ear links, so the torso and head fill in.
-MASK_LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12),
-              (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17), (1, 16), (1, 17), (8, 11), (11, 5),
-              (8, 2), (16, 17))
+# GFLA's produce_ma_mask limbs: the drawn skeleton plus neck-ear, hip-hip, hip-shoulder and ear-ear links, so
+# the torso and head fill in.
+MASK_LIMBS = LIMBS + tuple((JOINT_INDEX[a], JOINT_INDEX[b]) for a, b in (
+    ("neck", "right_ear"), ("neck", "left_ear"), ("right_hip", "left_hip"), ("left_hip", "left_shoulder"),
+    ("right_hip", "right_shoulder"), ("right_ear", "left_ear")))
 
 
 ProgressFn = Callable[[str, int, int], None]
@@ -384,13 +384,7 @@ def evaluate(pred_dir: str, gt_dir: str, *, pairs: str | None = None, profile: s
     a folder of images or an ``.npz`` with ``mu``/``sigma`` (the papers used the TRAINING images); without it
     the ground-truth images are the reference, and the summary says so.
     """
-    prof = get_profile(profile)
-    if size is not None:
-        if not (isinstance(size, (tuple, list)) and len(size) == 2):
-            raise ValueError(f"size: expected (width, height), got {size!r}")
-        prof = prof.with_size(int(size[0]), int(size[1]))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    prof = _checked_profile(profile, size, batch_size)
     if detector is not None and annotations is None and target_poses is None:
         raise ValueError("detector: pose accuracy needs the target poses; pass --annotations CSV or "
                          "--target-poses DIR")
@@ -409,156 +403,35 @@ def evaluate(pred_dir: str, gt_dir: str, *, pairs: str | None = None, profile: s
     if fid and fid_model is None:
         from .inception import load_inception
         fid_model = load_inception(fid_weights, device)
-    if lpips:
-        lpips_model = lpips_model.to(device).eval()
-    if fid:
-        fid_model = fid_model.to(device).eval()
+    lpips_model = lpips_model.to(device).eval() if lpips else None
+    fid_model = fid_model.to(device).eval() if fid else None
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
 
     report, close_progress = _progress(progress)
-    ssim_kw = prof.ssim_kwargs()
-    masked = masks_dir is not None or targets is not None
-
-    @torch.no_grad()
-    def run_lpips(payloads):
-        a = _chw([p[0] for p in payloads]).to(device)
-        b = _chw([p[1] for p in payloads]).to(device)
-        return [float(v) for v in lpips_model(a, b).double().cpu()]
-
-    lpips_b = _Batcher(run_lpips, batch_size)
-    lpips_mb = _Batcher(run_lpips, batch_size)
-    fid_pending: list[np.ndarray] = []
-    fid_feats: list[np.ndarray] = []
-
-    def flush_fid():
-        if fid_pending:
-            fid_feats.append(compute_features(fid_pending, fid_model, batch_size, device))
-            fid_pending.clear()
-
-    rows: list[dict] = []
-    pose_results = []
-
-    def ssim_of(gt_rec, pred_rec, mask=None):
-        g, p = prof.ssim_image(gt_rec), prof.ssim_image(pred_rec)
-        if mask is not None:
-            g = g * mask[:, :, None].astype(g.dtype)
-            p = p * mask[:, :, None].astype(p.dtype)
-        rng = p.max() - p.min()
-        return M.structural_similarity(g, p, data_range=rng if rng > 0 else p.dtype.type(1), **ssim_kw)
-
+    scorer = _Scorer(prof, pred_dir, batch_size, device, lpips_model, fid_model, masks_dir, targets, detector,
+                     pck_alpha)
     try:
+        rows = []
         for idx, item in enumerate(items):
-            raw_gt = read_raw(item.gt)
-            gt_rec = prof.rec_image(raw_gt)
-            chosen, cand_ssims = 0, []
-            if len(item.preds) > 1:
-                for path in item.preds:
-                    raw_c = read_raw(path)
-                    rec = prof.rec_image(raw_c)
-                    _check_same(rec, gt_rec, path, item.gt, prof)
-                    cand_ssims.append(ssim_of(gt_rec, rec) if prof.best_of_selection == "profile"
-                                      else pcdms_selection_ssim(raw_gt, raw_c))
-                chosen = int(np.argmax(cand_ssims))
-            pred_path = item.preds[chosen]
-            raw_pred = read_raw(pred_path)
-            pred_rec = prof.rec_image(raw_pred)
-            _check_same(pred_rec, gt_rec, pred_path, item.gt, prof)
-            row: dict[str, Any] = {"pred": os.path.relpath(pred_path, pred_dir), "gt": os.path.basename(item.gt),
-                                   "source": item.source}
-            row["ssim"] = cand_ssims[chosen] if cand_ssims and prof.best_of_selection == "profile" \
-                else ssim_of(gt_rec, pred_rec)
-            row["psnr"] = M.psnr(gt_rec, pred_rec, data_range=1)
-            row["l1"] = M.l1(gt_rec, pred_rec)
-            row["mae"] = M.mae_ratio(gt_rec, pred_rec)
-
-            target = None
-            if targets is not None:
-                target = targets.get(item.gt, raw_gt.shape[:2])
-            mask_gt = None
-            if masked:
-                if masks_dir is not None:
-                    mpath = _find_mask(masks_dir, item.gt)
-                    mask_gt = _read_mask(mpath, raw_gt.shape[:2])
-                else:
-                    mask_gt = pose_mask(_scale_pose(target, raw_gt.shape[:2]), raw_gt.shape[:2])
-                m_rec = _resize_mask(mask_gt, gt_rec.shape[:2])
-                row["masked_ssim"] = ssim_of(gt_rec, pred_rec, m_rec)
-                row["masked_psnr"] = M.masked_psnr(gt_rec, pred_rec, m_rec, data_range=1)
-                row["masked_l1"] = M.masked_l1(gt_rec, pred_rec, m_rec)
-
-            if lpips:
-                lg, lp = prof.lpips_image(raw_gt), prof.lpips_image(raw_pred)
-                _check_same(lp, lg, pred_path, item.gt, prof, "LPIPS")
-                lpips_b.add(idx, (lp, lg), lp.shape)
-                if mask_gt is not None:
-                    if not prof.masked_lpips_resized:  # PIDM's calculate_mask_lpips: the images as stored
-                        lg, lp = prof.lpips_image(raw_gt, resize=False), prof.lpips_image(raw_pred, resize=False)
-                        _check_same(lp, lg, pred_path, item.gt, prof, "masked LPIPS")
-                    ml = _resize_mask(mask_gt, lg.shape[:2]).astype(np.float32)[:, :, None]
-                    lpips_mb.add(idx, (lp * ml, lg * ml), lp.shape)
-            if fid:
-                fid_pending.append(prof.fid_image(raw_pred))
-                if len(fid_pending) >= batch_size:
-                    flush_fid()
-
-            if detector is not None:
-                pred01 = raw_pred / np.float32(255.0)
-                found = detect_pose(detector, pred01, row["pred"])
-                acc = pose_accuracy(found, target, image_size=raw_pred.shape[:2], alpha=pck_alpha)
-                pose_results.append(acc)
-                row.update({"pck": acc.pck, "pck_correct": acc.correct, "pck_total": acc.total,
-                            "keypoint_error_px": acc.mean_error_px, "keypoint_error_norm": acc.mean_error_norm})
-            if cand_ssims:
-                row["best_of_index"] = chosen
-                row["best_of_ssims"] = " ".join(f"{v:.6f}" for v in cand_ssims)
-            rows.append(row)
+            rows.append(scorer.score(idx, item))
             if report:
                 report("score", idx + 1, len(items))
-        lpips_b.flush()
-        lpips_mb.flush()
-        if fid:
-            flush_fid()
-
-        n = len(rows)
-        summary_metrics: dict[str, Any] = {
-            "ssim": _mean(r["ssim"] for r in rows), "psnr": _mean(r["psnr"] for r in rows),
-            "l1": _mean(r["l1"] for r in rows), "mae": _mean(r["mae"] for r in rows)}
-        notes: list[str] = []
-        if any(math.isinf(r["psnr"]) for r in rows):
-            notes.append("some pairs are identical (PSNR = inf); the mean PSNR is inf and written as null")
-        if masked:
-            for k in ("masked_ssim", "masked_psnr", "masked_l1"):
-                summary_metrics[k] = _mean(r[k] for r in rows)
-            notes.append("masked metrics: " + ("masks from --masks" if masks_dir else
-                                               "GFLA-style pose masks drawn from the target poses"))
-        lpips_info = None
-        if lpips:
-            k = used_count(n, prof.lpips_batch)
-            for i, r in enumerate(rows):
-                r["lpips"] = lpips_b.results[i]
-                r["lpips_counted"] = int(i < k)
-                if lpips_mb.results:
-                    r["masked_lpips"] = lpips_mb.results[i]
-            summary_metrics["lpips"] = _mean(r["lpips"] for r in rows[:k])
-            summary_metrics["lpips_all_images"] = _mean(r["lpips"] for r in rows)
-            if lpips_mb.results:
-                summary_metrics["masked_lpips"] = _mean(r["masked_lpips"] for r in rows[:k])
-            lpips_info = {"images_used": k, "batch": prof.lpips_batch,
-                          "rule": "mean over full batches only, in file-name order (the paper's loop)"}
+        scorer.flush()
+        summary_metrics, notes, lpips_info = scorer.summarize(rows)
         fid_info = None
         if fid:
-            value, fid_info = _fid(np.concatenate(fid_feats), fid_model, prof, items, fid_ref, out_dir, batch_size,
-                                   device, report)
+            value, fid_info = _fid(np.concatenate(scorer.fid_feats), fid_model, prof, items, fid_ref, out_dir,
+                                   batch_size, device, report)
             # against the test ground truth (no --fid-ref) the number is not the papers' FID: another name
             summary_metrics["fid" if fid_ref is not None else "fid_vs_test_gt"] = value
-        if pose_results:
-            summary_metrics.update({f"pose_{k}": v for k, v in summarize(pose_results).items()})
+        if scorer.pose_results:
+            summary_metrics.update({f"pose_{k}": v for k, v in summarize(scorer.pose_results).items()})
             notes.append(f"pose accuracy: PCK@{pck_alpha} of max(bbox w, h) of the target joints, detector "
                          f"{type(detector).__name__}")
         summary = {
             "profile": prof.to_dict(), "pred_dir": os.path.abspath(pred_dir), "gt_dir": os.path.abspath(gt_dir),
-            "pairs": os.path.abspath(pairs) if pairs else None, "count": n,
+            "pairs": os.path.abspath(pairs) if pairs else None, "count": len(rows),
             "best_of": None if best_of is None else {
                 "n": best_of, "selected_by": BEST_OF_SELECTIONS[prof.best_of_selection] + " (as PCDMs' test "
                                              "scripts keep the best of 4 samples)",
@@ -574,6 +447,163 @@ def evaluate(pred_dir: str, gt_dir: str, *, pairs: str | None = None, profile: s
             f.write("\n")
     summary["rows"] = rows
     return summary
+
+
+def _checked_profile(profile: str | Profile, size, batch_size) -> Profile:
+    """The profile, resized to ``size=(width, height)`` when given; ValueError for a bad size or batch size."""
+    prof = get_profile(profile)
+    if size is not None:
+        if not (isinstance(size, (tuple, list)) and len(size) == 2):
+            raise ValueError(f"size: expected (width, height), got {size!r}")
+        prof = prof.with_size(int(size[0]), int(size[1]))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    return prof
+
+
+class _Scorer:
+    """The per-image scores of one evaluation: SSIM/PSNR/L1/MAE at once, LPIPS and the FID features in batches
+    (``flush`` runs what is left), pose accuracy when there is a detector; ``summarize`` averages the rows."""
+
+    def __init__(self, prof: Profile, pred_dir: str, batch_size: int, device, lpips_model, fid_model,
+                 masks_dir: str | None, targets: TargetPoses | None, detector, pck_alpha: float):
+        self.prof, self.pred_dir, self.batch_size, self.device = prof, pred_dir, batch_size, device
+        self.lpips_model, self.fid_model = lpips_model, fid_model   # None: that metric is off
+        self.masks_dir, self.targets, self.detector, self.pck_alpha = masks_dir, targets, detector, pck_alpha
+        self.masked = masks_dir is not None or targets is not None
+        self.ssim_kw = prof.ssim_kwargs()
+        self.lpips_b = _Batcher(self._run_lpips, batch_size)
+        self.lpips_mb = _Batcher(self._run_lpips, batch_size)
+        self.fid_pending: list[np.ndarray] = []
+        self.fid_feats: list[np.ndarray] = []
+        self.pose_results = []
+
+    @torch.no_grad()
+    def _run_lpips(self, payloads):
+        a = _chw([p[0] for p in payloads]).to(self.device)
+        b = _chw([p[1] for p in payloads]).to(self.device)
+        return [float(v) for v in self.lpips_model(a, b).double().cpu()]
+
+    def _flush_fid(self) -> None:
+        if self.fid_pending:
+            self.fid_feats.append(compute_features(self.fid_pending, self.fid_model, self.batch_size, self.device))
+            self.fid_pending.clear()
+
+    def flush(self) -> None:
+        self.lpips_b.flush()
+        self.lpips_mb.flush()
+        if self.fid_model is not None:
+            self._flush_fid()
+
+    def _ssim(self, gt_rec, pred_rec, mask=None):
+        g, p = self.prof.ssim_image(gt_rec), self.prof.ssim_image(pred_rec)
+        if mask is not None:
+            g = g * mask[:, :, None].astype(g.dtype)
+            p = p * mask[:, :, None].astype(p.dtype)
+        rng = p.max() - p.min()
+        return M.structural_similarity(g, p, data_range=rng if rng > 0 else p.dtype.type(1), **self.ssim_kw)
+
+    def _choose(self, item: Item, raw_gt, gt_rec) -> tuple[int, list[float]]:
+        """Best of N: the index of the prediction kept and the selection SSIM of each (``[]`` for one)."""
+        prof, cand_ssims = self.prof, []
+        if len(item.preds) <= 1:
+            return 0, cand_ssims
+        for path in item.preds:
+            raw_c = read_raw(path)
+            rec = prof.rec_image(raw_c)
+            _check_same(rec, gt_rec, path, item.gt, prof)
+            cand_ssims.append(self._ssim(gt_rec, rec) if prof.best_of_selection == "profile"
+                              else pcdms_selection_ssim(raw_gt, raw_c))
+        return int(np.argmax(cand_ssims)), cand_ssims
+
+    def score(self, idx: int, item: Item) -> dict:
+        """The row of one pair (LPIPS and FID are queued, ``summarize`` adds LPIPS to the rows)."""
+        prof = self.prof
+        raw_gt = read_raw(item.gt)
+        gt_rec = prof.rec_image(raw_gt)
+        chosen, cand_ssims = self._choose(item, raw_gt, gt_rec)
+        pred_path = item.preds[chosen]
+        raw_pred = read_raw(pred_path)
+        pred_rec = prof.rec_image(raw_pred)
+        _check_same(pred_rec, gt_rec, pred_path, item.gt, prof)
+        row: dict[str, Any] = {"pred": os.path.relpath(pred_path, self.pred_dir), "gt": os.path.basename(item.gt),
+                               "source": item.source}
+        row["ssim"] = cand_ssims[chosen] if cand_ssims and prof.best_of_selection == "profile" \
+            else self._ssim(gt_rec, pred_rec)
+        row["psnr"] = M.psnr(gt_rec, pred_rec, data_range=1)
+        row["l1"] = M.l1(gt_rec, pred_rec)
+        row["mae"] = M.mae_ratio(gt_rec, pred_rec)
+
+        target = None if self.targets is None else self.targets.get(item.gt, raw_gt.shape[:2])
+        mask_gt = None
+        if self.masked:
+            if self.masks_dir is not None:
+                mask_gt = _read_mask(_find_mask(self.masks_dir, item.gt), raw_gt.shape[:2])
+            else:
+                mask_gt = pose_mask(_scale_pose(target, raw_gt.shape[:2]), raw_gt.shape[:2])
+            m_rec = _resize_mask(mask_gt, gt_rec.shape[:2])
+            row["masked_ssim"] = self._ssim(gt_rec, pred_rec, m_rec)
+            row["masked_psnr"] = M.masked_psnr(gt_rec, pred_rec, m_rec, data_range=1)
+            row["masked_l1"] = M.masked_l1(gt_rec, pred_rec, m_rec)
+        if self.lpips_model is not None:
+            self._queue_lpips(idx, item, pred_path, raw_gt, raw_pred, mask_gt)
+        if self.fid_model is not None:
+            self.fid_pending.append(prof.fid_image(raw_pred))
+            if len(self.fid_pending) >= self.batch_size:
+                self._flush_fid()
+        if self.detector is not None:
+            found = detect_pose(self.detector, raw_pred / np.float32(255.0), row["pred"])
+            acc = pose_accuracy(found, target, image_size=raw_pred.shape[:2], alpha=self.pck_alpha)
+            self.pose_results.append(acc)
+            row.update({"pck": acc.pck, "pck_correct": acc.correct, "pck_total": acc.total,
+                        "keypoint_error_px": acc.mean_error_px, "keypoint_error_norm": acc.mean_error_norm})
+        if cand_ssims:
+            row["best_of_index"] = chosen
+            row["best_of_ssims"] = " ".join(f"{v:.6f}" for v in cand_ssims)
+        return row
+
+    def _queue_lpips(self, idx: int, item: Item, pred_path: str, raw_gt, raw_pred, mask_gt) -> None:
+        prof = self.prof
+        lg, lp = prof.lpips_image(raw_gt), prof.lpips_image(raw_pred)
+        _check_same(lp, lg, pred_path, item.gt, prof, "LPIPS")
+        self.lpips_b.add(idx, (lp, lg), lp.shape)
+        if mask_gt is not None:
+            if not prof.masked_lpips_resized:  # PIDM's calculate_mask_lpips: the images as stored
+                lg, lp = prof.lpips_image(raw_gt, resize=False), prof.lpips_image(raw_pred, resize=False)
+                _check_same(lp, lg, pred_path, item.gt, prof, "masked LPIPS")
+            ml = _resize_mask(mask_gt, lg.shape[:2]).astype(np.float32)[:, :, None]
+            self.lpips_mb.add(idx, (lp * ml, lg * ml), lp.shape)
+
+    def summarize(self, rows: list[dict]) -> tuple[dict[str, Any], list[str], dict | None]:
+        """``(metrics, notes, lpips_info)`` of the scored rows (FID and pose accuracy are the caller's); the
+        rows get their LPIPS values."""
+        summary_metrics: dict[str, Any] = {
+            "ssim": _mean(r["ssim"] for r in rows), "psnr": _mean(r["psnr"] for r in rows),
+            "l1": _mean(r["l1"] for r in rows), "mae": _mean(r["mae"] for r in rows)}
+        notes: list[str] = []
+        if any(math.isinf(r["psnr"]) for r in rows):
+            notes.append("some pairs are identical (PSNR = inf); the mean PSNR is inf and written as null")
+        if self.masked:
+            for k in ("masked_ssim", "masked_psnr", "masked_l1"):
+                summary_metrics[k] = _mean(r[k] for r in rows)
+            notes.append("masked metrics: " + ("masks from --masks" if self.masks_dir else
+                                               "GFLA-style pose masks drawn from the target poses"))
+        if self.lpips_model is None:
+            return summary_metrics, notes, None
+        k = used_count(len(rows), self.prof.lpips_batch)
+        masked_lpips = self.lpips_mb.results
+        for i, r in enumerate(rows):
+            r["lpips"] = self.lpips_b.results[i]
+            r["lpips_counted"] = int(i < k)
+            if masked_lpips:
+                r["masked_lpips"] = masked_lpips[i]
+        summary_metrics["lpips"] = _mean(r["lpips"] for r in rows[:k])
+        summary_metrics["lpips_all_images"] = _mean(r["lpips"] for r in rows)
+        if masked_lpips:
+            summary_metrics["masked_lpips"] = _mean(r["masked_lpips"] for r in rows[:k])
+        lpips_info = {"images_used": k, "batch": self.prof.lpips_batch,
+                      "rule": "mean over full batches only, in file-name order (the paper's loop)"}
+        return summary_metrics, notes, lpips_info
 
 
 def _check_same(a: np.ndarray, b: np.ndarray, pred: str, gt: str, prof: Profile, metric: str = "SSIM/PSNR/L1"):

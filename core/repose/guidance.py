@@ -66,9 +66,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..keypoints import Pose
+from ..keypoints import COCO17_FROM_COCO18, Pose
 from ..render import render_heatmaps
-from .pose_estimator import COCO17_FROM_OPENPOSE18, PoseEstimate, PoseEstimator, as_pose_estimator
+from .pose_estimator import PoseEstimate, PoseEstimator, as_pose_estimator
 
 __all__ = ["PoseGuidance", "PoseTarget", "tweedie_x0", "guided_eps", "pose_heatmaps_coco17", "percent_timestep_range"]
 
@@ -111,7 +111,7 @@ def percent_timestep_range(start_percent: float, end_percent: float,
 def pose_heatmaps_coco17(pose: Pose, sigma: float = 2.0, person: int = 0,
                          size: tuple[int, int] | None = None) -> torch.Tensor:
     """Gaussian heatmaps of one person in COCO-17 order, ``(1, 17, H, W)`` (``size`` resizes the canvas)."""
-    hm = render_heatmaps(pose, sigma=sigma, person=person)[list(COCO17_FROM_OPENPOSE18)]
+    hm = render_heatmaps(pose, sigma=sigma, person=person)[list(COCO17_FROM_COCO18)]
     t = torch.from_numpy(np.ascontiguousarray(hm))[None]
     if size is not None and tuple(size) != tuple(t.shape[-2:]):
         t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)

@@ -40,14 +40,11 @@ import torch.nn.functional as F
 __all__ = [
     "PoseEstimate", "PoseEstimator", "ModulePoseEstimator", "TinyPoseEstimator", "as_pose_estimator",
     "HigherHRNet", "HigherHRNetEstimator", "load_higher_hrnet", "HIGHER_HRNET_W32_CONFIG",
-    "HIGHER_HRNET_W48_CONFIG", "IMAGENET_MEAN", "IMAGENET_STD", "COCO17_FROM_OPENPOSE18",
+    "HIGHER_HRNET_W48_CONFIG", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# COCO-17 joint j is OpenPose-18 joint COCO17_FROM_OPENPOSE18[j] (the project's keypoints are OpenPose-18).
-COCO17_FROM_OPENPOSE18 = (0, 15, 14, 17, 16, 5, 2, 6, 3, 7, 4, 11, 8, 12, 9, 13, 10)
 
 
 class PoseEstimate(NamedTuple):
