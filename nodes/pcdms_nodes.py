@@ -18,12 +18,12 @@ import torch
 from ..core.pcdms import KINDS, load_pcdms
 from ..core.pcdms import transfer as pcdms
 from ..core.pcdms.image_layout import LAYOUT_MODES
-from ..core.schedulers import SCHEDULER_CHOICES, canonical_scheduler_name
 from . import bridge
 from .adapters import (GUIDANCE_TYPE, ComfyDinoV2Encoder, ComfyVaeCodec, ComfyVisionEncoder, PoseGuidanceFactory,
-                       comfy_latent_codec, pose_keypoints)
-from .checks import IMAGE_NOTE, float_in, image, int_in
+                       comfy_latent_codec)
+from .checks import IMAGE_NOTE, float_in, image, int_in, poses
 from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
+from .sampler_inputs import scheduler_input, scheduler_name, seed_input
 
 CATEGORY = "posetransfer/pcdms"
 MODEL_TYPE = "PCDMS_MODEL"
@@ -34,7 +34,6 @@ KIND_CHOICES = ("auto",) + tuple(KINDS)
 DINO_OUTPUTS = ("last_hidden_state", "penultimate_hidden_states")
 _WEIGHT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
 _PCDMS_CLASSES = {spec.cls.__name__ for spec in KINDS.values()}
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 log = logging.getLogger(__name__)
 _CACHE = LoadCache(3)  # (path stamp, kind, dtype) -> PCDMsModel
@@ -285,27 +284,18 @@ def _settings(steps, cfg, layout, resolution, min_steps: int = 1) -> tuple[int, 
             int_in(resolution, "resolution", 64, 2048, multiple=8))
 
 
-def _scheduler(name: str) -> str:
-    """The widget value checked (the shared vocabulary, older names accepted: core.schedulers)."""
-    if name != "default":
-        canonical_scheduler_name(name)
-    return name
-
-
 def _common_inputs(default_steps: int, default_cfg: float, scheduler: bool = True, layout: bool = True) -> dict:
     inputs = {
-        "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED,
-                         "tooltip": "Random seed (a CPU generator: the same seed gives the same result anywhere)."}),
+        "seed": seed_input(),
         "steps": ("INT", {"default": default_steps, "min": 1, "max": 1000,
                           "tooltip": "Denoising steps (official: 20; 50 for the simplified model)."}),
         "cfg": ("FLOAT", {"default": default_cfg, "min": 0.0, "max": 30.0, "step": 0.1,
                           "tooltip": "Classifier-free guidance scale; 1 or less turns guidance off."}),
     }
     if scheduler:
-        inputs["scheduler"] = (list(SCHEDULER_CHOICES), {
-            "default": "default",
-            "tooltip": "default: the official one (uni_pc_bh2 for inpaint / refine, ddim for the simplified model). "
-                       "The same names as ComfyUI's samplers and RePose Sampler."})
+        inputs["scheduler"] = scheduler_input(
+            "default", "default: the official one (uni_pc_bh2 for inpaint / refine, ddim for the simplified model). "
+                       "The same names as ComfyUI's samplers and RePose Sampler.")
     if layout:
         inputs["layout"] = (list(LAYOUT_MODES), {
             "default": "pad",
@@ -352,7 +342,8 @@ class PoseTransferPriorEmbed:
         steps, cfg, layout, resolution = _settings(steps, cfg, layout, resolution, min_steps=2)
         clip = _encoder(pcdms_encoders, "clip", "the prior").keeping(_keep(pm, None))
         image = _images(source_image, "source_image")
-        sources, targets = pose_keypoints(source_pose, "source_pose"), pose_keypoints(target_pose, "target_pose")
+        sources = poses(source_pose, "source_pose", person=True)
+        targets = poses(target_pose, "target_pose", person=True)
         with _run(pm, steps) as callback:
             embeddings = pcdms.prior_embed(pm.model, clip, image, sources, targets, steps=steps, cfg=cfg, seed=seed,
                                            layout=layout, resolution=resolution, callback=callback)
@@ -401,7 +392,8 @@ class PoseTransferPCDMsInpaint:
         keep = _keep(pm, guidance)
         dino = _encoder(pcdms_encoders, "dino", "PCDMs Inpaint").keeping(keep)
         image = _images(source_image, "source_image")
-        sources, targets = pose_keypoints(source_pose, "source_pose"), pose_keypoints(target_pose, "target_pose")
+        sources = poses(source_pose, "source_pose", person=True)
+        targets = poses(target_pose, "target_pose", person=True)
         embedding, clip = None, None
         if pm.kind == "simplified":
             if prior_embed is not None:
@@ -419,7 +411,7 @@ class PoseTransferPCDMsInpaint:
         with _run(pm, steps, guidance, guide) as callback:
             out = pcdms.inpaint(pm.model, comfy_latent_codec(vae, keep), dino, image, sources, targets,
                                 target_embedding=embedding, clip=clip, steps=steps, cfg=cfg,
-                                scheduler=_scheduler(scheduler), seed=seed, layout=layout, resolution=resolution,
+                                scheduler=scheduler_name(scheduler), seed=seed, layout=layout, resolution=resolution,
                                 callback=callback, **guide)
         return (out.images.float().clamp(0, 1).cpu(),)
 
@@ -459,7 +451,7 @@ class PoseTransferPCDMsRefine:
         guide = _guidance_kwargs(guidance, vae, keep)
         with _run(pm, steps, guidance, guide) as callback:
             out = pcdms.refine(pm.model, comfy_latent_codec(vae, keep), dino, coarse, source, steps=steps, cfg=cfg,
-                               scheduler=_scheduler(scheduler), seed=seed, layout=layout, resolution=resolution,
+                               scheduler=scheduler_name(scheduler), seed=seed, layout=layout, resolution=resolution,
                                callback=callback, **guide)
         return (out.images.float().clamp(0, 1).cpu(),)
 

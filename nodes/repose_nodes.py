@@ -23,11 +23,11 @@ from ..core.repose.model_files import MARKER, load_repose_model
 from ..core.repose.pose_align import PoseAlign
 from ..core.repose.pose_estimator import load_pose_estimator
 from ..core.repose.transfer import GUIDANCE_TARGETS, AlignedSource
-from ..core.schedulers import SCHEDULER_CHOICES, canonical_scheduler_name
 from . import bridge
-from .adapters import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory, pose_keypoints
-from .checks import IMAGE_NOTE, float_in, image, int_in
+from .adapters import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory
+from .checks import IMAGE_NOTE, float_in, image, int_in, poses
 from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
+from .sampler_inputs import scheduler_input, scheduler_name, seed_input
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ FEATURES_TYPE = "REPOSE_FEATURES"
 NO_MODEL = "(none)"
 MASK_FROM = ("generated", "target", "union")
 ESTIMATOR_EXTS = (".pth", ".pt")
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 _CACHE = LoadCache(4)  # (kind, path stamp, options) -> loaded object
 
@@ -161,11 +160,11 @@ class PoseTransferPoseAlign:
         model = _require_model(repose_model)
         resolution, iterations = int_in(resolution, "resolution", 16, 2048), int_in(iterations, "iterations", 0, 20)
         codec = ComfyVaeCodec(vae, keep=(model.managed_pose_align,))
-        poses = pose_keypoints(target_pose, "target_pose")
+        targets = poses(target_pose, "target_pose", person=True)
         source = image(source_image, "source_image")
         bridge.check_interrupt()
         with bridge.on_device(model.managed_pose_align) as device, torch.no_grad():
-            feats = repose.align(model.pose_align, codec, source, poses, resolution=resolution,
+            feats = repose.align(model.pose_align, codec, source, targets, resolution=resolution,
                                  iterations=iterations or None, device=device)
         preview = repose.to_canvas((feats.aligned.warped_image + 1) / 2, feats.canvas)
         return (feats, preview)
@@ -278,19 +277,16 @@ class PoseTransferRePoseSampler:
             "repose_features": (FEATURES_TYPE, {"tooltip": "The RePose PoseAlign output for this target pose."}),
             "vae": ("VAE", {"tooltip": "The VAE the model was trained with (the same one PoseAlign used)."}),
             "target_pose": ("POSE_KEYPOINT", {"tooltip": "The target pose(s), as given to PoseAlign."}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED,
-                             "tooltip": "Random seed (a CPU generator: the same seed gives the same result "
-                                        "anywhere)."}),
+            "seed": seed_input(),
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
                               "tooltip": "Denoising steps (DDPM with learned variance needs more than DDIM / "
                                          "DPM++ / UniPC)."}),
             "w_c": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 30.0, "step": 0.1,
                               "tooltip": "Classifier-free guidance scale w_c of eq 16 (1 turns it off)."}),
-            "scheduler": (list(SCHEDULER_CHOICES), {
-                "default": "ddpm",
-                "tooltip": "ddpm (= default): ancestral with the learned variance (as trained). ddim / dpmpp_2m / "
-                           "euler / uni_pc / uni_pc_bh2: faster samplers on the same noise schedule (ComfyUI's "
-                           "names; the same list as the PCDMs nodes)."}),
+            "scheduler": scheduler_input(
+                "ddpm", "ddpm (= default): ancestral with the learned variance (as trained). ddim / dpmpp_2m / "
+                        "euler / uni_pc / uni_pc_bh2: faster samplers on the same noise schedule (ComfyUI's names; "
+                        "the same list as the PCDMs nodes)."),
         }, "optional": {
             "guidance": (GUIDANCE_TYPE, {"tooltip": "Optional pose gradient guidance (RePose PoseGuidance)."}),
         }}
@@ -312,10 +308,9 @@ class PoseTransferRePoseSampler:
                         "prediction expects that guidance; sampling %s", model.name or "the model",
                         trained.get("scale"), f"with scale {guidance.scale}" if guided else "without it")
         estimator = guidance.managed if guided else None
-        if scheduler != "default":
-            canonical_scheduler_name(scheduler)
+        scheduler = scheduler_name(scheduler)
         codec = ComfyVaeCodec(vae, keep=(model.managed_denoiser, estimator))
-        poses = pose_keypoints(target_pose, "target_pose")
+        targets = poses(target_pose, "target_pose", person=True)
         bar = bridge.ProgressBar(int(steps))
         previewer = bridge.latent_previewer()
 
@@ -330,9 +325,9 @@ class PoseTransferRePoseSampler:
             pose_guidance = None
             if guided:
                 bridge.make_plain(estimator.module)  # ComfyUI may have offloaded it under inference mode
-                pose_guidance = guidance.make(target=repose.keypoint_target(poses, feats.size)
+                pose_guidance = guidance.make(target=repose.keypoint_target(targets, feats.size)
                                               if guidance.target == "keypoints" else None)
-            images = repose.sample(model.denoiser, codec, feats, poses, seed=int(seed), steps=steps, w_c=w_c,
+            images = repose.sample(model.denoiser, codec, feats, targets, seed=int(seed), steps=steps, w_c=w_c,
                                    scheduler=scheduler, pose_guidance=pose_guidance,
                                    guidance_decode_scale=guidance.decode_scale if guided else 1.0, callback=callback,
                                    features_what="repose_features")
