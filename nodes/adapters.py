@@ -120,10 +120,6 @@ class ComfyDinoV2Encoder(ComfyVisionEncoder):
         self.patch_size = int(projection.kernel_size[0]) if projection is not None else 14
 
     @torch.no_grad()
-    def encode(self, images) -> torch.Tensor:
-        return self.encode_pixels(clip_preprocess(torch.as_tensor(images)[..., :3].float().cpu()))
-
-    @torch.no_grad()
     def encode_pixels(self, pixel_values) -> torch.Tensor:
         if bridge.comfy_available():  # the DINOv2 resident (ComfyUI's loader), our models kept loaded beside it
             bridge.load_models(*self.keep, comfy_objects=(self.clip_vision,))
