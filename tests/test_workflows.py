@@ -426,10 +426,15 @@ def _run_with_scheduler(api, classes, value) -> dict[str, torch.Tensor]:
 def test_former_scheduler_names_still_run(stem, classes):
     """Each former name passes the widget check and gives exactly what its new name gives; another scheduler gives
     another image (so the comparison can fail)."""
-    from posetransfer.core.schedulers import FORMER_SCHEDULER_NAMES
+    from posetransfer.core.schedulers import FORMER_SCHEDULER_NAMES, SCHEDULER_CHOICES
 
     assert set(FORMER_SCHEDULERS) == set(FORMER_SCHEDULER_NAMES)
     api = comfy_doubles.apply_overrides(load(API_DIR / f"{stem}_api.json"))
+    for entry in api.values():  # ComfyUI's names first, the former ones last, said so in the tooltip
+        kind, options = input_specs(classes[entry["class_type"]]).get("scheduler", (None, {}))
+        if entry["class_type"].startswith("PoseTransfer") and kind is not None:
+            assert kind == [*SCHEDULER_CHOICES, *FORMER_SCHEDULER_NAMES]
+            assert all(f"{former} (= {name})" in options["tooltip"] for former, name in FORMER_SCHEDULERS.items())
     for former, name in FORMER_SCHEDULERS.items():
         old, new = _run_with_scheduler(api, classes, former), _run_with_scheduler(api, classes, name)
         assert old and old.keys() == new.keys()
