@@ -21,14 +21,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["SCHEDULER_NAMES", "SCHEDULER_ALIASES", "SCHEDULER_CHOICES", "canonical_scheduler_name",
-           "resolve_scheduler_name", "make_scheduler"]
+__all__ = ["SCHEDULER_NAMES", "SCHEDULER_ALIASES", "SCHEDULER_CHOICES", "FORMER_SCHEDULER_NAMES",
+           "canonical_scheduler_name", "resolve_scheduler_name", "make_scheduler"]
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpmpp_2m", "euler", "uni_pc", "uni_pc_bh2")
 SCHEDULER_ALIASES = {"unipc": "uni_pc_bh2", "dpmsolver++": "dpmpp_2m", "dpm++": "dpmpp_2m", "dpmsolver": "dpmpp_2m",
                      "dpmpp": "dpmpp_2m", "dpm++_2m": "dpmpp_2m"}
 # what a node / the command line offers: the method's own default first
 SCHEDULER_CHOICES = ("default",) + SCHEDULER_NAMES
+# The names the PCDMs / RePose samplers offered before the shared vocabulary (each an alias above): saved settings
+# hold them -- ComfyUI checks a saved workflow's widget values against the node's list -- so the nodes still offer
+# them, after SCHEDULER_CHOICES.
+FORMER_SCHEDULER_NAMES = ("unipc", "dpmsolver++")
 
 
 def canonical_scheduler_name(name: str) -> str:

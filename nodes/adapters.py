@@ -1,7 +1,7 @@
 """ComfyUI objects as the core's interfaces, for the PCDMs and RePose nodes: CLIP_VISION models as image encoders
 (CLIP ViT-H and DINOv2 with the official PCDMs input), a VAE as the PCDMs latent codec and as RePose's codec (with a
-differentiable decoder for pose guidance), POSE_KEYPOINT as core :class:`~..core.keypoints.Pose` lists, and the
-GUIDANCE object (a pose estimator that makes :class:`~..core.repose.guidance.PoseGuidance`).
+differentiable decoder for pose guidance), and the GUIDANCE object (a pose estimator that makes
+:class:`~..core.repose.guidance.PoseGuidance`).
 
 Everything here adapts; the methods themselves are in ``core`` (:mod:`..core.pcdms.transfer`,
 :mod:`..core.repose.transfer`). Calls into ComfyUI go through :mod:`.bridge`.
@@ -15,29 +15,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..core.keypoints import Pose
 from ..core.pcdms.encoders import (CLIP_CROP_SIZE, CLIP_MEAN, CLIP_STD, CallableLatentCodec, MomentsLatentCodec,
                                    clip_preprocess, interpolate_dinov2_position_embeddings)
-from ..core.pose_io import load_pose_keypoint
 from ..core.repose.guidance import PoseGuidance
 from ..core.repose.sampler import VaeCodec, diffusers_upsampler_conv, fused_upsamplers, is_plain_conv3x3
 from . import bridge
-from .checks import with_person
 
-__all__ = ["GUIDANCE_TYPE", "SCALING_FACTOR", "pose_keypoints", "ComfyVisionEncoder", "ComfyDinoV2Encoder",
+__all__ = ["GUIDANCE_TYPE", "SCALING_FACTOR", "ComfyVisionEncoder", "ComfyDinoV2Encoder",
            "comfy_latent_codec", "ComfyVaeCodec", "PoseGuidanceFactory"]
 
 GUIDANCE_TYPE = "GUIDANCE"
 SCALING_FACTOR = 0.18215  # the SD VAE's latent scale, which the PCDMs and RePose models are trained with
-
-
-def pose_keypoints(data, what: str, person: bool = True) -> list[Pose]:
-    """A POSE_KEYPOINT (one frame or a list) -> a non-empty list of :class:`Pose` (pixels); with ``person``, every
-    frame must hold a first person."""
-    poses = load_pose_keypoint(data, what=what)
-    if not poses:
-        raise ValueError(f"{what}: expected at least one frame, got an empty list")
-    return with_person(poses, what) if person else poses
 
 
 # ------------------------------------------------------------------------------------------- encoders
@@ -130,10 +118,6 @@ class ComfyDinoV2Encoder(ComfyVisionEncoder):
         self.model = model
         projection = getattr(model.embeddings.patch_embeddings, "projection", None)
         self.patch_size = int(projection.kernel_size[0]) if projection is not None else 14
-
-    @torch.no_grad()
-    def encode(self, images) -> torch.Tensor:
-        return self.encode_pixels(clip_preprocess(torch.as_tensor(images)[..., :3].float().cpu()))
 
     @torch.no_grad()
     def encode_pixels(self, pixel_values) -> torch.Tensor:

@@ -18,13 +18,15 @@ def image(tensor, what: str) -> torch.Tensor:
     return torch.from_numpy(tensor_to_images(tensor, what))
 
 
-def poses(data, what: str) -> list:
-    """A POSE_KEYPOINT input -> list of Pose (pixels); ValueError naming ``what`` when it is empty or malformed
-    (canvas beyond the size limit, joints far off the canvas: :func:`..core.pose_io.load_pose_keypoint`)."""
+def poses(data, what: str, person: bool = False) -> list:
+    """A POSE_KEYPOINT input (one frame or a list) -> a non-empty list of Pose (pixels); ValueError naming ``what``
+    when it is empty or malformed (canvas beyond the size limit, joints far off the canvas:
+    :func:`..core.pose_io.load_pose_keypoint`). With ``person``, every frame must hold a first person
+    (:func:`with_person`)."""
     frames = load_pose_keypoint(data, what=what)
     if not frames:
         raise ValueError(f"{what}: expected at least one frame, got an empty list")
-    return frames
+    return with_person(frames, what) if person else frames
 
 
 def with_person(poses: list, what: str, index: int = 0, index_name: str | None = None) -> list:

@@ -11,16 +11,12 @@ from __future__ import annotations
 import os
 import posixpath
 
-import torch
-
 from ..core.flow_models.model_files import FILE_KEY, KINDS, MARKER, load_flow_model
 from . import bridge
-from .loaded_models import LoadCache, file_stamp
+from .loaded_models import LoadCache, chosen_kind, chosen_model, config_class, kind_input, model_input
 from .flowwarp_nodes import FLOW_MODEL_TYPE
 
 CATEGORY = "posetransfer/warp"
-NO_MODEL = "(none)"
-KIND_CHOICES = ("auto",) + KINDS
 
 _CACHE = LoadCache(1)  # (path stamp, kind) -> ManagedFlowModel
 
@@ -66,16 +62,6 @@ def _safetensors_kind(path: str) -> str | None:
     return kind if kind in KINDS else None
 
 
-def _class_name(path: str) -> str | None:
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def _folder_candidates(name: str) -> tuple[str, ...]:
     """Files that make ``name`` (a folder, relative to the model folder) a flow model, in the order tried."""
     join = (lambda f: f) if name in ("", ".") else (lambda f: f"{name}/{f}")
@@ -91,10 +77,7 @@ def list_flow_models() -> list[str]:
         if base == MARKER:
             folders.add(parent or ".")
         elif base == "config.json":
-            try:
-                cls = _class_name(bridge.model_file_path(name))
-            except FileNotFoundError:
-                continue
+            cls = config_class(name)
             if cls == "SingleTransformFlowNet" and posixpath.basename(parent) == "flow_net":
                 folders.add(posixpath.dirname(parent) or ".")
             elif cls in ("SingleTransformFlowNet", "PartFlowNet"):
@@ -143,33 +126,28 @@ class PoseTransferFlowModelLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        models = list_flow_models()
         return {"required": {
-            "model_name": (models or [NO_MODEL], {
-                "tooltip": "A flow model in models/posetransfer: a folder written by train-flow (OUT/model) or a "
-                           "one-file .safetensors export (--single-file)."}),
-            "kind": (list(KIND_CHOICES), {
-                "default": "auto",
-                "tooltip": "auto: read the model kind from its files. single / parts: also check that the model "
-                           "is of this kind (single spatial transformation / structure-aware part flow)."}),
+            "model_name": model_input(list_flow_models(), "A flow model in models/posetransfer: a folder written by "
+                                                          "train-flow (OUT/model) or a one-file .safetensors export "
+                                                          "(--single-file)."),
+            "kind": kind_input(KINDS, "auto: read the model kind from its files. single / parts: also check that the "
+                                      "model is of this kind (single spatial transformation / structure-aware part "
+                                      "flow)."),
         }}
 
     def load(self, model_name, kind="auto"):
-        if not model_name or model_name == NO_MODEL:
-            raise ValueError("model_name: no flow model found in the posetransfer model folder; train one with "
-                             "'posetransfer train-flow', copy its OUT/model folder there and refresh")
-        if kind not in KIND_CHOICES:
-            raise ValueError(f"kind: expected one of {KIND_CHOICES}, got {kind!r}")
+        chosen_model(model_name, "model_name", "no flow model found in the posetransfer model folder; train one with "
+                                               "'posetransfer train-flow', copy its OUT/model folder there and "
+                                               "refresh")
+        kind = chosen_kind(kind, KINDS)
         path = model_path(model_name)
 
-        def build():
-            try:
-                with torch.inference_mode(False):  # plain weights: ComfyUI runs loaders in inference mode
-                    return ManagedFlowModel(load_flow_model(path, None if kind == "auto" else kind, device="cpu"))
-            except (OSError, ValueError, RuntimeError) as exc:  # corrupt files (diffusers: OSError; torch)
-                raise ValueError(f"model_name: cannot load flow model {model_name!r}: {exc}") from None
+        def load():
+            return ManagedFlowModel(load_flow_model(path, None if kind == "auto" else kind, device="cpu"))
 
-        return (_CACHE.get((file_stamp(path), kind), build),)
+        # corrupt files (diffusers: OSError; torch: RuntimeError) -> ValueError naming the model
+        return (_CACHE.load(path, (kind,), load, f"model_name: cannot load flow model {model_name!r}",
+                            errors=(OSError, ValueError, RuntimeError)),)
 
 
 NODE_CLASS_MAPPINGS = {"PoseTransferFlowModelLoader": PoseTransferFlowModelLoader}

@@ -7,7 +7,6 @@ and codec in :mod:`.adapters`.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import posixpath
@@ -18,23 +17,21 @@ import torch
 from ..core.pcdms import KINDS, load_pcdms
 from ..core.pcdms import transfer as pcdms
 from ..core.pcdms.image_layout import LAYOUT_MODES
-from ..core.schedulers import SCHEDULER_CHOICES, canonical_scheduler_name
 from . import bridge
 from .adapters import (GUIDANCE_TYPE, ComfyDinoV2Encoder, ComfyVaeCodec, ComfyVisionEncoder, PoseGuidanceFactory,
-                       comfy_latent_codec, pose_keypoints)
-from .checks import IMAGE_NOTE, float_in, image, int_in
-from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
+                       comfy_latent_codec)
+from .checks import IMAGE_NOTE, float_in, image, int_in, poses
+from .loaded_models import (NO_MODEL, LoadCache, chosen_kind, chosen_model, config_class, dtype_input, kind_input,
+                            model_input, resolve_dtype)
+from .sampler_inputs import scheduler_input, scheduler_name, seed_input
 
 CATEGORY = "posetransfer/pcdms"
 MODEL_TYPE = "PCDMS_MODEL"
 ENCODERS_TYPE = "PCDMS_ENCODERS"
 EMBED_TYPE = "PCDMS_EMBED"
-NO_MODEL = "(none)"
-KIND_CHOICES = ("auto",) + tuple(KINDS)
 DINO_OUTPUTS = ("last_hidden_state", "penultimate_hidden_states")
 _WEIGHT_EXTS = (".safetensors", ".pt", ".pth", ".bin")
 _PCDMS_CLASSES = {spec.cls.__name__ for spec in KINDS.values()}
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
 log = logging.getLogger(__name__)
 _CACHE = LoadCache(3)  # (path stamp, kind, dtype) -> PCDMsModel
@@ -72,14 +69,6 @@ class PCDMsEmbed:
 
 
 # ---------------------------------------------------------------------------------------------- loader
-def _config_class(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("_class_name")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def list_pcdms_models() -> list[str]:
     """Checkpoint files (.pt / .safetensors / ...) and save_pretrained folders in the posetransfer model
     folder(s). Weights inside a folder with a config.json are not listed as files: the folder is listed when
@@ -89,11 +78,8 @@ def list_pcdms_models() -> list[str]:
     for name in files:
         if posixpath.basename(name) == "config.json" and posixpath.dirname(name):
             configured.add(posixpath.dirname(name))
-            try:
-                if _config_class(bridge.model_file_path(name)) in _PCDMS_CLASSES:
-                    folders.add(posixpath.dirname(name))
-            except FileNotFoundError:
-                continue
+            if config_class(name) in _PCDMS_CLASSES:
+                folders.add(posixpath.dirname(name))
     singles = [n for n in files if n.lower().endswith(_WEIGHT_EXTS) and posixpath.dirname(n) not in configured]
     return sorted(folders) + sorted(singles)
 
@@ -126,33 +112,25 @@ class PoseTransferPCDMsLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (list_pcdms_models() or [NO_MODEL], {
-                "tooltip": "A PCDMs checkpoint in models/posetransfer: an official .pt file, a converted "
-                           ".safetensors file, or a converted folder (config.json + weights)."}),
-            "kind": (list(KIND_CHOICES), {
-                "default": "auto",
-                "tooltip": "auto: tell the kind from the file. prior / inpaint / refine / simplified: load as "
-                           "this kind (and check the file is of this kind)."}),
-            "dtype": (list(DTYPES), {
-                "default": "auto",
-                "tooltip": DTYPE_TOOLTIP}),
+            "model_name": model_input(list_pcdms_models(), "A PCDMs checkpoint in models/posetransfer: an official "
+                                      ".pt file, a converted .safetensors file, or a converted folder (config.json + "
+                                      "weights)."),
+            "kind": kind_input(KINDS, "auto: tell the kind from the file. prior / inpaint / refine / simplified: load "
+                                      "as this kind (and check the file is of this kind)."),
+            "dtype": dtype_input(),
         }}
 
     def load(self, model_name, kind="auto", dtype="auto"):
-        if not model_name or model_name == NO_MODEL:
-            raise ValueError("model_name: no PCDMs checkpoint found in the posetransfer model folder; put the "
-                             "released .pt files (or converted .safetensors) there and refresh")
-        if kind not in KIND_CHOICES:
-            raise ValueError(f"kind: expected one of {KIND_CHOICES}, got {kind!r}")
-        torch_dtype = resolve_dtype(dtype)
+        chosen_model(model_name, "model_name", "no PCDMs checkpoint found in the posetransfer model folder; put the "
+                                               "released .pt files (or converted .safetensors) there and refresh")
+        kind, torch_dtype = chosen_kind(kind, KINDS), resolve_dtype(dtype)
         path = model_path(model_name)
 
-        def build():
-            with torch.inference_mode(False):  # plain weights: ComfyUI runs loaders in inference mode
-                model = load_pcdms(path, None if kind == "auto" else kind, dtype=torch_dtype, device="cpu")
+        def load():  # load_pcdms' own errors name the file, its kind and its missing / unexpected keys
+            model = load_pcdms(path, None if kind == "auto" else kind, dtype=torch_dtype, device="cpu")
             return PCDMsModel(model, pcdms.kind_of(model), model_name)
 
-        return (_CACHE.get((file_stamp(path), kind, str(torch_dtype)), build),)
+        return (_CACHE.load(path, (kind, str(torch_dtype)), load, "model_name", errors=()),)
 
 
 # -------------------------------------------------------------------------------------------- encoders
@@ -285,27 +263,18 @@ def _settings(steps, cfg, layout, resolution, min_steps: int = 1) -> tuple[int, 
             int_in(resolution, "resolution", 64, 2048, multiple=8))
 
 
-def _scheduler(name: str) -> str:
-    """The widget value checked (the shared vocabulary, older names accepted: core.schedulers)."""
-    if name != "default":
-        canonical_scheduler_name(name)
-    return name
-
-
 def _common_inputs(default_steps: int, default_cfg: float, scheduler: bool = True, layout: bool = True) -> dict:
     inputs = {
-        "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED,
-                         "tooltip": "Random seed (a CPU generator: the same seed gives the same result anywhere)."}),
+        "seed": seed_input(),
         "steps": ("INT", {"default": default_steps, "min": 1, "max": 1000,
                           "tooltip": "Denoising steps (official: 20; 50 for the simplified model)."}),
         "cfg": ("FLOAT", {"default": default_cfg, "min": 0.0, "max": 30.0, "step": 0.1,
                           "tooltip": "Classifier-free guidance scale; 1 or less turns guidance off."}),
     }
     if scheduler:
-        inputs["scheduler"] = (list(SCHEDULER_CHOICES), {
-            "default": "default",
-            "tooltip": "default: the official one (uni_pc_bh2 for inpaint / refine, ddim for the simplified model). "
-                       "The same names as ComfyUI's samplers and RePose Sampler."})
+        inputs["scheduler"] = scheduler_input(
+            "default", "default: the official one (uni_pc_bh2 for inpaint / refine, ddim for the simplified model). "
+                       "The same names as ComfyUI's samplers and RePose Sampler.")
     if layout:
         inputs["layout"] = (list(LAYOUT_MODES), {
             "default": "pad",
@@ -352,7 +321,8 @@ class PoseTransferPriorEmbed:
         steps, cfg, layout, resolution = _settings(steps, cfg, layout, resolution, min_steps=2)
         clip = _encoder(pcdms_encoders, "clip", "the prior").keeping(_keep(pm, None))
         image = _images(source_image, "source_image")
-        sources, targets = pose_keypoints(source_pose, "source_pose"), pose_keypoints(target_pose, "target_pose")
+        sources = poses(source_pose, "source_pose", person=True)
+        targets = poses(target_pose, "target_pose", person=True)
         with _run(pm, steps) as callback:
             embeddings = pcdms.prior_embed(pm.model, clip, image, sources, targets, steps=steps, cfg=cfg, seed=seed,
                                            layout=layout, resolution=resolution, callback=callback)
@@ -401,7 +371,8 @@ class PoseTransferPCDMsInpaint:
         keep = _keep(pm, guidance)
         dino = _encoder(pcdms_encoders, "dino", "PCDMs Inpaint").keeping(keep)
         image = _images(source_image, "source_image")
-        sources, targets = pose_keypoints(source_pose, "source_pose"), pose_keypoints(target_pose, "target_pose")
+        sources = poses(source_pose, "source_pose", person=True)
+        targets = poses(target_pose, "target_pose", person=True)
         embedding, clip = None, None
         if pm.kind == "simplified":
             if prior_embed is not None:
@@ -419,7 +390,7 @@ class PoseTransferPCDMsInpaint:
         with _run(pm, steps, guidance, guide) as callback:
             out = pcdms.inpaint(pm.model, comfy_latent_codec(vae, keep), dino, image, sources, targets,
                                 target_embedding=embedding, clip=clip, steps=steps, cfg=cfg,
-                                scheduler=_scheduler(scheduler), seed=seed, layout=layout, resolution=resolution,
+                                scheduler=scheduler_name(scheduler), seed=seed, layout=layout, resolution=resolution,
                                 callback=callback, **guide)
         return (out.images.float().clamp(0, 1).cpu(),)
 
@@ -459,7 +430,7 @@ class PoseTransferPCDMsRefine:
         guide = _guidance_kwargs(guidance, vae, keep)
         with _run(pm, steps, guidance, guide) as callback:
             out = pcdms.refine(pm.model, comfy_latent_codec(vae, keep), dino, coarse, source, steps=steps, cfg=cfg,
-                               scheduler=_scheduler(scheduler), seed=seed, layout=layout, resolution=resolution,
+                               scheduler=scheduler_name(scheduler), seed=seed, layout=layout, resolution=resolution,
                                callback=callback, **guide)
         return (out.images.float().clamp(0, 1).cpu(),)
 

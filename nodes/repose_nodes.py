@@ -23,23 +23,21 @@ from ..core.repose.model_files import MARKER, load_repose_model
 from ..core.repose.pose_align import PoseAlign
 from ..core.repose.pose_estimator import load_pose_estimator
 from ..core.repose.transfer import GUIDANCE_TARGETS, AlignedSource
-from ..core.schedulers import SCHEDULER_CHOICES, canonical_scheduler_name
 from . import bridge
-from .adapters import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory, pose_keypoints
-from .checks import IMAGE_NOTE, float_in, image, int_in
-from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
+from .adapters import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory
+from .checks import IMAGE_NOTE, float_in, image, int_in, poses
+from .loaded_models import NO_MODEL, LoadCache, chosen_model, dtype_input, model_input, resolve_dtype
+from .sampler_inputs import scheduler_input, scheduler_name, seed_input
 
 log = logging.getLogger(__name__)
 
 CATEGORY = "posetransfer/repose"
 MODEL_TYPE = "REPOSE_MODEL"
 FEATURES_TYPE = "REPOSE_FEATURES"
-NO_MODEL = "(none)"
 MASK_FROM = ("generated", "target", "union")
 ESTIMATOR_EXTS = (".pth", ".pt")
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
-_CACHE = LoadCache(4)  # (kind, path stamp, options) -> loaded object
+_CACHE = LoadCache(4)  # (path stamp, "model" | "estimator", options) -> loaded object
 
 
 # ---------------------------------------------------------------------------------------------- objects
@@ -92,18 +90,15 @@ class PoseTransferRePoseLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (list_repose_models() or [NO_MODEL], {
-                "tooltip": "A RePose model folder in models/posetransfer (the OUT/model folder of a train_repose "
-                           "run)."}),
-            "dtype": (list(DTYPES), {
-                "default": "auto",
-                "tooltip": DTYPE_TOOLTIP}),
+            "model_name": model_input(list_repose_models(), "A RePose model folder in models/posetransfer (the "
+                                                            "OUT/model folder of a train_repose run)."),
+            "dtype": dtype_input(),
         }}
 
     def load(self, model_name, dtype="auto"):
-        if not model_name or model_name == NO_MODEL:
-            raise ValueError("model_name: no RePose model found in the posetransfer model folder; train one with "
-                             "training/train_repose.py, copy its OUT/model folder there and refresh")
+        chosen_model(model_name, "model_name", "no RePose model found in the posetransfer model folder; train one "
+                                               "with training/train_repose.py, copy its OUT/model folder there and "
+                                               "refresh")
         torch_dtype = resolve_dtype(dtype)
         try:
             marker = bridge.model_file_path(MARKER if model_name == "." else f"{model_name}/{MARKER}")
@@ -112,15 +107,13 @@ class PoseTransferRePoseLoader:
                                     f"expected a folder with {MARKER}") from None
         path = os.path.dirname(marker)
 
-        def build():
-            try:
-                with torch.inference_mode(False):
-                    denoiser, pose_align, info = load_repose_model(path, device="cpu", dtype=torch_dtype)
-            except (OSError, ValueError) as exc:  # unreadable / corrupt config or weights (diffusers: OSError)
-                raise ValueError(f"model_name: cannot load RePose model {model_name!r}: {exc}") from None
+        def load():
+            denoiser, pose_align, info = load_repose_model(path, device="cpu", dtype=torch_dtype)
             return RePoseModel(denoiser, pose_align, model_name, info)
 
-        return (_CACHE.get(("model", file_stamp(path), str(torch_dtype)), build),)
+        # unreadable / corrupt config or weights (diffusers: OSError) -> ValueError naming the model
+        return (_CACHE.load(path, ("model", str(torch_dtype)), load,
+                            f"model_name: cannot load RePose model {model_name!r}"),)
 
 
 # ------------------------------------------------------------------------------------------- PoseAlign
@@ -161,11 +154,11 @@ class PoseTransferPoseAlign:
         model = _require_model(repose_model)
         resolution, iterations = int_in(resolution, "resolution", 16, 2048), int_in(iterations, "iterations", 0, 20)
         codec = ComfyVaeCodec(vae, keep=(model.managed_pose_align,))
-        poses = pose_keypoints(target_pose, "target_pose")
+        targets = poses(target_pose, "target_pose", person=True)
         source = image(source_image, "source_image")
         bridge.check_interrupt()
         with bridge.on_device(model.managed_pose_align) as device, torch.no_grad():
-            feats = repose.align(model.pose_align, codec, source, poses, resolution=resolution,
+            feats = repose.align(model.pose_align, codec, source, targets, resolution=resolution,
                                  iterations=iterations or None, device=device)
         preview = repose.to_canvas((feats.aligned.warped_image + 1) / 2, feats.canvas)
         return (feats, preview)
@@ -196,9 +189,9 @@ class PoseTransferPoseGuidance:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "estimator_name": (list_estimators() or [NO_MODEL], {
-                "tooltip": "A HigherHRNet checkpoint (.pth) in models/posetransfer (W32 or W48; a NAME.json beside "
-                           "it may give another HigherHRNet config)."}),
+            "estimator_name": model_input(list_estimators(), "A HigherHRNet checkpoint (.pth) in models/posetransfer "
+                                                             "(W32 or W48; a NAME.json beside it may give another "
+                                                             "HigherHRNet config)."),
             "scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
                                 "tooltip": "eta: strength of the guidance (1 = the paper's eq 15; 0 turns it "
                                            "off)."}),
@@ -232,9 +225,8 @@ class PoseTransferPoseGuidance:
 
     def make(self, estimator_name, scale=1.0, threshold=0.1, mask_from="generated", decode_scale=1.0,
              start_percent=0.0, end_percent=1.0, target="skeleton"):
-        if not estimator_name or estimator_name == NO_MODEL:
-            raise ValueError("estimator_name: no pose estimator (.pth) in the posetransfer model folder; put the "
-                             "HigherHRNet checkpoint there and refresh")
+        chosen_model(estimator_name, "estimator_name", "no pose estimator (.pth) in the posetransfer model folder; "
+                                                       "put the HigherHRNet checkpoint there and refresh")
         if mask_from not in MASK_FROM:
             raise ValueError(f"mask_from: expected one of {MASK_FROM}, got {mask_from!r}")
         if target not in GUIDANCE_TARGETS:
@@ -245,14 +237,9 @@ class PoseTransferPoseGuidance:
         timestep_range = percent_timestep_range(start_percent, end_percent)  # T = 1000: RePose and PCDMs
         path = bridge.model_file_path(estimator_name)
 
-        def build():  # the managed wrapper is cached, so the estimator keeps one ComfyUI ModelPatcher
-            with torch.inference_mode(False):
-                return bridge.managed(load_pose_estimator(path))
-
-        try:
-            managed = _CACHE.get(("estimator", file_stamp(path)), build)
-        except ValueError as exc:
-            raise ValueError(f"estimator_name: {exc}") from None
+        # the managed wrapper is cached, so the estimator keeps one ComfyUI ModelPatcher
+        managed = _CACHE.load(path, ("estimator",), lambda: bridge.managed(load_pose_estimator(path)),
+                              "estimator_name", errors=(ValueError,))
         factory = PoseGuidanceFactory(managed.module, float(scale), float(threshold), mask_from, estimator_name,
                                       managed, float(decode_scale), timestep_range, target)
         factory.make()  # validates the settings now rather than at sampling time
@@ -278,19 +265,16 @@ class PoseTransferRePoseSampler:
             "repose_features": (FEATURES_TYPE, {"tooltip": "The RePose PoseAlign output for this target pose."}),
             "vae": ("VAE", {"tooltip": "The VAE the model was trained with (the same one PoseAlign used)."}),
             "target_pose": ("POSE_KEYPOINT", {"tooltip": "The target pose(s), as given to PoseAlign."}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED,
-                             "tooltip": "Random seed (a CPU generator: the same seed gives the same result "
-                                        "anywhere)."}),
+            "seed": seed_input(),
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000,
                               "tooltip": "Denoising steps (DDPM with learned variance needs more than DDIM / "
                                          "DPM++ / UniPC)."}),
             "w_c": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 30.0, "step": 0.1,
                               "tooltip": "Classifier-free guidance scale w_c of eq 16 (1 turns it off)."}),
-            "scheduler": (list(SCHEDULER_CHOICES), {
-                "default": "ddpm",
-                "tooltip": "ddpm (= default): ancestral with the learned variance (as trained). ddim / dpmpp_2m / "
-                           "euler / uni_pc / uni_pc_bh2: faster samplers on the same noise schedule (ComfyUI's "
-                           "names; the same list as the PCDMs nodes)."}),
+            "scheduler": scheduler_input(
+                "ddpm", "ddpm (= default): ancestral with the learned variance (as trained). ddim / dpmpp_2m / "
+                        "euler / uni_pc / uni_pc_bh2: faster samplers on the same noise schedule (ComfyUI's names; "
+                        "the same list as the PCDMs nodes)."),
         }, "optional": {
             "guidance": (GUIDANCE_TYPE, {"tooltip": "Optional pose gradient guidance (RePose PoseGuidance)."}),
         }}
@@ -312,10 +296,9 @@ class PoseTransferRePoseSampler:
                         "prediction expects that guidance; sampling %s", model.name or "the model",
                         trained.get("scale"), f"with scale {guidance.scale}" if guided else "without it")
         estimator = guidance.managed if guided else None
-        if scheduler != "default":
-            canonical_scheduler_name(scheduler)
+        scheduler = scheduler_name(scheduler)
         codec = ComfyVaeCodec(vae, keep=(model.managed_denoiser, estimator))
-        poses = pose_keypoints(target_pose, "target_pose")
+        targets = poses(target_pose, "target_pose", person=True)
         bar = bridge.ProgressBar(int(steps))
         previewer = bridge.latent_previewer()
 
@@ -330,9 +313,9 @@ class PoseTransferRePoseSampler:
             pose_guidance = None
             if guided:
                 bridge.make_plain(estimator.module)  # ComfyUI may have offloaded it under inference mode
-                pose_guidance = guidance.make(target=repose.keypoint_target(poses, feats.size)
+                pose_guidance = guidance.make(target=repose.keypoint_target(targets, feats.size)
                                               if guidance.target == "keypoints" else None)
-            images = repose.sample(model.denoiser, codec, feats, poses, seed=int(seed), steps=steps, w_c=w_c,
+            images = repose.sample(model.denoiser, codec, feats, targets, seed=int(seed), steps=steps, w_c=w_c,
                                    scheduler=scheduler, pose_guidance=pose_guidance,
                                    guidance_decode_scale=guidance.decode_scale if guided else 1.0, callback=callback,
                                    features_what="repose_features")

@@ -16,7 +16,7 @@ from posetransfer.core.repose import TINY_POSE_ALIGN_CONFIG, TINY_UNET_CONFIG, P
 from posetransfer.core.repose.model_files import MARKER, is_repose_model, load_repose_model, save_repose_model
 from posetransfer.core.pose_io import load_pose_keypoint
 from posetransfer.core.repose import transfer as repose_transfer
-from posetransfer.nodes import adapters, bridge, repose_nodes
+from posetransfer.nodes import adapters, bridge, checks, repose_nodes
 from posetransfer.training import train_repose
 
 
@@ -75,7 +75,7 @@ def test_nodes_end_to_end(comfy_free, monkeypatch):
 
     monkeypatch.setattr(repose_nodes.bridge, "ProgressBar", Bar)
     feats, preview, image = align_and_sample(vae)
-    pose = adapters.pose_keypoints(target_pose(), "target_pose")[0]
+    pose = checks.poses(target_pose(), "target_pose", person=True)[0]
     canvas = (pose.height, pose.width)
     assert preview.shape == (1, *canvas, 3) and image.shape == (1, *canvas, 3)
     for x in (preview, image):

@@ -400,3 +400,47 @@ def test_inpaint_workflow_runs_a_pose_sequence(classes):
     assert final.shape == (2, 350, 350, 3) and not torch.equal(warped[0], warped[1])
     real = generate == 0
     assert torch.equal(final[real], warped[real])
+
+
+# A workflow saved before the nodes shared one scheduler vocabulary holds the former names (core.schedulers'
+# FORMER_SCHEDULER_NAMES); ComfyUI checks a COMBO value against the node's list, so the lists keep them.
+FORMER_SCHEDULERS = {"unipc": "uni_pc_bh2", "dpmsolver++": "dpmpp_2m"}
+
+
+def _run_with_scheduler(api, classes, value) -> dict[str, torch.Tensor]:
+    """Every scheduler widget of our nodes set to ``value`` (checked as ComfyUI checks a saved value), the graph run:
+    output node id -> images."""
+    samplers = [k for k, e in api.items() if e["class_type"].startswith("PoseTransfer")
+                and "scheduler" in input_specs(classes[e["class_type"]])]
+    assert samplers
+    for k in samplers:
+        api[k]["inputs"]["scheduler"] = value
+        kind, options = input_specs(classes[api[k]["class_type"]])["scheduler"]
+        check_widget_value(f"node {k}", "scheduler", kind, options, value)
+    comfy_doubles.RECORDS.clear()
+    run_api(api, classes)
+    return {node_id: images for node_id, _, images in comfy_doubles.RECORDS}
+
+
+@pytest.mark.parametrize("stem", ["pcdms_full", "repose"])
+def test_former_scheduler_names_still_run(stem, classes):
+    """Each former name passes the widget check and gives exactly what its new name gives; another scheduler gives
+    another image (so the comparison can fail)."""
+    from posetransfer.core.schedulers import FORMER_SCHEDULER_NAMES, SCHEDULER_CHOICES
+
+    assert set(FORMER_SCHEDULERS) == set(FORMER_SCHEDULER_NAMES)
+    api = comfy_doubles.apply_overrides(load(API_DIR / f"{stem}_api.json"))
+    for entry in api.values():  # ComfyUI's names first, the former ones last, said so in the tooltip
+        kind, options = input_specs(classes[entry["class_type"]]).get("scheduler", (None, {}))
+        if entry["class_type"].startswith("PoseTransfer") and kind is not None:
+            assert kind == [*SCHEDULER_CHOICES, *FORMER_SCHEDULER_NAMES]
+            assert all(f"{former} (= {name})" in options["tooltip"] for former, name in FORMER_SCHEDULERS.items())
+    for former, name in FORMER_SCHEDULERS.items():
+        old, new = _run_with_scheduler(api, classes, former), _run_with_scheduler(api, classes, name)
+        assert old and old.keys() == new.keys()
+        for node_id in new:
+            assert torch.equal(old[node_id], new[node_id]), f"{former} / {name}: node {node_id} differs"
+    other = _run_with_scheduler(api, classes, "euler")
+    assert any(not torch.equal(other[k], new[k]) for k in new), "the scheduler choice changes nothing"
+    with pytest.raises(AssertionError, match="is not one of"):
+        _run_with_scheduler(api, classes, "dpm++_2m")  # an alias of the core, never a widget value
