@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.geometry import fit_source_pose
 from ..core.pcdms import KINDS, load_pcdms
 from ..core.pcdms.encoders import (CLIP_MEAN, CLIP_STD, CallableLatentCodec, MomentsLatentCodec, clip_preprocess,
                                    interpolate_dinov2_position_embeddings)
@@ -36,7 +37,7 @@ from ..core.render import render_skeleton_batch
 from . import bridge
 from .checks import IMAGE_NOTE, float_in, image, int_in, one_or, with_person
 from .loaded_models import DTYPE_TOOLTIP, DTYPES, LoadCache, file_stamp, resolve_dtype
-from .flowwarp_nodes import _fit_source_pose, _poses
+from .flowwarp_nodes import _poses
 from .repose_nodes import GUIDANCE_TYPE, ComfyVaeCodec, PoseGuidanceFactory
 
 CATEGORY = "posetransfer/pcdms"
@@ -474,7 +475,7 @@ def _render(poses) -> torch.Tensor:
 def _source_poses(source_pose, image: torch.Tensor):
     h, w = image.shape[1:3]
     poses = with_person(_poses(source_pose, "source_pose"), "source_pose")
-    return [_fit_source_pose(p, w, h, f"source_pose[{i}]") for i, p in enumerate(poses)]
+    return [fit_source_pose(p, w, h, f"source_pose[{i}]") for i, p in enumerate(poses)]
 
 
 def _scheduler(name: str, default):
