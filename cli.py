@@ -163,8 +163,8 @@ def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs
     """FlowWarp ``source`` into each target pose; write the result (and the optional pictures) frame by frame
     as each is made (a long pose sequence is never held in memory). Every input is checked before the first
     frame; each frame's files are written all or none. ``estimator``: the learned flow model of
-    ``options.method`` (``single`` / ``structure``); ``names`` label the poses in error messages; ``echo`` prints each path
-    once written. Returns the paths written, in order; a failure after some frames raises a
+    ``options.method`` (``single`` / ``structure``); ``names`` label the poses in error messages; ``echo``
+    prints each path once written. Returns the paths written, in order; a failure after some frames raises a
     :class:`CLIError` that lists them."""
     from .core.flowwarp import iter_flow_warp
     from .core.render import render_skeleton

@@ -102,7 +102,8 @@ def test_rotated_forearm_lands_where_expected():
     target = _rotate_joint(pose, wrist, elbow, 70)  # swing the forearm outwards
     e = target.people[0].body[elbow, :2]
     v = target.people[0].body[wrist, :2] - e
-    r = flow_warp([image], [pose], [target], FlowWarpOptions(retarget=False, segmentation="skeleton", background="white"))[0]
+    options = FlowWarpOptions(retarget=False, segmentation="skeleton", background="white")
+    r = flow_warp([image], [pose], [target], options)[0]
     out = hwc(r.image)
     label = PART_BY_NAME["right_forearm"].label
     col = colours[label]
@@ -160,7 +161,8 @@ def test_missing_joints_never_crash_and_mark_what_cannot_be_sourced():
     source.people[0].body[wrist, 2] = 0  # the source lacks its right forearm
     target = _rotate_joint(pose, wrist, elbow, 70)
     target.people[0].body[knee, 2] = 0  # the target lacks its left thigh and shin
-    r = flow_warp([image], [source], [target], FlowWarpOptions(retarget=False, segmentation="skeleton", background="white"))[0]
+    options = FlowWarpOptions(retarget=False, segmentation="skeleton", background="white")
+    r = flow_warp([image], [source], [target], options)[0]
     assert torch.isfinite(r.image).all()
     # The target's right forearm cannot come from the source: content to generate (away from the elbow).
     forearm = render_part_masks(target)[PART_NAMES.index("right_forearm")] > 0
