@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from posetransfer.core.flow import flow_to_color
+from posetransfer.core.flowwarp import flow_model_method
 from posetransfer.core.geometry import resize
 from posetransfer.core.images import images_to_tensor, load_image
 from posetransfer.core.pose_io import dump_pose_keypoint, load_pose_keypoint
@@ -210,6 +211,7 @@ def test_loaded_flow_models_are_handed_to_comfy(fashion, monkeypatch):
     for kind, estimator in tiny_flow_models().items():
         expected = run(image, source, targets, method=kind, flow_model=estimator, segmentation="skeleton")
         managed = ManagedFlowModel(estimator)
+        assert flow_model_method(managed) == flow_model_method(estimator) == kind  # what method 'model' reads
         # The estimator's attributes show through (generate only where the estimator has it).
         assert hasattr(managed, "generate") == hasattr(estimator, "generate") == (kind == "single")
         with monkeypatch.context() as mp:
