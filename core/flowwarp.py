@@ -92,8 +92,8 @@ class FlowWarpOptions:
     default).
 
     ``method``: :data:`METHODS`. ``retarget`` is on by default: the usual call moves a person into someone
-    else's pose (an artist's arbitrary target, another body, another canvas), and without retargeting the
-    person would take that body's bone lengths and place on its canvas. Turn it off for dataset pose pairs
+    else's pose (an artist's arbitrary target, another body, another canvas); without retargeting the
+    person would take that body's bone lengths and its place on its canvas. Turn it off for dataset pose pairs
     (the target is the ground-truth pose of the same person, on the same canvas, and the result is scored
     against the ground-truth photo: the pose must be used exactly as given). With retarget on, the output has
     the source photo's canvas; off, the target pose's.

@@ -104,8 +104,8 @@ class PoseTransferFlowWarp:
                     "tooltip": "parts: no model; cut the body into parts along the skeleton and move each part "
                                "onto its target bone (fast, always available). single / structure: the connected "
                                "flow_model predicts the flow, a single-spatial-transformation or a structure-aware "
-                               "part-flow model (as Load Flow Model says). model: older workflows' name, the "
-                               "connected flow_model's own kind."}),
+                               "part-flow model (the kind that was trained and loaded). model: older workflows' "
+                               "name, the connected flow_model's own kind."}),
                 "segmentation": (list(SEGMENTATION_METHODS), {
                     "default": DEFAULTS.segmentation,
                     "tooltip": "How the person is cut out of the photo. grabcut: follows the real outline "
