@@ -75,7 +75,7 @@ def check_flow_model(method: str, estimator, what: str = "estimator") -> None:
             raise ValueError(f"{what}: method 'parts' is training-free and takes no flow model; use {use}")
         return
     if estimator is None:
-        raise ValueError(f"{what}: method {method!r} needs a trained {METHOD_MODELS[method]} flow model; give one, "
+        raise ValueError(f"{what}: method {method!r} needs a trained {METHOD_MODELS[method]} model; give one, "
                          f"or use method 'parts' (no model needed)")
     if not callable(getattr(estimator, "estimate", None)):
         raise ValueError(f"{what}: expected a flow model with an estimate(source, source_pose, target_pose) method, "
