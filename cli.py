@@ -162,11 +162,10 @@ def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs
                  ) -> list[str]:
     """FlowWarp ``source`` into each target pose; write the result (and the optional pictures) frame by frame
     as each is made (a long pose sequence is never held in memory). Every input is checked before the first
-    frame; each frame's files are written all or none. ``estimator``: a learned flow model (with
-    ``options.method == "model"``); ``names`` label the poses in error messages; ``echo`` prints each path
-    once written. Returns the paths written, in order; a failure after some frames raises a
+    frame; each frame's files are written all or none. ``estimator``: the learned flow model of
+    ``options.method`` (``single`` / ``structure``); ``names`` label the poses in error messages; ``echo``
+    prints each path once written. Returns the paths written, in order; a failure after some frames raises a
     :class:`CLIError` that lists them."""
-    from .core.flow import flow_to_color
     from .core.flowwarp import iter_flow_warp
     from .core.render import render_skeleton
 
@@ -177,12 +176,12 @@ def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs
         for i in range(n):  # not enumerate(frames): its cached tuple would keep the last frame alive
             r = next(frames)
             image = _chw_to_hwc(r.image)
-            mask = (1.0 - r.visibility).detach().cpu().numpy().astype(np.float32)  # white = to generate
+            mask = r.generate_mask.cpu().numpy()  # white = to generate
             files = [_encoded(_numbered(outputs.out, i, n), image)]
             if outputs.mask_out:
                 files.append(_encoded(_numbered(outputs.mask_out, i, n), mask))
             if outputs.flow_out:
-                flow = _chw_to_hwc(flow_to_color(r.flow[None])[0])
+                flow = _chw_to_hwc(r.flow_image)
                 files.append(_encoded(_numbered(outputs.flow_out, i, n), flow))
             if outputs.panel_out:
                 panel = make_panel([source, render_skeleton(r.target_pose), image, mask])
@@ -200,26 +199,23 @@ TRANSFER_METHODS = ("parts", "single", "structure", "pcdms", "pcdms-simplified",
 
 
 def _load_flow_model(method: str, model: str | None):
-    """``--method`` / ``--model`` -> None (training-free part warp) or a learned flow estimator. ``parts`` with
-    ``--model``: a trained part-flow model; ``single``: a trained single-transformation model (needs
-    ``--model``). The kind is read from the saved files and must match the method."""
-    if model is None:
-        if method == "single":
-            raise CLIError("--model: --method single needs a trained single-transformation model (a folder "
-                           "written by 'posetransfer train-flow --model single', e.g. OUT/model)")
-        return None
-    from .core.flow_models.model_files import detect_model_kind, load_flow_model
+    """``--method`` / ``--model`` -> None (``parts``, training-free) or the learned flow estimator of ``single`` /
+    ``structure`` (a model saved by ``train-flow --model single`` / ``--model parts``). The model's kind is
+    read from its files and must be the method's (:func:`.core.flowwarp.check_flow_model`)."""
+    from .core.flowwarp import check_flow_model
 
-    if not os.path.exists(model):
-        raise CLIError(f"--model: no such file or folder: {model}")
-    try:
-        kind = detect_model_kind(model)
-    except (ValueError, OSError) as exc:
-        raise CLIError(f"--model: {exc}") from None
-    if kind != method:
-        names = {"single": "single-transformation", "parts": "part-flow"}
-        raise CLIError(f"--model: {model} holds a {names[kind]} model; use --method {kind} with it")
-    return load_flow_model(model, kind)
+    estimator = None
+    if model is not None:
+        from .core.flow_models.model_files import load_flow_model
+
+        if not os.path.exists(model):
+            raise CLIError(f"--model: no such file or folder: {model}")
+        try:
+            estimator = load_flow_model(model)
+        except (ValueError, OSError) as exc:
+            raise CLIError(f"--model: {exc}") from None
+    check_flow_model(method, estimator, "--model" if model is None else f"--model {model}")
+    return estimator
 
 
 def _cmd_train_flow(args) -> int:
@@ -263,8 +259,7 @@ def _cmd_transfer(args) -> int:
         target_poses = _read_poses(args.target_pose, "--target-pose", default_size=size)
     else:
         target_poses = [detector.detect(load_image(_existing(args.target_image, "--target-image")))]
-    options = FlowWarpOptions(method="model" if estimator is not None else args.method,
-                              segmentation=args.segmentation, background=args.background,
+    options = FlowWarpOptions(method=args.method, segmentation=args.segmentation, background=args.background,
                               fill=args.fill, retarget=args.retarget, anchor=args.anchor,
                               source_person=args.source_person, target_person=args.target_person)
     names = (f"--source-pose {args.source_pose}: frame" if args.source_pose else "detected source pose",
@@ -405,7 +400,7 @@ def _cmd_render_pose(args) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.flowwarp import BACKGROUNDS
+    from .core.flowwarp import BACKGROUNDS, FlowWarpOptions
     from .core.inpaint import INPAINT_METHODS
     from .core.retarget import ANCHORS
     from .core.segmentation import SEGMENTATION_METHODS
@@ -418,39 +413,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "transfer", help="move the person of a photo into a target pose (FlowWarp)",
-        description="Move the person of SRC into the pose of TGT by warping its pixels (training-free). "
+        description="Move the person of SRC into the pose of TGT by warping its pixels (FlowWarp). "
                     "Pose files are OpenPose JSON, pixel or normalised coordinates (auto-detected). A target "
                     "JSON holding several frames gives OUT_0000.png, OUT_0001.png, ...")
     t.add_argument("--source", required=True, metavar="SRC.png", help="source photo")
     t.add_argument("--source-pose", metavar="SRC.json",
-                   help="OpenPose JSON of the source photo (omitted: detected with --detector)")
+                   help="OpenPose JSON of the source photo, or of a resized copy of it (rescaled; another "
+                        "frame is refused) (omitted: detected with --detector)")
     t.add_argument("--target-pose", metavar="TGT.json",
                    help="OpenPose JSON of the target pose (one frame, or a list of frames)")
     t.add_argument("--target-image", metavar="TGT.png",
                    help="instead of --target-pose: a photo whose pose is detected with --detector")
     _add_detector_flags(t)
     t.add_argument("--out", required=True, metavar="OUT.png", help="result image")
-    t.add_argument("--method", default="parts", choices=TRANSFER_METHODS,
-                   help="flow estimator: 'parts' without --model: training-free, per body part; 'parts' with "
-                        "--model: a trained structure-aware part-flow model; 'single' (needs --model): a trained "
-                        "single-spatial-transformation model (default: parts)")
+    fw = FlowWarpOptions()  # one set of defaults: core's, the node's
+    t.add_argument("--method", default=fw.method, choices=TRANSFER_METHODS,
+                   help="parts: training-free, per body part; single (needs --model): a trained "
+                        "single-spatial-transformation flow model; structure (needs --model): a trained "
+                        f"structure-aware part-flow model (default: {fw.method})")
     t.add_argument("--model", metavar="PATH", default=None,
                    help="a learned flow model saved by 'posetransfer train-flow' (its OUT/model folder, a "
                         "checkpoint's model/ folder, or a --single-file .safetensors)")
-    t.add_argument("--retarget", action="store_true",
-                   help="keep the source person's bone lengths (the target's angles); the output then has the "
-                        "source photo's canvas")
-    t.add_argument("--anchor", default="source", choices=ANCHORS,
-                   help="with --retarget: where the retargeted pose stands (default: source)")
-    t.add_argument("--segmentation", default="grabcut", choices=SEGMENTATION_METHODS,
-                   help="how the source person is cut out (default: grabcut)")
-    t.add_argument("--background", default="inpaint", choices=BACKGROUNDS,
+    t.add_argument("--retarget", action=argparse.BooleanOptionalAction, default=fw.retarget,
+                   help="keep the source person's bone lengths (the target's angles), on the source photo's canvas "
+                        "(the output's); --no-retarget: the target pose exactly as given, on its canvas (dataset "
+                        f"pose pairs) (default: {'on' if fw.retarget else 'off'})")
+    t.add_argument("--anchor", default=fw.anchor, choices=ANCHORS,
+                   help=f"with --retarget: where the retargeted pose stands (default: {fw.anchor})")
+    t.add_argument("--segmentation", default=fw.segmentation, choices=SEGMENTATION_METHODS,
+                   help=f"how the source person is cut out (default: {fw.segmentation})")
+    t.add_argument("--background", default=fw.background, choices=BACKGROUNDS,
                    help="inpaint: remove the source person from the background; keep: leave the photo; "
-                        "black/white: plain background (default: inpaint)")
-    t.add_argument("--fill", default="pyramid", choices=INPAINT_METHODS,
-                   help="how holes are filled (default: pyramid)")
-    t.add_argument("--source-person", type=int, default=0, metavar="I", help="person index in the source pose")
-    t.add_argument("--target-person", type=int, default=0, metavar="I", help="person index in the target pose")
+                        f"black/white: plain background (default: {fw.background})")
+    t.add_argument("--fill", default=fw.fill, choices=INPAINT_METHODS,
+                   help=f"how holes are filled (default: {fw.fill})")
+    t.add_argument("--source-person", type=int, default=fw.source_person, metavar="I",
+                   help="person index in the source pose")
+    t.add_argument("--target-person", type=int, default=fw.target_person, metavar="I",
+                   help="person index in the target pose")
     t.add_argument("--mask-out", metavar="MASK.png",
                    help="mask of the content FlowWarp had to make up (white = to generate, for inpainting)")
     t.add_argument("--flow-out", metavar="FLOW.png", help="colour picture of the backward flow")

@@ -106,14 +106,7 @@ def _settings(args, samples: int) -> dict:
 
 def route_transfer(args) -> int | None:
     """``transfer`` for the methods that FlowWarp's path does not run: the diffusion methods (handled here; returns
-    the exit code) and ``structure`` (= ``parts`` with a trained part-flow ``--model``; returns None so that the
-    FlowWarp path goes on)."""
-    if args.method == "structure":
-        if args.model is None:
-            raise ValueError("--model: --method structure needs a trained structure-aware part-flow model (a folder "
-                             "written by 'posetransfer train-flow --model parts')")
-        args.method = "parts"
-        return None
+    the exit code); None for the FlowWarp methods, which the FlowWarp path runs."""
     if args.method not in DIFFUSION_METHODS:
         return None
     from .cli import _numbered, _read_poses, _writable
@@ -182,7 +175,9 @@ def cmd_generate(args) -> int:
     if args.method in ("parts", "single", "structure") and args.samples != 1:
         raise ValueError(f"--samples: --method {args.method} is deterministic; use --samples 1")
     models = load_method(args)
-    settings = {} if args.method in ("parts", "single", "structure") else _settings(args, args.samples)
+    # FlowWarp on dataset pairs: the targets are ground-truth poses, used as given (no retargeting)
+    settings = ({"retarget": False} if args.method in ("parts", "single", "structure")
+                else _settings(args, args.samples))
 
     def run(image, source_pose, target_pose):
         return transfer(image, source_pose, target_pose, args.method, models=models, **settings)

@@ -11,7 +11,12 @@ the source background:
   scaled uniformly to cover it (centred, cropped).
 * Visibility is 1 where the output shows real source content, 0 where content had to be made up (holes
   inside the person that the source hides, and background the source person covered). It is binary:
-  ``1 - visibility`` is the mask a later inpainting or diffusion stage should repaint.
+  ``1 - visibility`` (:attr:`FlowWarpResult.generate_mask`) is the mask a later inpainting or diffusion stage
+  should repaint.
+
+Every door (Python, the CLI's ``transfer``, the FlowWarp node) goes through :func:`iter_flow_warp` with one
+:class:`FlowWarpOptions` vocabulary and one set of defaults, and takes the generate mask and the flow picture
+from :class:`FlowWarpResult`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flow import base_coords, coords_to_flow, warp
+from .flow import base_coords, coords_to_flow, flow_to_color, warp
+from .geometry import fit_source_pose
 from .inpaint import INPAINT_METHODS, fill_holes
 from .keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
 from .part_flow import hidden_parts, label_boxes, part_flow
@@ -34,7 +40,11 @@ from .segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label
 from .views import side_view_depth_order, uncross_legs
 
 BACKGROUNDS = ("inpaint", "keep", "black", "white")
-METHODS = ("parts", "model")
+# parts: training-free; single: the learned single-spatial-transformation flow model; structure: the learned
+# structure-aware part-flow model (core.flow_models). The same names in Python, the CLI and the node.
+METHODS = ("parts", "single", "structure")
+LEARNED_METHODS = METHODS[1:]
+METHOD_MODELS = {"single": "single-spatial-transformation", "structure": "structure-aware part-flow"}
 
 
 class FlowEstimator(Protocol):
@@ -49,19 +59,61 @@ class FlowEstimator(Protocol):
                  ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-@dataclass
+def flow_model_method(estimator) -> str | None:
+    """The FlowWarp method a learned flow model is (``"single"`` / ``"structure"``, its ``flowwarp_method``
+    attribute), or None when it does not say."""
+    method = getattr(estimator, "flowwarp_method", None)
+    return method if method in LEARNED_METHODS else None
+
+
+def check_flow_model(method: str, estimator, what: str = "estimator") -> None:
+    """The flow model fits ``method``: none for ``parts``; one with ``estimate`` for ``single`` / ``structure``,
+    of that kind when it says its kind. ``what`` names the input in the message (``flow_model``, ``--model``)."""
+    if method == "parts":
+        if estimator is not None:
+            kind = flow_model_method(estimator)
+            use = f"method {kind!r} with this one" if kind else "method 'single' or 'structure' with a learned one"
+            raise ValueError(f"{what}: method 'parts' is training-free and takes no flow model; use {use}")
+        return
+    if estimator is None:
+        raise ValueError(f"{what}: method {method!r} needs a trained {METHOD_MODELS[method]} model; give one, "
+                         f"or use method 'parts' (no model needed)")
+    if not callable(getattr(estimator, "estimate", None)):
+        raise ValueError(f"{what}: expected a flow model with an estimate(source, source_pose, target_pose) method, "
+                         f"got {type(estimator).__name__}")
+    kind = flow_model_method(estimator)
+    if kind is not None and kind != method:
+        raise ValueError(f"{what}: holds a {METHOD_MODELS[kind]} model, not a {METHOD_MODELS[method]} one; use "
+                         f"method {kind!r} with it")
+
+
+@dataclass(frozen=True)
 class FlowWarpOptions:
+    """FlowWarp's settings, the same in Python, the CLI and the node (frozen: one instance serves as the shared
+    default).
+
+    ``method``: :data:`METHODS`. ``retarget`` is on by default: the usual call moves a person into someone
+    else's pose (an artist's arbitrary target, another body, another canvas); without retargeting the
+    person would take that body's bone lengths and its place on its canvas. Turn it off for dataset pose pairs
+    (the target is the ground-truth pose of the same person, on the same canvas, and the result is scored
+    against the ground-truth photo: the pose must be used exactly as given). With retarget on, the output has
+    the source photo's canvas; off, the target pose's.
+    """
+
     method: str = "parts"
     segmentation: str = "grabcut"
     background: str = "inpaint"
     fill: str = "pyramid"
-    retarget: bool = False
+    retarget: bool = True
     anchor: str = "source"
     source_person: int = 0
     target_person: int = 0
     depth_order: tuple[str, ...] = DEFAULT_DEPTH_ORDER
 
     def __post_init__(self):
+        if self.method == "model":  # the name before single / structure
+            raise ValueError("method: 'model' is now named by the flow model's kind: 'single' (single spatial "
+                             "transformation) or 'structure' (structure-aware part flow)")
         for name, allowed in (("method", METHODS), ("segmentation", SEGMENTATION_METHODS),
                               ("background", BACKGROUNDS), ("fill", INPAINT_METHODS), ("anchor", ANCHORS)):
             if getattr(self, name) not in allowed:
@@ -97,6 +149,18 @@ class FlowWarpResult:
     visibility: torch.Tensor  # (H, W) 1 = real source content, 0 = made up (binary)
     person: torch.Tensor      # (H, W) soft person mask on the output
     target_pose: Pose | None = None  # the pose actually used (after retargeting)
+
+    @property
+    def generate_mask(self) -> torch.Tensor:
+        """``(H, W)`` float 0..1: ``1 - visibility``, 1 where content was made up (what an inpainting stage
+        repaints), 0 where the pixels are the photo's."""
+        return (1 - self.visibility.detach().float()).clamp(0, 1)
+
+    @property
+    def flow_image(self) -> torch.Tensor:
+        """``(3, H, W)`` in 0..1: the flow's colour picture (:func:`.flow.flow_to_color`: white = stayed put,
+        hue = direction, saturation = distance, scaled to the frame's largest move)."""
+        return flow_to_color(self.flow.detach().float()[None])[0]
 
 
 def _check_image(image, what: str) -> np.ndarray:
@@ -180,9 +244,9 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
         bg = _sample(source.background, bg_coords)
         bg_real = _sample(source.background_real[None], bg_coords)[0]
 
-    if options.method == "model":
+    if options.method in LEARNED_METHODS:
         if estimator is None:
-            raise ValueError("flow_model: method 'model' needs a flow model; connect one or use method 'parts'")
+            raise ValueError(f"estimator: method {options.method!r} needs a flow model; give one or use 'parts'")
         flow, vis = estimator.estimate(source.image[None], source.pose, target_pose)
         flow, vis = flow.to(torch.float32).cpu(), vis.to(torch.float32).cpu()
         # Composited like the parts method: the model's flow moves the source person (its mask, sampled
@@ -246,10 +310,12 @@ def _feather(alpha: torch.Tensor) -> torch.Tensor:
     return torch.maximum(a[0, 0], torch.where(alpha >= 1, alpha, torch.zeros_like(alpha))).clamp(0, 1)
 
 
-def _check_inputs(images, source_poses, target_poses, options: FlowWarpOptions,
-                  names: tuple[str, str]) -> None:
+def _check_inputs(images, source_poses, target_poses, options: FlowWarpOptions, estimator,
+                  names: tuple[str, str]) -> list[Pose]:
     """Every check that needs no warping, for all frames at once: a bad last frame fails before the first is
-    made. ``names``: the labels of the source and target poses in the messages (``name[i]``)."""
+    made. ``names``: the labels of the source and target poses in the messages (``name[i]``). Returns the
+    source poses on their images' canvases (:func:`fit_source_pose`)."""
+    check_flow_model(options.method, estimator)
     n_img, n_src, n_tgt = len(images), len(source_poses), len(target_poses)
     if n_img == 0 or n_tgt == 0:
         raise ValueError(f"expected at least one source image and one target pose, got {n_img} images and "
@@ -273,6 +339,8 @@ def _check_inputs(images, source_poses, target_poses, options: FlowWarpOptions,
                 raise ValueError(f"{what}: expected a Pose, got {type(pose).__name__}")
             check_joints(pose, what)
             check_has_pose(pose.person(index, what), f"{what}, person {index}")
+    return [fit_source_pose(pose, int(images[j].shape[1]), int(images[j].shape[0]), f"{names[0]}[{j}]")
+            for j, pose in enumerate(source_poses)]
 
 
 def iter_flow_warp(images: Sequence[np.ndarray], source_poses: Sequence[Pose], target_poses: Sequence[Pose],
@@ -280,8 +348,9 @@ def iter_flow_warp(images: Sequence[np.ndarray], source_poses: Sequence[Pose], t
                    names: tuple[str, str] = ("source_pose", "target_pose")) -> Iterator[FlowWarpResult]:
     """:func:`flow_warp` one frame at a time: checks every input now (before any frame), then returns an
     iterator that makes each frame only when asked and keeps none, so a long pose sequence never sits in
-    memory whole. ``names`` label the source and target poses in error messages."""
-    _check_inputs(images, source_poses, target_poses, options, names)
+    memory whole. ``names`` label the source and target poses in error messages. A source pose detected on a
+    resized copy of its image is rescaled to it (:func:`fit_source_pose`)."""
+    source_poses = _check_inputs(images, source_poses, target_poses, options, estimator, names)
     return _frames(images, source_poses, target_poses, options, estimator, names)
 
 

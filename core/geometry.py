@@ -208,3 +208,26 @@ def from_normalized(array: np.ndarray, width: int, height: int) -> Pose:
     width, height = _positive_int(width, "width"), _positive_int(height, "height")
     body = np.where(arr[..., 2:] > 0, arr * (width, height, 1.0), 0.0)
     return Pose([Person(b) for b in body], width, height)
+
+
+def same_frame(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether canvases ``a`` and ``b`` (width, height) show the same frame at two resolutions: one is the other
+    scaled uniformly, each side within one pixel (any rounding of a resize)."""
+    for (w1, h1), (w2, h2) in ((a, b), (b, a)):
+        if max((w2 - 1) / w1, (h2 - 1) / h1) <= min((w2 + 1) / w1, (h2 + 1) / h1):
+            return True
+    return False
+
+
+def fit_source_pose(pose: Pose, width: int, height: int, what: str = "source_pose") -> Pose:
+    """A source pose on its ``width`` x ``height`` image: unchanged on the image's canvas; rescaled (pixel-centre
+    rule, :func:`resize`) when its canvas is the same frame at another resolution (:func:`same_frame`:
+    a pose detected on a resized copy of the photo); a ValueError naming ``what`` otherwise (another frame: a
+    crop, a pad, another photo)."""
+    if (pose.width, pose.height) == (width, height):
+        return pose
+    if not same_frame((pose.width, pose.height), (width, height)):
+        raise ValueError(f"{what}: canvas {pose.width}x{pose.height} is not the frame of its image {width}x{height} "
+                         f"(another aspect ratio, beyond a pixel of rounding); detect the source pose on this image, "
+                         f"or crop / pad image and pose together")
+    return resize(None, pose, width, height)[1]

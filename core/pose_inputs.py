@@ -7,12 +7,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .geometry import resize
+from .geometry import fit_source_pose
 from .keypoints import Pose
 
-__all__ = ["ASPECT_TOLERANCE", "fit_pose_to_image", "place_pose", "pose_frames", "source_poses_for", "target_poses_on_one_canvas"]
+__all__ = ["fit_pose_to_image", "place_pose", "pose_frames", "source_poses_for", "target_poses_on_one_canvas"]
 
-ASPECT_TOLERANCE = 0.01  # a source pose whose canvas has the image's aspect ratio (within 1 %) is rescaled to it
 
 
 def pose_frames(poses, what: str, person: int = 0) -> list[Pose]:
@@ -30,13 +29,7 @@ def pose_frames(poses, what: str, person: int = 0) -> list[Pose]:
 def fit_pose_to_image(pose: Pose, width: int, height: int, what: str) -> Pose:
     """``pose`` on the image canvas: unchanged when the canvases agree, rescaled when only the resolution
     differs (the image was resized after pose detection), else a ValueError."""
-    if (pose.width, pose.height) == (width, height):
-        return pose
-    if abs(pose.width / pose.height - width / height) > ASPECT_TOLERANCE * (width / height):
-        raise ValueError(f"{what}: canvas {pose.width}x{pose.height} does not match the image {width}x{height} "
-                         f"(another aspect ratio); detect the source pose on this image, or crop / resize image and "
-                         f"pose together")
-    return resize(None, pose, width, height)[1]
+    return fit_source_pose(pose, width, height, what)  # the one rule (core/geometry.py)
 
 
 def source_poses_for(images_hw: tuple[int, int], n_images: int, source_poses: Sequence[Pose], n_targets: int,

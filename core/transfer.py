@@ -253,7 +253,7 @@ def _flowwarp(img, sources, targets, method, models, options) -> list[np.ndarray
     if len(sources) != 1:
         raise ValueError(f"source_pose: expected one frame (the source photo's pose), got {len(sources)}")
     estimator = models.parts.get("estimator")
-    opts = FlowWarpOptions(method="model" if estimator is not None else "parts", **options)
+    opts = FlowWarpOptions(method=method, **options)
     results = flow_warp([img], sources[:1], targets, opts, estimator=estimator)
     return [r.image.permute(1, 2, 0).detach().cpu().numpy().astype(np.float32) for r in results]
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.flow import flow_to_color
-from ..core.flowwarp import BACKGROUNDS, METHODS, FlowWarpOptions, iter_flow_warp
-from ..core.geometry import resize
+from ..core.flowwarp import (BACKGROUNDS, METHODS, FlowWarpOptions, check_flow_model, flow_model_method,
+                             iter_flow_warp)
 from ..core.images import tensor_to_images
 from ..core.inpaint import INPAINT_METHODS
 from ..core.keypoints import Pose
@@ -24,22 +23,28 @@ from .checks import poses as _poses
 
 CATEGORY = "posetransfer/warp"
 FLOW_MODEL_TYPE = "POSE_FLOW_MODEL"
-ASPECT_TOLERANCE = 0.01  # a source pose whose canvas has the image's aspect ratio (within 1 %) is rescaled to it
+# Saved workflows from before the methods were named single / structure say "model": still listed (ComfyUI
+# refuses a combo value that is not), it takes the connected flow model's own kind.
+OLD_MODEL_METHOD = "model"
+DEFAULTS = FlowWarpOptions()  # the widgets' defaults are core's (the CLI's too)
 
 
 def _size(pose: Pose) -> str:
     return f"{pose.width}x{pose.height}"
 
 
-def _fit_source_pose(pose: Pose, width: int, height: int, what: str) -> Pose:
-    """``pose`` on the image canvas: unchanged when the canvases agree, rescaled when only the resolution
-    differs (the image was resized after pose detection), else a ValueError."""
-    if (pose.width, pose.height) == (width, height):
-        return pose
-    if abs(pose.width / pose.height - width / height) > ASPECT_TOLERANCE * (width / height):
-        raise ValueError(f"{what}: canvas {_size(pose)} does not match the image {width}x{height} (another aspect "
-                         f"ratio); detect the source pose on this image, or crop / resize image and pose together")
-    return resize(None, pose, width, height)[1]
+def _method(method: str, flow_model) -> str:
+    """The FlowWarp method to run: ``method``, or for the old name ``model`` the connected flow model's kind."""
+    if method != OLD_MODEL_METHOD:
+        return method
+    if flow_model is None:
+        raise ValueError("flow_model: method 'model' needs a flow model; connect a POSE_FLOW_MODEL loader to "
+                         "flow_model, or use method 'parts' (no model needed)")
+    kind = flow_model_method(flow_model)
+    if kind is None:
+        raise ValueError(f"flow_model: method 'model' takes the kind of the flow model, but this "
+                         f"{type(flow_model).__name__} does not say its kind; choose method 'single' or 'structure'")
+    return kind
 
 
 def _check_batch(n_images: int, n_sources: int, n_targets: int) -> None:
@@ -51,23 +56,14 @@ def _check_batch(n_images: int, n_sources: int, n_targets: int) -> None:
                      f"(a pose sequence)")
 
 
-def _check_flow_model(flow_model, method: str) -> None:
-    if method != "model":
-        return
-    if flow_model is None:
-        raise ValueError("flow_model: method 'model' needs a flow model; connect a POSE_FLOW_MODEL loader to "
-                         "flow_model, or use method 'parts' (no model needed)")
-    if not callable(getattr(flow_model, "estimate", None)):
-        raise ValueError(f"flow_model: expected a flow model with an estimate(source, source_pose, target_pose) "
-                         f"method, got {type(flow_model).__name__}")
-
-
 class PoseTransferFlowWarp:
     """Warp the photographed person into the target pose(s): image, mask of what is missing, flow picture."""
 
     DESCRIPTION = ("FlowWarp: move the person in the photo into the target pose by moving its pixels along a "
                    "dense flow, without diffusion. Body parts are cut out along the skeleton and placed onto the "
-                   "target bones ('parts'), or a learned flow model supplies the flow ('model'). The result keeps "
+                   "target bones ('parts', no model), or a learned flow model supplies the flow ('single': the "
+                   "single-spatial-transformation model, 'structure': the structure-aware part-flow model). The "
+                   "result keeps "
                    "the person's exact clothes and face; what the photo cannot show (a hidden arm, the background "
                    "behind the old pose) is marked in generate_mask, ready for an inpainting node. "
                    "Batches: 1 image + 1 source pose + N target poses (animate a photo along a pose sequence), "
@@ -98,73 +94,78 @@ class PoseTransferFlowWarp:
                                "one image per target pose." + IMAGE_NOTE}),
                 "source_pose": ("POSE_KEYPOINT", {
                     "tooltip": "OpenPose keypoints detected on 'image' (e.g. DWPose): one frame per image. A pose "
-                               "detected on a resized copy of the image is rescaled if the aspect ratio matches."}),
+                               "detected on a resized copy of the image (same frame, each side within a pixel) is "
+                               "rescaled to it; another frame (a crop, another aspect ratio) is refused."}),
                 "target_pose": ("POSE_KEYPOINT", {
                     "tooltip": "The pose(s) to move the person into: one frame per output image (a pose sequence "
                                "gives an animation)."}),
-                "method": (list(METHODS), {
-                    "default": "parts",
+                "method": (list(METHODS) + [OLD_MODEL_METHOD], {
+                    "default": DEFAULTS.method,
                     "tooltip": "parts: no model; cut the body into parts along the skeleton and move each part "
-                               "onto its target bone (fast, always available). model: the connected flow_model "
-                               "predicts the flow (needs flow_model)."}),
+                               "onto its target bone (fast, always available). single / structure: the connected "
+                               "flow_model predicts the flow, a single-spatial-transformation or a structure-aware "
+                               "part-flow model (the kind that was trained and loaded). model: older workflows' "
+                               "name, the connected flow_model's own kind."}),
                 "segmentation": (list(SEGMENTATION_METHODS), {
-                    "default": "grabcut",
+                    "default": DEFAULTS.segmentation,
                     "tooltip": "How the person is cut out of the photo. grabcut: follows the real outline "
                                "(loose clothes, hair) from colour, best when person and background differ in "
                                "colour. skeleton: a fixed-width shape around the bones; faster and predictable, "
                                "but clips wide clothes and hair."}),
                 "background": (list(BACKGROUNDS), {
-                    "default": "inpaint",
+                    "default": DEFAULTS.background,
                     "tooltip": "What appears behind the moved person. inpaint: the photo with the person removed "
                                "and the gap filled (see 'fill'), so the person is not shown twice. keep: the photo "
                                "unchanged (the old pose stays visible behind). black / white: a cut-out on a "
                                "plain background."}),
                 "fill": (list(INPAINT_METHODS), {
-                    "default": "pyramid",
+                    "default": DEFAULTS.fill,
                     "tooltip": "How gaps are filled before any diffusion: pyramid: smooth colours blended in from "
                                "around the gap (fast, soft). telea: OpenCV inpainting that continues nearby edges "
                                "a little (slower on big areas). Either is a placeholder: generate_mask marks these "
                                "areas for a proper inpainting pass."}),
                 "retarget": ("BOOLEAN", {
-                    "default": True,
+                    "default": DEFAULTS.retarget,
                     "tooltip": "On: first give the target pose the photographed person's body proportions (bone "
                                "lengths) on the photo's canvas, so a tall model copying a short dancer keeps "
                                "their own build. Off: use target_pose exactly as given (e.g. when a Retarget Pose "
                                "node already did this)."}),
                 "anchor": (list(ANCHORS), {
-                    "default": "source",
+                    "default": DEFAULTS.anchor,
                     "tooltip": "Only with retarget on. source: the moved person stays where they stand in the "
                                "photo. target: they move to where the target person stands."}),
                 "source_person": ("INT", {
-                    "default": 0, "min": 0, "max": 1000,
+                    "default": DEFAULTS.source_person, "min": 0, "max": 1000,
                     "tooltip": "Which person of the photo to move, when the source pose has several "
                                "(0 = first in the keypoint file)."}),
                 "target_person": ("INT", {
-                    "default": 0, "min": 0, "max": 1000,
+                    "default": DEFAULTS.target_person, "min": 0, "max": 1000,
                     "tooltip": "Which person of each target frame gives the pose (0 = first in the keypoint "
                                "file)."}),
             },
             "optional": {
                 "flow_model": (FLOW_MODEL_TYPE, {
                     "tooltip": "A learned flow model (POSE_FLOW_MODEL from a posetransfer model loader). Used "
-                               "only when method is 'model'; ignored with 'parts'."}),
+                               "only with method single / structure (or model); ignored with 'parts'."}),
             },
         }
 
-    def warp(self, image, source_pose, target_pose, method="parts", segmentation="grabcut", background="inpaint",
-             fill="pyramid", retarget=True, anchor="source", source_person=0, target_person=0, flow_model=None):
+    def warp(self, image, source_pose, target_pose, method=DEFAULTS.method, segmentation=DEFAULTS.segmentation,
+             background=DEFAULTS.background, fill=DEFAULTS.fill, retarget=DEFAULTS.retarget, anchor=DEFAULTS.anchor,
+             source_person=DEFAULTS.source_person, target_person=DEFAULTS.target_person, flow_model=None):
         images = tensor_to_images(image, "image")
         sources = _poses(source_pose, "source_pose")
         targets = _poses(target_pose, "target_pose")
         _check_batch(len(images), len(sources), len(targets))
+        method = _method(method, flow_model)
+        estimator = None if method == "parts" else flow_model  # a connected model is ignored with parts
+        check_flow_model(method, estimator, "flow_model")
         options = FlowWarpOptions(method=method, segmentation=segmentation, background=background, fill=fill,
                                   retarget=bool(retarget), anchor=anchor, source_person=int(source_person),
                                   target_person=int(target_person))
-        _check_flow_model(flow_model, method)
         with_person(sources, "source_pose", options.source_person, "source_person")
         with_person(targets, "target_pose", options.target_person, "target_person")
         height, width = images.shape[1:3]
-        sources = [_fit_source_pose(p, width, height, f"source_pose[{i}]") for i, p in enumerate(sources)]
         if not options.retarget:  # retargeted poses all lie on the photo's canvas
             for i, t in enumerate(targets[1:], 1):
                 if (t.width, t.height) != (targets[0].width, targets[0].height):
@@ -173,8 +174,8 @@ class PoseTransferFlowWarp:
                         f"the frames of one batch are stacked into one IMAGE and need one size. Turn retarget on "
                         f"(every frame on the photo's canvas) or bring the target poses to one canvas")
 
-        frames = iter_flow_warp(list(images), sources, targets, options,  # checks every frame's input now
-                                estimator=flow_model if method == "model" else None)
+        # Checks every frame's input now; rescales a source pose detected on a resized copy of its image.
+        frames = iter_flow_warp(list(images), sources, targets, options, estimator=estimator)
         # The outputs are allocated once and filled frame by frame; no frame's intermediate results are kept,
         # so memory follows the output batch (a long pose sequence used to hold every frame's results twice).
         total = len(targets)
@@ -191,13 +192,13 @@ class PoseTransferFlowWarp:
             if tuple(r.image.shape[-2:]) != (height, width):
                 raise ValueError(f"target_pose[{i}]: output size {r.image.shape[-1]}x{r.image.shape[-2]} differs "
                                  f"from the batch's {width}x{height}; all frames of one batch need one canvas"
-                                 + (" (check flow_model)" if method == "model" else ""))
+                                 + ("" if estimator is None else " (check flow_model)"))
             if not torch.isfinite(r.image).all() or not torch.isfinite(r.flow).all():
                 raise ValueError(f"target_pose[{i}]: the warp produced NaN or infinite values"
-                                 + (" (check flow_model)" if method == "model" else ""))
+                                 + ("" if estimator is None else " (check flow_model)"))
             out_image[i] = r.image.detach().float().cpu().permute(1, 2, 0).clamp(0, 1)
-            generate[i] = (1 - r.visibility.detach().float().cpu()).clamp(0, 1)
-            flow_image[i] = flow_to_color(r.flow.detach().float().cpu()[None])[0].permute(1, 2, 0)
+            generate[i] = r.generate_mask.cpu()
+            flow_image[i] = r.flow_image.cpu().permute(1, 2, 0)
             person[i] = r.person.detach().float().cpu().clamp(0, 1)
             used.append(r.target_pose)
             del r  # before the next frame is made

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ..core.geometry import fit_pose
 from ..core.images import images_to_tensor
 from ..core.keypoints import Pose, check_has_pose
 from ..core.pose_io import dump_pose_keypoint, read_openpose_json
@@ -122,11 +123,11 @@ class PoseTransferLoadPose:
 
 
 def _on_canvas(pose: Pose, width: int, height: int) -> Pose:
-    """``pose`` stretched onto a ``width`` x ``height`` canvas (each axis scaled on its own)."""
+    """``pose`` stretched onto a ``width`` x ``height`` canvas (each axis scaled on its own), pixel centres
+    mapped as :mod:`..core.geometry` says (``x -> (x + 0.5) * width / W - 0.5``)."""
     if (pose.width, pose.height) == (width, height):
         return pose
-    scale = np.array([width / pose.width, height / pose.height])
-    return pose.map_points(lambda xy: xy * scale, width, height)
+    return fit_pose(pose, width, height, "stretch")
 
 
 class PoseTransferRenderPose:

@@ -31,9 +31,11 @@ def size(path):
 
 def test_transfer_writes_result_on_target_canvas(tmp_path, capsys):
     out = tmp_path / "out.png"
-    assert main(transfer_args(out)) == 0
+    assert main(transfer_args(out, "--no-retarget")) == 0  # the target pose as given, on its canvas
     assert size(out) == (400, 400)
     assert str(out) in capsys.readouterr().out
+    assert main(transfer_args(out, "--segmentation", "skeleton")) == 0  # retarget on by default: source canvas
+    assert size(out) == (350, 350)
 
 
 def test_transfer_retarget_writes_result_on_the_retargeted_canvas(tmp_path):
@@ -49,7 +51,7 @@ def test_transfer_retarget_writes_result_on_the_retargeted_canvas(tmp_path):
 def test_transfer_extra_outputs(tmp_path):
     out, mask, flow, panel = (tmp_path / f"{n}.png" for n in ("out", "mask", "flow", "panel"))
     code = main(transfer_args(out, "--mask-out", str(mask), "--flow-out", str(flow), "--panel-out", str(panel),
-                              "--fill", "telea", "--background", "keep"))
+                              "--fill", "telea", "--background", "keep", "--no-retarget"))
     assert code == 0
     assert size(mask) == size(flow) == (400, 400)
     m = load_image(mask)
@@ -106,12 +108,14 @@ def test_bad_json_and_size_mismatch_are_reported(tmp_path, capsys):
     assert main(transfer_args(tmp_path / "o.png", target=bad)) == 2
     err = capsys.readouterr().err
     assert "bad.json" in err and "invalid JSON" in err and len(err.strip().splitlines()) == 1
-    # The jumper's pose (400x400) does not belong to the 350x350 photo.
-    args = ["transfer", "--source", str(SRC), "--source-pose", str(TGT_POSE), "--target-pose", str(TGT_POSE),
+    # A 400x300 pose is not the frame of the 350x350 photo (a square pose would be taken for a resized copy).
+    other = pose_file(tmp_path / "other.json", width=400, height=300)
+    args = ["transfer", "--source", str(SRC), "--source-pose", str(other), "--target-pose", str(TGT_POSE),
             "--out", str(tmp_path / "o.png")]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "does not match" in err and len(err.strip().splitlines()) == 1
+    assert "--source-pose" in err and "canvas 400x300 is not the frame of its image 350x350" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.png").exists()
 
 
@@ -231,7 +235,7 @@ def test_transfer_refuses_a_target_without_a_pose(tmp_path, capsys, case):
     if case == "one point":
         body[:] = (200.0, 200.0, 1.0)
     target = pose_file(tmp_path / "t.json", body.reshape(-1))
-    for extra in ((), ("--retarget",)):
+    for extra in (("--no-retarget",), ("--retarget",)):
         assert main(transfer_args(tmp_path / "o.png", *extra, target=target)) == 2
         err = one_error_line(capsys)
         assert "--target-pose" in err and "t.json: frame[0], person 0" in err
@@ -288,7 +292,7 @@ def test_a_failure_mid_sequence_keeps_and_names_the_frames_done(tmp_path, capsys
     target.write_text(json.dumps(frames))
     out = tmp_path / "frame.png"
     assert main(transfer_args(out, "--mask-out", str(tmp_path / "m.png"), "--segmentation", "skeleton",
-                              target=target)) == 2
+                              "--no-retarget", target=target)) == 2
     err = one_error_line(capsys)
     assert "frame[2]" in err and "no body part" in err
     assert "frames 0 to 1 of 3 were written" in err and "frame_0000.png" in err and "m_0001.png" in err

@@ -36,7 +36,7 @@ def hwc(t: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("segmentation", ["grabcut", "skeleton"])
 def test_same_pose_gives_back_the_source(name, segmentation):
     image, pose = sample(name)
-    r = flow_warp([image], pose, pose, FlowWarpOptions(segmentation=segmentation))[0]
+    r = flow_warp([image], pose, pose, FlowWarpOptions(retarget=False, segmentation=segmentation))[0]
     on_person = r.person.numpy() >= 1
     assert on_person.sum() > 1000
     assert np.abs(hwc(r.image) - image)[on_person].max() < 1e-3
@@ -48,7 +48,7 @@ def _affine_check(image, pose, matrix, size):
     """Warp with every keypoint moved by ``matrix`` (source -> target); compare with cv2.warpAffine."""
     m = np.asarray(matrix, float)
     target = moved(pose[0], lambda xy: xy @ m[:, :2].T + m[:, 2], size[1], size[0])
-    opts = FlowWarpOptions(segmentation="skeleton", background="keep")
+    opts = FlowWarpOptions(retarget=False, segmentation="skeleton", background="keep")
     r = flow_warp([image], pose, [target], opts)[0]
     expect = cv2.warpAffine(image, m, (size[1], size[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     on_person = r.person.numpy() >= 1
@@ -102,7 +102,8 @@ def test_rotated_forearm_lands_where_expected():
     target = _rotate_joint(pose, wrist, elbow, 70)  # swing the forearm outwards
     e = target.people[0].body[elbow, :2]
     v = target.people[0].body[wrist, :2] - e
-    r = flow_warp([image], [pose], [target], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    options = FlowWarpOptions(retarget=False, segmentation="skeleton", background="white")
+    r = flow_warp([image], [pose], [target], options)[0]
     out = hwc(r.image)
     label = PART_BY_NAME["right_forearm"].label
     col = colours[label]
@@ -160,7 +161,8 @@ def test_missing_joints_never_crash_and_mark_what_cannot_be_sourced():
     source.people[0].body[wrist, 2] = 0  # the source lacks its right forearm
     target = _rotate_joint(pose, wrist, elbow, 70)
     target.people[0].body[knee, 2] = 0  # the target lacks its left thigh and shin
-    r = flow_warp([image], [source], [target], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    options = FlowWarpOptions(retarget=False, segmentation="skeleton", background="white")
+    r = flow_warp([image], [source], [target], options)[0]
     assert torch.isfinite(r.image).all()
     # The target's right forearm cannot come from the source: content to generate (away from the elbow).
     forearm = render_part_masks(target)[PART_NAMES.index("right_forearm")] > 0
@@ -187,15 +189,15 @@ def test_batch_rules():
     small = cv2.resize(image, (88, 88), interpolation=cv2.INTER_AREA)
     sp = moved(pose[0], lambda xy: (xy + 0.5) * 88 / 350 - 0.5, 88, 88)
     tp = moved(jump[0], lambda xy: (xy + 0.5) * 88 / 400 - 0.5, 88, 88)
-    opts = FlowWarpOptions(segmentation="skeleton")
+    opts = FlowWarpOptions(retarget=False, segmentation="skeleton")
     assert len(flow_warp([small], [sp], [tp, sp, tp], opts)) == 3  # 1 image, N target poses
     assert len(flow_warp([small, small], [sp, sp], [tp, sp], opts)) == 2  # N with N
     with pytest.raises(ValueError, match="batch mismatch"):
         flow_warp([small, small], [sp, sp], [tp, sp, tp], opts)
     with pytest.raises(ValueError, match="source_pose"):
         flow_warp([small, small], [sp], [tp, sp], opts)
-    with pytest.raises(ValueError, match="canvas"):
-        flow_warp([image], [sp], [tp], opts)  # pose not on this image
+    with pytest.raises(ValueError, match=r"source_pose\[0\]: canvas 88x100 is not the frame of its image 350x350"):
+        flow_warp([image], [moved(sp, lambda xy: xy, 88, 100)], [tp], opts)  # pose not on this image
 
 
 def test_prepared_source_is_reused_and_deterministic():

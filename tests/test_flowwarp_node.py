@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from posetransfer.core.flow import flow_to_color
+from posetransfer.core.flowwarp import flow_model_method
 from posetransfer.core.geometry import resize
 from posetransfer.core.images import images_to_tensor, load_image
 from posetransfer.core.pose_io import dump_pose_keypoint, load_pose_keypoint
@@ -180,7 +181,7 @@ def test_source_pose_of_a_resized_photo(fashion):
 def test_model_method_uses_the_flow_model(fashion):
     image, source = fashion
     model = IdentityFlow()
-    out_image, generate, flow_image, person, _ = run(image, source, [pose_only("jumper")] * 2, method="model",
+    out_image, generate, flow_image, person, _ = run(image, source, [pose_only("jumper")] * 2, method="single",
                                                      flow_model=model, segmentation="skeleton")
     assert len(model.calls) == 2 and model.calls[0] == ((1, 3, SIZE, SIZE), SIZE, SIZE)
     for frame, mask in zip(out_image, person):  # the person (composited over the background like 'parts')
@@ -199,7 +200,7 @@ def tiny_flow_models():
     torch.manual_seed(0)
     single = SingleTransformEstimator(SingleTransformFlowNet(**TINY_FLOW_NET_CONFIG),
                                       SingleTransformRefiner(**TINY_REFINER_CONFIG))
-    return {"single": single, "parts": PartFlowEstimator(PartFlowNet(**PART_FLOW_TINY_CONFIG))}
+    return {"single": single, "structure": PartFlowEstimator(PartFlowNet(**PART_FLOW_TINY_CONFIG))}
 
 
 def test_loaded_flow_models_are_handed_to_comfy(fashion, monkeypatch):
@@ -210,15 +211,16 @@ def test_loaded_flow_models_are_handed_to_comfy(fashion, monkeypatch):
     image, source = fashion
     targets = [pose_only("jumper")]
     for kind, estimator in tiny_flow_models().items():
-        expected = run(image, source, targets, method="model", flow_model=estimator, segmentation="skeleton")
+        expected = run(image, source, targets, method=kind, flow_model=estimator, segmentation="skeleton")
         managed = ManagedFlowModel(estimator)
+        assert flow_model_method(managed) == flow_model_method(estimator) == kind  # what method 'model' reads
         # The estimator's attributes show through (generate only where the estimator has it).
         assert hasattr(managed, "generate") == hasattr(estimator, "generate") == (kind == "single")
         with monkeypatch.context() as mp:
             fake = comfy_doubles.FakeModelManager(mp)
             moves = comfy_doubles.spy_module_moves(mp)
             for _ in range(2):
-                out = run(image, source, targets, method="model", flow_model=managed, segmentation="skeleton")
+                out = run(image, source, targets, method=kind, flow_model=managed, segmentation="skeleton")
                 for a, b in zip(out, expected):
                     torch.testing.assert_close(a, b, rtol=0, atol=0)
             # One ModelPatcher over the estimator's networks, asked to load before every estimate.
@@ -229,12 +231,18 @@ def test_loaded_flow_models_are_handed_to_comfy(fashion, monkeypatch):
             assert not [m for m, _, _ in moves if m in nets or isinstance(m, bridge._Holder)], kind
 
 
-def test_model_method_needs_a_flow_model(fashion):
+def test_learned_methods_need_a_flow_model_of_their_kind(fashion):
     image, source = fashion
-    with pytest.raises(ValueError, match="flow_model.*method 'model'"):
-        run(image, source, pose_only("jumper"), method="model")
+    models = tiny_flow_models()
+    for method in ("single", "structure", "model"):
+        with pytest.raises(ValueError, match=f"flow_model: method '{method}' needs"):
+            run(image, source, pose_only("jumper"), method=method)
     with pytest.raises(ValueError, match="flow_model.*estimate"):
-        run(image, source, pose_only("jumper"), method="model", flow_model=object())
+        run(image, source, pose_only("jumper"), method="single", flow_model=object())
+    with pytest.raises(ValueError, match="flow_model: holds a structure-aware part-flow model.*use method 'structure'"):
+        run(image, source, pose_only("jumper"), method="single", flow_model=models["structure"])
+    with pytest.raises(ValueError, match="flow_model: method 'model' takes the kind .* IdentityFlow does not say"):
+        run(image, source, pose_only("jumper"), method="model", flow_model=IdentityFlow())
 
 
 def test_parts_method_ignores_a_connected_flow_model(fashion):

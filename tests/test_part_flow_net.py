@@ -352,7 +352,7 @@ def test_estimator_runs_inside_flowwarp():
     rng = np.random.default_rng(2)
     palette = np.concatenate([[[0.5, 0.5, 0.5]], rng.uniform(0, 1, (10, 3))]).astype(np.float32)
     sp, tp = pose(moved(BASE, rng)), pose(moved(BASE, rng))
-    r = flow_warp([picture(sp, palette)], [sp], [tp], FlowWarpOptions(method="model", segmentation="skeleton"),
+    r = flow_warp([picture(sp, palette)], [sp], [tp], FlowWarpOptions(method="structure", retarget=False, segmentation="skeleton"),
                   estimator=PartFlowEstimator(tiny_model()))[0]
     assert r.image.shape == (3, S, S) and r.flow.shape == (2, S, S) and r.visibility.shape == (S, S)
     assert torch.isfinite(r.image).all()

@@ -128,7 +128,7 @@ def test_render_stretches_other_canvases_to_the_first():
     (image,) = PoseTransferRenderPose().render([a, b])
     assert tuple(image.shape) == (2, 400, 400, 3)
     pose = load_pose_keypoint(b)[0]
-    stretched = pose.map_points(lambda xy: xy * (400 / 350), 400, 400)
+    stretched = pose.map_points(lambda xy: (xy + 0.5) * (400 / 350) - 0.5, 400, 400)  # pixel centres (geometry)
     np.testing.assert_array_equal(image[1].numpy(), render_skeleton(stretched).astype(np.float32) / 255.0)
 
 

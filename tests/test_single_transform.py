@@ -353,8 +353,8 @@ def test_estimator_maps_model_square_to_canvases():
     xy = base_coords(32, 64)
     expected = (xy + 0.5) * 2 - 0.5 - xy
     assert (flow - expected).abs().max() < 1e-3 and vis.min() == 1
-    # FlowWarp with method="model" takes the flow from the estimator.
+    # FlowWarp with method="single" takes the flow from the estimator (the target pose as given: no retarget).
     image = np.random.default_rng(0).random((64, 128, 3)).astype(np.float32)
-    res = flow_warp([image], [src_pose], [tgt_pose], FlowWarpOptions(method="model", segmentation="skeleton"),
+    res = flow_warp([image], [src_pose], [tgt_pose], FlowWarpOptions(method="single", retarget=False, segmentation="skeleton"),
                     estimator=est)[0]
     assert res.image.shape == (3, 32, 64) and torch.allclose(res.flow, flow[0])

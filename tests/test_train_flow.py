@@ -329,16 +329,18 @@ def test_cli_transfer_with_trained_models(single_run, parts_run, tmp_path, capsy
     # the run folder and a checkpoint's export are accepted as well
     assert cli.main([*base, "--method", "single", "--model", str(out / "checkpoints" / "checkpoint-10"), "--out",
                      str(tmp_path / "ckpt.png")]) == 0
-    # the learned part-flow model (folder and one-file export); --method parts without --model: training-free
+    # the learned part-flow model (folder and one-file export); --method parts (no --model): training-free
     for model in (parts_run[0] / "model", parts_run[0] / train_flow.SINGLE_FILE):
-        assert cli.main([*base, "--method", "parts", "--model", str(model), "--out", str(tmp_path / "p.png")]) == 0
+        assert cli.main([*base, "--method", "structure", "--model", str(model), "--out", str(tmp_path / "p.png")]) == 0
         assert cv2.imread(str(tmp_path / "p.png")).shape == (FRAME[0], FRAME[1], 3)
     assert cli.main([*base, "--out", str(tmp_path / "free.png")]) == 0
     assert not np.array_equal(cv2.imread(str(tmp_path / "free.png")), cv2.imread(str(tmp_path / "p.png")))
     capsys.readouterr()
     # wrong kind / no model / not a model: one error line naming the flag
+    assert cli.main([*base, "--method", "structure", "--model", str(out / "model"), "--out", str(result)]) == 2
+    assert "use method 'single'" in capsys.readouterr().err
     assert cli.main([*base, "--method", "parts", "--model", str(out / "model"), "--out", str(result)]) == 2
-    assert "--method single" in capsys.readouterr().err
+    assert "training-free" in capsys.readouterr().err
     assert cli.main([*base, "--method", "single", "--out", str(result)]) == 2
     assert "--model" in capsys.readouterr().err
     assert cli.main([*base, "--method", "single", "--model", str(tmp_path), "--out", str(result)]) == 2
@@ -377,7 +379,7 @@ def test_loader_node_feeds_flowwarp(single_run, tmp_path, monkeypatch):
     ps, pt = moved(rng), moved(rng)
     image = picture(ps, np.concatenate([[[0.5] * 3], rng.uniform(0, 1, (10, 3))]))
     outs = PoseTransferFlowWarp().warp(images_to_tensor(image), dump_pose_keypoint(ps), dump_pose_keypoint(pt),
-                                       method="model", retarget=False, segmentation="skeleton",
+                                       method="single", retarget=False, segmentation="skeleton",
                                        flow_model=flow_model)
     assert tuple(outs[0].shape) == (1, FRAME[0], FRAME[1], 3) and torch.isfinite(outs[0]).all()
     direct = train_flow.load_flow_model(out / "model").estimate(torch.from_numpy(image).permute(2, 0, 1)[None],

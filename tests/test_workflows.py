@@ -283,6 +283,14 @@ def test_checks_catch_broken_workflows(classes, break_it, message):
         check_ui_nodes(wf, classes)
 
 
+def test_old_flowwarp_method_model_still_loads(classes):
+    """Workflows saved when FlowWarp's learned method was called 'model' (now single / structure) still pass the
+    server's combo check: 'model' stays listed, as an alias for the connected flow model's kind."""
+    wf = load(REPO / "workflows" / "flowwarp_basic.json")
+    _node(wf, "PoseTransferFlowWarp")["widgets_values"][0] = "model"
+    check_ui_nodes(wf, classes)
+
+
 # ------------------------------------------------------------------------------------------ API format
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=ids)

@@ -401,7 +401,9 @@ class SelfSupervisedPairs(Dataset):
             raise ValueError(f"modes: expected some of {SELF_SUPERVISED_MODES}, got {modes!r}")
         from ..core.flowwarp import FlowWarpOptions
 
-        self.options = FlowWarpOptions(method="parts", segmentation=segmentation, background=background)
+        # The targets are jittered poses of this photo's own person: used exactly as made (no retargeting).
+        self.options = FlowWarpOptions(method="parts", segmentation=segmentation, background=background,
+                                       retarget=False)
         self.spec, self.modes, self.seed, self.epoch = spec, modes, int(seed), 0
         self.affine, self.angle_jitter = affine, dict(angle_jitter)
         json_dir = openpose_dir or folder

@@ -443,6 +443,8 @@ class PartFlowEstimator:
     (eq 1); the source image only fixes the source canvas size.
     """
 
+    flowwarp_method = "structure"  # FlowWarp's method name for this model (core.flowwarp.METHODS)
+
     def __init__(self, model: PartFlowNet, binary_visibility: bool = True, source_person: int = 0,
                  target_person: int = 0):
         self.model = model.eval()

@@ -13,7 +13,7 @@ Pieces (section 3.1, appendix A; equation numbers in comments refer to the paper
   It returns the flow in the project's convention (:mod:`..flow`) and, given the source image, the warped image.
 * :class:`SingleTransformRefiner` R: encoder (2 convs, each followed by a downsampling, to 256 x 64 x 64), the
   features warped by the flow, decoder (6 residual blocks, 2 upsamplings with BatchNorm).
-* :class:`SingleTransformEstimator`: the FlowWarp ``FlowEstimator`` adapter (``method="model"``).
+* :class:`SingleTransformEstimator`: the FlowWarp ``FlowEstimator`` adapter (``method="single"``).
 
 Choices where the paper is vague (all configurable where it matters):
 
@@ -380,6 +380,8 @@ class SingleTransformEstimator:
     output of its own (it generates hidden parts by warping too); ``visibility`` is 1 where the flow samples
     inside the source canvas. :meth:`generate` also runs the refiner when one is loaded.
     """
+
+    flowwarp_method = "single"  # FlowWarp's method name for this model (core.flowwarp.METHODS)
 
     def __init__(self, flow_net: SingleTransformFlowNet, refiner: SingleTransformRefiner | None = None,
                  source_person: int = 0, target_person: int = 0, device: str | torch.device = "cpu"):
