@@ -178,7 +178,7 @@ def test_samples_and_pose_guidance(files):
 @pytest.mark.parametrize("argv_extra, message", [
     (["--method", "repose"], "--repose: --method repose needs --repose, --vae"),
     (["--method", "pcdms", "--inpaint", "missing.pt"], "--inpaint: no such file or folder: missing.pt"),
-    (["--method", "structure"], "--model: --method structure needs a trained"),
+    (["--method", "structure"], "--model: method 'structure' needs a trained"),
     (["--method", "repose", "--official"], "--official: only PCDMs"),
 ])
 def test_cli_errors_are_one_line(files, tmp_path, capsys, argv_extra, message):
