@@ -151,7 +151,7 @@ def main(argv=None) -> int:
         (s_img, s_pose), (t_img, t_pose) = views[s], views[t]
         size = t_img.shape[:2]
         base = per_limb_warp(s_img, s_pose.people[0], t_pose.people[0], size)
-        fw = flow_warp([s_img], [s_pose], [t_pose], FlowWarpOptions())[0].image.permute(1, 2, 0).numpy()
+        fw = flow_warp([s_img], [s_pose], [t_pose], FlowWarpOptions(retarget=False))[0].image.permute(1, 2, 0).numpy()
         mask = person_of(t_img)
         group = "same-facing" if facing[s] == facing[t] else "turn"
         rows[group].append([masked_ssim(base, t_img, mask), np.abs(base - t_img)[mask].mean() * 255,

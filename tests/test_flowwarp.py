@@ -291,7 +291,8 @@ def test_crossed_thigh_labels_give_uncrossed_legs():
     b = crossed.people[0].body
     for r, l in (("right_knee", "left_knee"), ("right_ankle", "left_ankle")):
         b[[JOINT_INDEX[r], JOINT_INDEX[l]]] = b[[JOINT_INDEX[l], JOINT_INDEX[r]]]  # thighs now cross in 2-D
-    r = flow_warp([image], [pose], [crossed], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    r = flow_warp([image], [pose], [crossed], FlowWarpOptions(segmentation="skeleton", background="white",
+                                                               retarget=False))[0]
     legs = _regions(pose, 1.0)[[PART_NAMES.index(n) for n in ("right_thigh", "right_shin", "left_thigh", "left_shin")]]
     legs = cv2.erode(legs.any(0).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     # The legs stay where they are (the source's own legs): the same picture, not an X.
@@ -314,9 +315,10 @@ class _ShiftEstimator:
 def test_model_method_is_composited_like_the_parts_method():
     image, pose = sample("fashion_standing")
     shifted = moved(pose[0], lambda xy: xy + [20, 0])
-    opts = FlowWarpOptions(method="model", segmentation="skeleton", background="white")
+    opts = FlowWarpOptions(method="single", segmentation="skeleton", background="white", retarget=False)
     r = flow_warp([image], pose, [shifted], opts, estimator=_ShiftEstimator(20))[0]
-    parts = flow_warp([image], pose, [shifted], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    parts = flow_warp([image], pose, [shifted], FlowWarpOptions(segmentation="skeleton", background="white",
+                                                                 retarget=False))[0]
     # The person mask is the moved source person, not the visibility map (which is all ones here).
     assert r.person.min() == 0 and (r.person.numpy() >= 1).sum() > 1000
     iou = ((r.person > 0.5) & (parts.person > 0.5)).sum() / ((r.person > 0.5) | (parts.person > 0.5)).sum()
@@ -350,7 +352,8 @@ def test_side_view_source_leaves_the_hidden_far_arm_to_generate():
                             side_view_depth_order(person, FlowWarpOptions().depth_order))
     assert {"left_upper_arm", "left_forearm"} <= hidden_parts(person, labels)
     assert not hidden_parts(person, labels) & {"right_upper_arm", "right_forearm"}
-    r = flow_warp([side_image], [side], [front], FlowWarpOptions(segmentation="skeleton", background="white"))[0]
+    r = flow_warp([side_image], [side], [front], FlowWarpOptions(segmentation="skeleton", background="white",
+                                                                 retarget=False))[0]
     e = front.people[0].body[JOINT_INDEX["left_elbow"], :2]
     yy, xx = np.mgrid[:256, :256]
     far_forearm = (render_part_masks(front)[PART_NAMES.index("left_forearm")] > 0) & (np.hypot(xx - e[0], yy - e[1]) > 15)
