@@ -6,7 +6,7 @@
   or the PerceptualSimilarity repository (``weights/v0.1/alex.pth``).
 * torchvision Inception-v3 (FID): ``inception_v3_google-0cc3c7bd.pth`` in the torch hub cache.
 
-Files are read with ``torch.load(..., weights_only=True)``.
+Files are read with ``torch.load(..., weights_only=True)`` (or as safetensors) by the one plain-weights reader, core/state_dicts.py.
 """
 
 from __future__ import annotations
@@ -67,17 +67,14 @@ def resolve(path, default_name: str, what: str, flag: str, extra_candidates=()) 
 
 
 def load_state_dict(path: str, what: str) -> dict:
-    """``torch.load(path, weights_only=True)`` -> a flat ``{name: tensor}`` dict, or a ValueError naming the file."""
+    """``path``'s named tensors (:func:`..state_dicts.read_state_dict`: safetensors, or ``torch.load(weights_only=True)``),
+    or a ValueError naming ``what`` and the file."""
+    from ..state_dicts import read_state_dict
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise ValueError(f"{what}: {path}: expected a PyTorch state dict file, could not load it ({exc})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                            for k, v in obj.items()):
-        raise ValueError(f"{what}: {path}: expected a state dict of named tensors, got {type(obj).__name__}")
-    return obj
+        return read_state_dict(path)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
 
 
 def load_into(module: torch.nn.Module, state: dict, path: str, what: str, optional_prefixes=()) -> None:
