@@ -10,7 +10,7 @@ import numpy as np
 from .geometry import fit_source_pose
 from .keypoints import Pose
 
-__all__ = ["fit_pose_to_image", "place_pose", "pose_frames", "source_poses_for", "target_poses_on_one_canvas"]
+__all__ = ["place_pose", "pose_frames", "source_poses_for", "target_poses_on_one_canvas"]
 
 
 
@@ -26,12 +26,6 @@ def pose_frames(poses, what: str, person: int = 0) -> list[Pose]:
     return frames
 
 
-def fit_pose_to_image(pose: Pose, width: int, height: int, what: str) -> Pose:
-    """``pose`` on the image canvas: unchanged when the canvases agree, rescaled when only the resolution
-    differs (the image was resized after pose detection), else a ValueError."""
-    return fit_source_pose(pose, width, height, what)  # the one rule (core/geometry.py)
-
-
 def source_poses_for(images_hw: tuple[int, int], n_images: int, source_poses: Sequence[Pose], n_targets: int,
                      what: str = "source_pose", images_what: str = "source_image") -> list[Pose]:
     """One source frame per source image (1 image, or one per target frame), each fitted to the image canvas."""
@@ -40,7 +34,7 @@ def source_poses_for(images_hw: tuple[int, int], n_images: int, source_poses: Se
     if len(source_poses) != n_images:
         raise ValueError(f"{what}: expected one frame per {images_what} ({n_images}), got {len(source_poses)}")
     h, w = images_hw
-    return [fit_pose_to_image(p, w, h, f"{what}[{i}]") for i, p in enumerate(source_poses)]
+    return [fit_source_pose(p, w, h, f"{what}[{i}]") for i, p in enumerate(source_poses)]  # the one canvas rule
 
 
 def target_poses_on_one_canvas(poses: Sequence[Pose], what: str = "target_pose") -> list[Pose]:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.geometry import fit_source_pose
 from ..core.pcdms import KINDS, load_pcdms
 from ..core.pcdms import transfer as pcdms
 from ..core.pcdms.image_layout import LAYOUT_MODES
