@@ -117,12 +117,12 @@ class PoseTransferFlowModelLoader:
     DESCRIPTION = ("Load a learned flow model trained with 'posetransfer train-flow' from models/posetransfer: the "
                    "single-spatial-transformation model or the structure-aware part-flow model (copy the run's "
                    "OUT/model folder, or its flow_model.safetensors file, there). Connect the output to FlowWarp's "
-                   "flow_model input and set FlowWarp's method to 'model'.")
+                   "flow_model input and set FlowWarp's method to the model's kind ('single' or 'structure').")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (FLOW_MODEL_TYPE,)
     RETURN_NAMES = ("flow_model",)
-    OUTPUT_TOOLTIPS = ("The flow model; connect it to FlowWarp's flow_model input (method 'model').",)
+    OUTPUT_TOOLTIPS = ("The flow model; connect it to FlowWarp's flow_model input (method 'single' or 'structure', the kind of the model).",)
 
     @classmethod
     def INPUT_TYPES(cls):
