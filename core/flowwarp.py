@@ -34,7 +34,7 @@ from .geometry import fit_source_pose
 from .inpaint import INPAINT_METHODS, fill_holes
 from .keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
 from .part_flow import hidden_parts, label_boxes, part_flow
-from .parts import DEFAULT_DEPTH_ORDER
+from .parts import DEFAULT_DEPTH_ORDER, body_scale
 from .retarget import ANCHORS, retarget_pose
 from .segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label_map, person_mask
 from .views import side_view_depth_order, uncross_legs
@@ -197,8 +197,12 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         # photo wherever the mask says background, so an unmoved person gives back the photo exactly.
         k = max(3, int(round(0.04 * max(h, w)))) | 1
         remove = cv2.dilate((mask.numpy() > 0.1).astype(np.uint8), np.ones((k, k), np.uint8))
+        # Clothes the mask missed (coat tails far from every bone) would stay standing where the person was:
+        # remove them too, and count them as background to generate, not as the photo's.
+        leftover = _leftover_person(img, (mask.numpy() > 0.5).astype(np.float32), remove, body_scale(person))
+        remove |= leftover
         filled = fill_holes(img[None], torch.from_numpy(remove.astype(np.float32))[None, None], options.fill)[0]
-        real = (mask <= 0.5).float()  # the complement of part_label_map's person (mask > 0.5)
+        real = ((mask <= 0.5) & ~torch.from_numpy(leftover.astype(bool))).float()  # part_label_map's person is mask > 0.5
         # The silhouette's soft edge outside the person (0 < mask <= 0.5) still carries the person's colours:
         # a ghost outline once the person moves away. Show the fill there too; it still counts as real.
         edge = cv2.dilate((mask.numpy() > 0.02).astype(np.uint8), np.ones((5, 5), np.uint8))
@@ -210,6 +214,43 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         real = torch.ones(h, w)
     return PreparedSource(img, pose, person, mask, labels, background, real, label_boxes(labels),
                           hidden_parts(person, labels), device)
+
+
+LEFTOVER_REACH = 0.6  # clothes the person mask missed are looked for up to this many body scales around it
+LEFTOVER_MAX = 0.25
+LEFTOVER_GAP = 0.15  # RGB distance (0..1) from the predicted backdrop that makes a pixel a leftover of the person
+
+
+def _leftover_person(img: torch.Tensor, person: np.ndarray, remove: np.ndarray, scale: float) -> np.ndarray:
+    """Pixels (uint8 0/1, ``(H, W)``) near the removed person ``remove`` that still stand out from the backdrop
+    and touch it: loose clothes the person mask missed. The backdrop is predicted by a smooth fill of the
+    pixels farther than ``LEFTOVER_REACH`` body scales from ``remove``, the person's colours by a fill of the
+    ``person`` pixels (both at half resolution: they are smooth); a leftover is far from the first and closer to
+    the second. More than ``LEFTOVER_MAX`` times the person's area means the backdrop could not be predicted
+    (a busy photo): then nothing is taken."""
+    h, w = remove.shape
+    r = max(1, int(round(LEFTOVER_REACH * scale)))
+    ring = cv2.dilate(remove, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    if ring.all():
+        return np.zeros_like(remove)
+    half = (max(1, w // 2), max(1, h // 2))
+    rgb = img.permute(1, 2, 0).numpy()
+    small = torch.from_numpy(cv2.resize(rgb, half, interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None]
+    known = torch.from_numpy(cv2.resize(1 - ring.astype(np.float32), half, interpolation=cv2.INTER_AREA))
+    known = (known >= 1).float()[None, None]
+    def distance_to_fill(k):
+        fill = fill_holes(small, 1 - k, "pyramid")[0].permute(1, 2, 0).numpy()
+        return np.linalg.norm(rgb - cv2.resize(fill, (w, h), interpolation=cv2.INTER_LINEAR), axis=-1)
+
+    d_bg = distance_to_fill(known)
+    d_person = distance_to_fill(torch.from_numpy(cv2.resize(person, half, interpolation=cv2.INTER_AREA))[None, None])
+    stands_out = (d_bg > LEFTOVER_GAP) & (d_person < 2 * d_bg) & (ring > 0) & (remove == 0)
+    _, comp = cv2.connectedComponents((stands_out | (remove > 0)).astype(np.uint8), connectivity=4)
+    touching = np.unique(comp[remove > 0])
+    leftover = np.isin(comp, touching[touching > 0]) & stands_out
+    if leftover.sum() > LEFTOVER_MAX * person.sum():  # the backdrop was not predictable (a busy photo): keep it
+        return np.zeros_like(remove)
+    return leftover.astype(np.uint8)
 
 
 def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:

@@ -9,6 +9,8 @@ some colour contrast between person and background.
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import torch
@@ -89,11 +91,8 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     if not (seeds == cv2.GC_BGD).any() or not ((seeds == cv2.GC_PR_BGD) | (seeds == cv2.GC_BGD)).any():
         return skeleton
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's global RNG: same photo, same mask
-    try:
-        cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seeds, None, bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:  # degenerate colour models (e.g. a flat image): fall back to the skeleton
-        return skeleton
+    if not _seeded_grabcut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seeds, bgd, fgd):
+        return skeleton  # degenerate colour models (e.g. a flat image): fall back to the skeleton
     fg = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     fg = _grow_by_colour(img, fg, zone).astype(np.float32)
@@ -103,6 +102,26 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     # person or background as the colours say, so background between the legs or beside a thin arm is
     # never taken for the person (it would be moved with the limb and counted as real person content).
     return np.maximum(np.clip(mask, 0, 1), (nearest < SURE).astype(np.float32))
+
+
+def _seeded_grabcut(bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np.ndarray) -> bool:
+    """cv2.grabCut (in place on ``seeds``) with its k-means start seeded, so the same photo gives the same mask,
+    without touching the caller's OpenCV RNG: OpenCV's RNG (``cv::theRNG``) is per thread, and Python's cv2
+    cannot read or restore it, so the seeding and the cut run in a short-lived thread of their own (the
+    ComfyUI process's RNG is left as it was). False when GrabCut fails (degenerate colour models)."""
+    failed = []
+
+    def cut():
+        cv2.setRNGSeed(0)
+        try:
+            cv2.grabCut(bgr, seeds, None, bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:
+            failed.append(True)
+
+    worker = threading.Thread(target=cut, name="posetransfer-grabcut")
+    worker.start()
+    worker.join()
+    return not failed
 
 
 def _grow_by_colour(img: np.ndarray, fg: np.ndarray, zone: np.ndarray) -> np.ndarray:
