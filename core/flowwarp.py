@@ -190,19 +190,22 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         raise ValueError(f"{what} pose: too few joints to locate any body part (need e.g. neck and a hip, "
                          f"or both ends of a limb)")
     mask = torch.from_numpy(person_mask(image, person, options.segmentation, fields))
-    labels = part_label_map(fields, mask, side_view_depth_order(person, options.depth_order))
     img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    # Clothes the mask missed (coat tails far from every bone) would stay standing where the person was, in
+    # the background: they are the person's, and move with the part nearest to them (part_label_map).
+    k = max(3, int(round(0.04 * max(h, w)))) | 1
+    near = cv2.dilate((mask.numpy() > 0.1).astype(np.uint8), np.ones((k, k), np.uint8))
+    leftover = _leftover_person(img, (mask.numpy() > 0.5).astype(np.float32), near, body_scale(person))
+    if leftover.any():
+        mask = torch.maximum(mask, torch.from_numpy(leftover.astype(np.float32)))
+    labels = part_label_map(fields, mask, side_view_depth_order(person, options.depth_order))
     if options.background == "inpaint":
         # Fill from colours well away from the silhouette (segmentation edges are not exact), but keep the
         # photo wherever the mask says background, so an unmoved person gives back the photo exactly.
         k = max(3, int(round(0.04 * max(h, w)))) | 1
         remove = cv2.dilate((mask.numpy() > 0.1).astype(np.uint8), np.ones((k, k), np.uint8))
-        # Clothes the mask missed (coat tails far from every bone) would stay standing where the person was:
-        # remove them too, and count them as background to generate, not as the photo's.
-        leftover = _leftover_person(img, (mask.numpy() > 0.5).astype(np.float32), remove, body_scale(person))
-        remove |= leftover
         filled = fill_holes(img[None], torch.from_numpy(remove.astype(np.float32))[None, None], options.fill)[0]
-        real = ((mask <= 0.5) & ~torch.from_numpy(leftover.astype(bool))).float()  # part_label_map's person is mask > 0.5
+        real = (mask <= 0.5).float()  # the complement of part_label_map's person (mask > 0.5)
         # The silhouette's soft edge outside the person (0 < mask <= 0.5) still carries the person's colours:
         # a ghost outline once the person moves away. Show the fill there too; it still counts as real.
         edge = cv2.dilate((mask.numpy() > 0.02).astype(np.uint8), np.ones((5, 5), np.uint8))
@@ -244,7 +247,7 @@ def _leftover_person(img: torch.Tensor, person: np.ndarray, remove: np.ndarray, 
 
     d_bg = distance_to_fill(known)
     d_person = distance_to_fill(torch.from_numpy(cv2.resize(person, half, interpolation=cv2.INTER_AREA))[None, None])
-    stands_out = (d_bg > LEFTOVER_GAP) & (d_person < 2 * d_bg) & (ring > 0) & (remove == 0)
+    stands_out = (d_bg > LEFTOVER_GAP) & (d_person < 2 * d_bg) & (ring > 0) & (person == 0)
     _, comp = cv2.connectedComponents((stands_out | (remove > 0)).astype(np.uint8), connectivity=4)
     touching = np.unique(comp[remove > 0])
     leftover = np.isin(comp, touching[touching > 0]) & stands_out

@@ -380,9 +380,8 @@ def test_grabcut_is_repeatable_and_leaves_the_global_opencv_rng_alone():
 
 def test_coat_the_mask_misses_does_not_stay_at_the_old_place():
     """A figure with a wide coat below the hips, far from every bone: the skeleton mask misses most of it.
-    Moved 70 px to the right, almost no coat-coloured pixel stays at the old coat place outside the moved person
-    (main before the fix: 18.5 %, now about 6 %: a thin outline along the mask's soft edge remains), and most
-    of the old coat place is marked to generate."""
+    Moved 70 px to the right, no coat-coloured pixel stays at the old coat place outside the moved person (before
+    the fix: 18.5 % of it), and that place is marked to generate, not real (a few pixels of the soft edge aside)."""
     size = 256
     image, pose, _ = _striped_figure(size)
     image = np.where((image == 1.0).all(-1, keepdims=True), np.float32(0.85), image)  # grey backdrop
@@ -396,6 +395,6 @@ def test_coat_the_mask_misses_does_not_stay_at_the_old_place():
     pinkish = np.linalg.norm(out - pink, axis=-1) < 0.12
     old_place = (coat > 0) & (r.person.numpy() < 0.5)
     assert old_place.sum() > 3000
-    assert (pinkish & old_place).sum() < 0.08 * old_place.sum()
+    assert (pinkish & old_place).sum() < 0.01 * old_place.sum()
     was_coat = (np.linalg.norm(image - pink, axis=-1) < 0.05) & old_place
-    assert r.visibility.numpy()[was_coat].mean() < 0.2  # 13 % now (the outline and the mask edge)
+    assert r.visibility.numpy()[was_coat].mean() < 0.01
