@@ -228,32 +228,36 @@ def _leftover_person(img: torch.Tensor, person: np.ndarray, remove: np.ndarray, 
     """Pixels (uint8 0/1, ``(H, W)``) near the removed person ``remove`` that still stand out from the backdrop
     and touch it: loose clothes the person mask missed. The backdrop is predicted by a smooth fill of the
     pixels farther than ``LEFTOVER_REACH`` body scales from ``remove``, the person's colours by a fill of the
-    ``person`` pixels (both at half resolution: they are smooth); a leftover is far from the first and closer to
-    the second. More than ``LEFTOVER_MAX`` times the person's area means the backdrop could not be predicted
-    (a busy photo): then nothing is taken."""
+    ``person`` pixels; a leftover is far from the first and not much farther from the second. More than
+    ``LEFTOVER_MAX`` times the person's area means the backdrop could not be predicted (a busy photo): then
+    nothing is taken. Worked out at half resolution (the fills are smooth; it keeps the cost small)."""
     h, w = remove.shape
-    r = max(1, int(round(LEFTOVER_REACH * scale)))
-    ring = cv2.dilate(remove, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    half = (max(1, w // 2), max(1, h // 2))
+    rem = cv2.resize(remove, half, interpolation=cv2.INTER_NEAREST)
+    if not rem.any():
+        return np.zeros_like(remove)
+    ring = cv2.distanceTransform((rem == 0).astype(np.uint8), cv2.DIST_L2, 3) <= LEFTOVER_REACH * scale / 2
     if ring.all():
         return np.zeros_like(remove)
-    half = (max(1, w // 2), max(1, h // 2))
-    rgb = img.permute(1, 2, 0).numpy()
-    small = torch.from_numpy(cv2.resize(rgb, half, interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None]
-    known = torch.from_numpy(cv2.resize(1 - ring.astype(np.float32), half, interpolation=cv2.INTER_AREA))
-    known = (known >= 1).float()[None, None]
-    def distance_to_fill(k):
-        fill = fill_holes(small, 1 - k, "pyramid")[0].permute(1, 2, 0).numpy()
-        return np.linalg.norm(rgb - cv2.resize(fill, (w, h), interpolation=cv2.INTER_LINEAR), axis=-1)
+    rgb = cv2.resize(img.permute(1, 2, 0).numpy(), half, interpolation=cv2.INTER_AREA)
+    small = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    per = cv2.resize(person, half, interpolation=cv2.INTER_AREA)
 
-    d_bg = distance_to_fill(known)
-    d_person = distance_to_fill(torch.from_numpy(cv2.resize(person, half, interpolation=cv2.INTER_AREA))[None, None])
-    stands_out = (d_bg > LEFTOVER_GAP) & (d_person < 2 * d_bg) & (ring > 0) & (person == 0)
-    _, comp = cv2.connectedComponents((stands_out | (remove > 0)).astype(np.uint8), connectivity=4)
-    touching = np.unique(comp[remove > 0])
+    def distance_to_fill(known: np.ndarray) -> np.ndarray:
+        k = torch.from_numpy(known.astype(np.float32))[None, None]
+        fill = fill_holes(small, 1 - k, "pyramid")[0].permute(1, 2, 0).numpy()
+        return np.linalg.norm(rgb - fill, axis=-1)
+
+    d_bg, d_person = distance_to_fill(~ring), distance_to_fill(per)
+    stands_out = (d_bg > LEFTOVER_GAP) & (d_person < 2 * d_bg) & ring & (per < 0.5)
+    _, comp = cv2.connectedComponents((stands_out | (rem > 0)).astype(np.uint8), connectivity=4)
+    touching = np.unique(comp[rem > 0])
     leftover = np.isin(comp, touching[touching > 0]) & stands_out
-    if leftover.sum() > LEFTOVER_MAX * person.sum():  # the backdrop was not predictable (a busy photo): keep it
+    if leftover.sum() > LEFTOVER_MAX * max(per.sum(), 1.0):
         return np.zeros_like(remove)
-    return leftover.astype(np.uint8)
+    full = cv2.resize(leftover.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    full = cv2.dilate(full, np.ones((3, 3), np.uint8))  # the half-resolution edge: a pixel more
+    return full & (person < 0.5).astype(np.uint8)
 
 
 def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
