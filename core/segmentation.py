@@ -9,6 +9,8 @@ some colour contrast between person and background.
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ REACH_LOOSE = 0.6  # GrabCut may find person up to this many body scales beyond 
 MIN_SURE_BACKGROUND = 0.3  # the wider zone is used only where it leaves this fraction as sure background
 COLOUR_GAP = 0.15  # RGB distance (0..1) from the predicted background that makes a pixel stand out
 PERSON_RATIO = 0.35  # ... when its distance to the predicted person colour is below this times that distance
+BACKDROP_GAP = 0.12  # ... and closer than this to it makes a loose person pixel background after all
 SURE = 0.35  # normalised distance below which a pixel is the person whatever the colours say (GrabCut seed)
 
 
@@ -97,14 +100,11 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     if not (seeds == cv2.GC_BGD).any() or not ((seeds == cv2.GC_PR_BGD) | (seeds == cv2.GC_BGD)).any():
         return skeleton
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's global RNG: same photo, same mask
-    try:
-        cv2.grabCut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seeds, None, bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
-    except cv2.error:  # degenerate colour models (e.g. a flat image): fall back to the skeleton
-        return skeleton
+    if not _seeded_grabcut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seeds, bgd, fgd):
+        return skeleton  # degenerate colour models (e.g. a flat image): fall back to the skeleton
     fg = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    fg = _grow_by_colour(img, fg, zone).astype(np.float32)
+    fg = _grow_by_colour(img, fg, zone, near >= CORE).astype(np.float32)
     mask = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
     mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.5 / scale))
     # Only the sure seeds are forced: the ring between them and the part's nominal region (CORE) is
@@ -113,12 +113,34 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     return np.maximum(np.clip(mask, 0, 1), (nearest < SURE).astype(np.float32))
 
 
-def _grow_by_colour(img: np.ndarray, fg: np.ndarray, zone: np.ndarray) -> np.ndarray:
+def _seeded_grabcut(bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np.ndarray) -> bool:
+    """cv2.grabCut (in place on ``seeds``) with its k-means start seeded, so the same photo gives the same mask,
+    without touching the caller's OpenCV RNG: OpenCV's RNG (``cv::theRNG``) is per thread, and Python's cv2
+    cannot read or restore it, so the seeding and the cut run in a short-lived thread of their own (the
+    ComfyUI process's RNG is left as it was). False when GrabCut fails (degenerate colour models)."""
+    failed = []
+
+    def cut():
+        cv2.setRNGSeed(0)
+        try:
+            cv2.grabCut(bgr, seeds, None, bgd, fgd, GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
+        except cv2.error:
+            failed.append(True)
+
+    worker = threading.Thread(target=cut, name="posetransfer-grabcut")
+    worker.start()
+    worker.join()
+    return not failed
+
+
+def _grow_by_colour(img: np.ndarray, fg: np.ndarray, zone: np.ndarray, loose: np.ndarray) -> np.ndarray:
     """``fg`` plus the pixels of ``zone`` whose colour stands out from the backdrop around them and that
     touch ``fg``: GrabCut's colour models miss clothes close in colour to a plain backdrop (a pale pink coat on
     light grey). The backdrop's colour at each pixel is predicted by a smooth fill of the pixels outside
     ``zone``, the person's by a fill of ``fg``; a pixel is added when it is far from the first and much
-    closer to the second."""
+    closer to the second. The other way round, ``loose`` pixels (outside every part's nominal region) of the
+    backdrop's colour (within ``BACKDROP_GAP`` of it) are taken out: GrabCut keeps patches of background
+    between the legs or below a skirt, which would be moved with the limbs and count as real person content."""
     outside = ~zone
     if not outside.any():
         return fg
@@ -137,7 +159,7 @@ def _grow_by_colour(img: np.ndarray, fg: np.ndarray, zone: np.ndarray) -> np.nda
     grown = (stands_out | (fg > 0)).astype(np.uint8)
     _, comp = cv2.connectedComponents(grown, connectivity=4)
     touching = np.unique(comp[fg > 0])
-    return np.isin(comp, touching[touching > 0]) | (fg > 0)
+    return (np.isin(comp, touching[touching > 0]) | (fg > 0)) & ~(loose & (d_bg < BACKDROP_GAP))
 
 
 def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
