@@ -184,6 +184,11 @@ class Person:
             return None
         return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
 
+    def bbox_area(self) -> float:
+        """Area of :meth:`bbox` in square pixels; 0.0 when no body joint is present."""
+        box = self.bbox()
+        return 0.0 if box is None else (box[2] - box[0]) * (box[3] - box[1])
+
     def copy(self) -> "Person":
         return Person(self.body.copy(),
                       None if self.face is None else self.face.copy(),
@@ -250,6 +255,12 @@ class Pose:
         if index >= len(self.people):
             raise ValueError(f"{what}: person index {index} out of range, the frame has {len(self.people)} people")
         return self.people[index]
+
+    def largest_person(self, what: str = "pose") -> Person:
+        """The person whose present body joints span the largest bounding box (the first of equals)."""
+        if not self.people:
+            raise ValueError(f"{what}: expected at least one person, got a frame with no people")
+        return max(self.people, key=Person.bbox_area)
 
 
 def _point_name(part: str, i: int) -> str:

@@ -53,8 +53,6 @@ HIDDEN_VISIBLE = 0.35  # a far-side limb of a side view showing less of its regi
 GAP = 5  # gaps narrower than about this many pixels between kept pixels are closed (_close_gaps)
 JOINT_REACH = 1.5  # a neighbour's label is accepted this many radii around the shared joint
 BLEND = 0.5  # a child part fades in from its parent over this many of its radii past their joint
-_PARENTS_FIRST = ("torso", "head", "right_upper_arm", "left_upper_arm", "right_thigh", "left_thigh",
-                  "right_forearm", "left_forearm", "right_shin", "left_shin")
 
 
 @dataclass

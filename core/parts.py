@@ -91,13 +91,18 @@ def body_scale(body) -> float:
     def dist(a, b):
         return float(np.hypot(*(xy[a] - xy[b]))) if present[a] and present[b] else None
 
-    neck, rsh, lsh, rhip, lhip = 1, 2, 5, 8, 11
+    j = JOINT_INDEX
+    nose, neck, rsh, lsh = j["nose"], j["neck"], j["right_shoulder"], j["left_shoulder"]
+    rhip, lhip = j["right_hip"], j["left_hip"]
+    rel, lel, rkn, lkn = j["right_elbow"], j["left_elbow"], j["right_knee"], j["left_knee"]
     if present[neck] and (present[rhip] or present[lhip]):
         hips = [xy[i] for i in (rhip, lhip) if present[i]]
         return float(np.hypot(*(xy[neck] - np.mean(hips, axis=0))))
     estimates = []
-    for (a, b), ratio in (((rsh, lsh), 0.75), ((2, 3), 0.6), ((5, 6), 0.6), ((8, 9), 0.8), ((11, 12), 0.8),
-                          ((9, 10), 0.8), ((12, 13), 0.8), ((3, 4), 0.55), ((6, 7), 0.55), ((0, 1), 0.45),
+    for (a, b), ratio in (((rsh, lsh), 0.75), ((rsh, rel), 0.6), ((lsh, lel), 0.6),
+                          ((rhip, rkn), 0.8), ((lhip, lkn), 0.8),
+                          ((rkn, j["right_ankle"]), 0.8), ((lkn, j["left_ankle"]), 0.8),
+                          ((rel, j["right_wrist"]), 0.55), ((lel, j["left_wrist"]), 0.55), ((nose, neck), 0.45),
                           ((rhip, lhip), 0.35)):
         d = dist(a, b)
         if d:

@@ -35,32 +35,39 @@ from __future__ import annotations
 import numpy as np
 
 from .geometry import fit_pose
-from .keypoints import FLIP_PERMUTATION, NUM_JOINTS, Person, Pose
+from .keypoints import FLIP_PERMUTATION, JOINT_INDEX, NUM_JOINTS, Person, Pose
 from .parts import body_scale
 
-ROOT = 1  # neck
-# Parent -> child, in an order where every parent is placed before its children.
-BONES: tuple[tuple[int, int], ...] = (
-    (1, 2), (2, 3), (3, 4), (1, 5), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
-    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
-)
-PARENT: dict[int, int] = {c: p for p, c in BONES}
+ROOT = JOINT_INDEX["neck"]
+
+
+def _bone(parent: str, child: str) -> tuple[int, int]:
+    return JOINT_INDEX[parent], JOINT_INDEX[child]
+
 
 # Typical bone length as a fraction of body_scale (the torso length, neck to mid-hip), for adults seen from the
 # front; consistent with the ratios body_scale itself uses (shoulder width 0.75, upper arm 0.6, forearm 0.55,
 # thigh and shin 0.8, neck-nose 0.45, hip width 0.35). Neck-hip is sqrt(1 + 0.175^2); the face bones are
 # anthropometric guesses (nose-eye ~0.1, eye-ear ~0.12), checked against the sample photos.
+# Parent -> child, in an order where every parent is placed before its children.
 BONE_RATIOS: dict[tuple[int, int], float] = {
-    (1, 2): 0.375, (2, 3): 0.6, (3, 4): 0.55,
-    (1, 5): 0.375, (5, 6): 0.6, (6, 7): 0.55,
-    (1, 8): 1.02, (8, 9): 0.8, (9, 10): 0.8,
-    (1, 11): 1.02, (11, 12): 0.8, (12, 13): 0.8,
-    (1, 0): 0.45, (0, 14): 0.1, (14, 16): 0.12, (0, 15): 0.1, (15, 17): 0.12,
+    _bone("neck", "right_shoulder"): 0.375, _bone("right_shoulder", "right_elbow"): 0.6,
+    _bone("right_elbow", "right_wrist"): 0.55,
+    _bone("neck", "left_shoulder"): 0.375, _bone("left_shoulder", "left_elbow"): 0.6,
+    _bone("left_elbow", "left_wrist"): 0.55,
+    _bone("neck", "right_hip"): 1.02, _bone("right_hip", "right_knee"): 0.8, _bone("right_knee", "right_ankle"): 0.8,
+    _bone("neck", "left_hip"): 1.02, _bone("left_hip", "left_knee"): 0.8, _bone("left_knee", "left_ankle"): 0.8,
+    _bone("neck", "nose"): 0.45, _bone("nose", "right_eye"): 0.1, _bone("right_eye", "right_ear"): 0.12,
+    _bone("nose", "left_eye"): 0.1, _bone("left_eye", "left_ear"): 0.12,
 }
+BONES: tuple[tuple[int, int], ...] = tuple(BONE_RATIOS)
+_RHIP, _LHIP = JOINT_INDEX["right_hip"], JOINT_INDEX["left_hip"]
+PARENT: dict[int, int] = {c: p for p, c in BONES}
 ANCHORS: tuple[str, ...] = ("source", "target")
 FORESHORTENED = 0.6  # a bone shorter than this times its mirror (or its body-proportion prior) is foreshortened
 # Which body joint each extra part hangs from.
-_PART_JOINT = {"face": 0, "right_hand": 4, "left_hand": 7}
+_PART_JOINT = {"face": JOINT_INDEX["nose"], "right_hand": JOINT_INDEX["right_wrist"],
+               "left_hand": JOINT_INDEX["left_wrist"]}
 
 
 def _bone_length(person: Person, bone: tuple[int, int]) -> float | None:
@@ -103,8 +110,8 @@ def _source_lengths(source: Person, scale: float) -> dict[tuple[int, int], float
 def _root_joints(a: np.ndarray, b: np.ndarray) -> list[int]:
     """Joints that define the root for two presence masks: both hips, else the neck, else all common joints."""
     both = a & b
-    if both[8] and both[11]:
-        return [8, 11]
+    if both[_RHIP] and both[_LHIP]:
+        return [_RHIP, _LHIP]
     if both[ROOT]:
         return [ROOT]
     return np.flatnonzero(both).tolist()

@@ -218,11 +218,6 @@ class PoseTransferRetargetPose:
         return (dump_pose_keypoint(out),)
 
 
-def _bbox_area(person) -> float:
-    box = person.bbox()
-    return 0.0 if box is None else (box[2] - box[0]) * (box[3] - box[1])
-
-
 class PoseTransferSelectPerson:
     """Keep one person per frame."""
 
@@ -255,7 +250,7 @@ class PoseTransferSelectPerson:
             if not pose.people:
                 raise ValueError(f"pose_keypoint[{i}]: expected at least one person, got a frame with no people")
             if mode == "largest":
-                person = max(pose.people, key=_bbox_area)
+                person = pose.largest_person(f"pose_keypoint[{i}]")
             else:
                 person = pose.person(index, f"pose_keypoint[{i}] (index)")
             out.append(Pose([person.copy()], pose.width, pose.height, dict(pose.extra)))

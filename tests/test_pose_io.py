@@ -431,3 +431,21 @@ def test_pcdms_missing_and_empty_pose(tmp_path: Path):
     with pytest.raises(ValueError, match="pose"):
         pcdms_pose_vector(Pose([], 10, 10))
     assert math.isclose(float(pcdms_pose_vector(pose)[35]), 0.25)
+
+
+def test_bbox_area_and_largest_person_known_answers():
+    def person(points):
+        body = np.zeros((NUM_JOINTS, 3), np.float32)
+        for j, (x, y) in enumerate(points):
+            body[j] = (x, y, 1.0)
+        return Person(body)
+
+    small = person([(0, 0), (2, 3)])        # 2 x 3 = 6
+    big = person([(10, 10), (14, 12)])      # 4 x 2 = 8
+    empty = person([])
+    assert small.bbox_area() == 6.0 and big.bbox_area() == 8.0 and empty.bbox_area() == 0.0
+    pose = Pose([small, empty, big], 64, 64)
+    assert pose.largest_person() is big
+    assert Pose([empty, small], 64, 64).largest_person() is small
+    with pytest.raises(ValueError, match="frame 3: expected at least one person"):
+        Pose([], 64, 64).largest_person("frame 3")
