@@ -53,7 +53,7 @@ def _writable(path: str | None, flag: str) -> None:
 def _read_poses(path: str, flag: str, default_size: tuple[int, int] | None = None):
     """OpenPose JSON (pixel or normalised, auto-detected) -> list of Pose; ``default_size=(h, w)`` is the
     canvas of frames that do not say theirs."""
-    from .core.pose_io import read_openpose_json
+    from .core.pose.formats import read_openpose_json
 
     _existing(path, flag)
     poses = read_openpose_json(path, default_size=default_size, what=f"{flag}: {path}")
@@ -166,8 +166,8 @@ def run_transfer(source: np.ndarray, source_pose, target_poses, options, outputs
     ``options.method`` (``single`` / ``structure``); ``names`` label the poses in error messages; ``echo``
     prints each path once written. Returns the paths written, in order; a failure after some frames raises a
     :class:`CLIError` that lists them."""
-    from .core.flowwarp import iter_flow_warp
-    from .core.render import render_skeleton
+    from .core.warp.flowwarp import iter_flow_warp
+    from .core.pose.render import render_skeleton
 
     n = len(target_poses)
     frames = iter_flow_warp([source], [source_pose], list(target_poses), options, estimator=estimator, names=names)
@@ -201,8 +201,8 @@ TRANSFER_METHODS = ("parts", "single", "structure", "pcdms", "pcdms-simplified",
 def _load_flow_model(method: str, model: str | None):
     """``--method`` / ``--model`` -> None (``parts``, training-free) or the learned flow estimator of ``single`` /
     ``structure`` (a model saved by ``train-flow --model single`` / ``--model parts``). The model's kind is
-    read from its files and must be the method's (:func:`.core.flowwarp.check_flow_model`)."""
-    from .core.flowwarp import check_flow_model
+    read from its files and must be the method's (:func:`.core.warp.flowwarp.check_flow_model`)."""
+    from .core.warp.flowwarp import check_flow_model
 
     estimator = None
     if model is not None:
@@ -226,7 +226,7 @@ def _cmd_train_flow(args) -> int:
 
 def _cmd_transfer(args) -> int:
     from .cli_methods import route_transfer
-    from .core.flowwarp import FlowWarpOptions
+    from .core.warp.flowwarp import FlowWarpOptions
     from .core.images import load_image
 
     routed = route_transfer(args)  # the diffusion methods run there; structure = parts with a part-flow --model
@@ -292,7 +292,7 @@ DEMO_CASES = (
 
 
 def _cmd_demo(args) -> int:
-    from .core.flowwarp import FlowWarpOptions
+    from .core.warp.flowwarp import FlowWarpOptions
     from .core.images import load_image
 
     if not SAMPLES.is_dir():
@@ -322,7 +322,7 @@ def _cmd_demo(args) -> int:
 
 
 def _build_detector(args):
-    from .core.detect import build_detector
+    from .core.pose.detect import build_detector
 
     if args.detector == "mediapipe":
         return build_detector(None, None, args.threshold)
@@ -333,7 +333,7 @@ def _build_detector(args):
 
 
 def _cmd_detect(args) -> int:
-    from .core.detect import detect_pose_file
+    from .core.pose.detect import detect_pose_file
 
     _existing(args.image, "IMG")
     if args.detector is None:
@@ -384,7 +384,7 @@ def _cmd_dataset(args) -> int:
 
 
 def _cmd_render_pose(args) -> int:
-    from .core.render import render_skeleton
+    from .core.pose.render import render_skeleton
 
     _writable(args.out, "--out")
     poses = _read_poses(args.pose, "POSE")  # every frame checked (canvas size, joints) before the first is drawn
@@ -400,10 +400,10 @@ def _cmd_render_pose(args) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.flowwarp import BACKGROUNDS, FlowWarpOptions
-    from .core.inpaint import INPAINT_METHODS
-    from .core.retarget import ANCHORS
-    from .core.segmentation import SEGMENTATION_METHODS
+    from .core.warp.flowwarp import BACKGROUNDS, FlowWarpOptions
+    from .core.warp.hole_fill import INPAINT_METHODS
+    from .core.pose.retarget import ANCHORS
+    from .core.body.segmentation import SEGMENTATION_METHODS
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Pose-guided person image synthesis (training-free FlowWarp) and pose tools.")

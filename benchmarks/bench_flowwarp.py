@@ -1,4 +1,4 @@
-"""Benchmark of the training-free FlowWarp (``core.flowwarp``, method "parts") on the CPU.
+"""Benchmark of the training-free FlowWarp (``core.warp.flowwarp``, method "parts") on the CPU.
 
 Prints time and peak-memory tables for several canvas sizes, batch 1 and batch 8, plus the option variants
 (segmentation grabcut / skeleton, fill pyramid / telea). Run from anywhere with the project's venv::
@@ -12,7 +12,7 @@ Workload (real photos from ``samples/``):
 * source: ``fashion_standing.png`` (350x350) with its OpenPose JSON; targets: the poses of ``jumper`` and
   ``model_red_background``, ``retarget=True`` (anchor "source": the source's bone lengths, the target's
   angles), other options at their defaults (grabcut segmentation, background "inpaint", pyramid fill).
-* every image and pose is brought to each ``H x W`` canvas with ``core.geometry`` keeping the aspect ratio:
+* every image and pose is brought to each ``H x W`` canvas with ``core.pose.geometry`` keeping the aspect ratio:
   ``resize`` to COVER the canvas (one scale, ``max(H/h, W/w)``) then a centred ``crop``. The samples are
   square with the person in the middle, so only background is cut at the sides and the person fills about
   77% of the height, as in DeepFashion-style 256x176 crops.
@@ -125,7 +125,7 @@ def reset_peak() -> bool:
 
 def fit_cover(image, pose, height, width, zoom=1.0, flip=False):
     """Resize (one scale, covering the canvas, times ``zoom``) then centre-crop to ``height x width``."""
-    from posetransfer.core import geometry
+    from posetransfer.core.pose import geometry
     if flip:
         image, pose = geometry.hflip(image, pose)
     h, w = pose.height, pose.width
@@ -142,7 +142,7 @@ def fit_cover(image, pose, height, width, zoom=1.0, flip=False):
 def build_workload(height, width, batch, mode):
     import numpy as np
     from posetransfer.core.images import load_image
-    from posetransfer.core.pose_io import read_openpose_json
+    from posetransfer.core.pose.formats import read_openpose_json
 
     def sample(name):
         return load_image(SAMPLES / f"{name}.png"), read_openpose_json(SAMPLES / f"{name}.pose.json")[0]
@@ -194,7 +194,7 @@ def run_one(args) -> dict:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp, prepare_source, warp_prepared
+    from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp, prepare_source, warp_prepared
 
     height, width = args.one[0]
     batch, mode = int(args.one[1]), args.one[2]
@@ -409,7 +409,7 @@ def profile(args):
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp
+    from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp
 
     h, w = args.profile
     options = FlowWarpOptions(retarget=True, segmentation=args.segmentation, fill=args.fill)

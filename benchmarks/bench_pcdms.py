@@ -103,9 +103,9 @@ def _gib(kb: int) -> float:
 
 def _sample_pose(size: int):
     """A real person's pose (samples/fashion_standing) on the size x size frame: what the stages render / encode."""
-    from posetransfer.core.geometry import resize
+    from posetransfer.core.pose.geometry import resize
     from posetransfer.cli import SAMPLES
-    from posetransfer.core.pose_io import read_openpose_json
+    from posetransfer.core.pose.formats import read_openpose_json
 
     pose = read_openpose_json(SAMPLES / "fashion_standing.pose.json")[0]
     return resize(None, pose, size, size)[1]

@@ -36,10 +36,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT.parent))
 
-from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp  # noqa: E402
+from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp  # noqa: E402
 from posetransfer.core.images import load_image  # noqa: E402
-from posetransfer.core.keypoints import JOINT_INDEX  # noqa: E402
-from posetransfer.core.pose_io import read_openpose_json  # noqa: E402
+from posetransfer.core.pose.keypoints import JOINT_INDEX  # noqa: E402
+from posetransfer.core.pose.formats import read_openpose_json  # noqa: E402
 
 DATA = ROOT / "samples" / "turnaround"
 LIMBS = [("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"), ("left_shoulder", "left_elbow"),

@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from .keypoints import Pose
-from .pose_inputs import place_pose
+from .pose.keypoints import Pose
+from .pose.inputs import place_pose
 
 __all__ = ["DatasetPoses", "GenerateReport", "read_pairs", "output_name", "sample_dirs", "generate"]
 
@@ -32,7 +32,7 @@ __all__ = ["DatasetPoses", "GenerateReport", "read_pairs", "output_name", "sampl
 def read_pairs(path: str) -> list[tuple[str, str]]:
     """A pairs CSV (GFLA / PIDM) or a pairs JSON (PCDMs), by extension."""
     from .evaluation.datasets import read_pairs_json
-    from .pose_io import read_pairs_csv
+    from .pose.formats import read_pairs_csv
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--pairs: no such file: {path}")
@@ -61,7 +61,7 @@ class DatasetPoses:
 
     def __init__(self, annotations: str | None = None, poses_dir: str | None = None,
                  annotation_size: tuple[int, int] | None = None):
-        from .pose_io import read_gfla_annotations
+        from .pose.formats import read_gfla_annotations
 
         if (annotations is None) == (poses_dir is None):
             raise ValueError("--annotations / --poses: give one of them (the GFLA annotation CSV, or the folder of "
@@ -88,7 +88,7 @@ class DatasetPoses:
                 return Pose(pose.people, size_hw[1], size_hw[0])
             return place_pose(pose, size_hw)
         from .evaluation.datasets import txt_name
-        from .pose_io import read_pcdms_pose_txt
+        from .pose.formats import read_pcdms_pose_txt
 
         path = os.path.join(self.poses_dir, txt_name(name))
         if not os.path.isfile(path):

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from .keypoints import MAX_PIXELS, check_canvas_size
+from .pose.keypoints import MAX_PIXELS, check_canvas_size
 
 _TOLERANCE = 1e-2  # float values this far outside 0..1 are clipped; further out is an error
 
@@ -48,7 +48,7 @@ def _rgb(arr: np.ndarray, what: str) -> np.ndarray:
 
 
 def _check_header_size(path: str) -> None:
-    """Refuse an image too large for :func:`~.keypoints.check_canvas_size` from its header alone (PIL opens
+    """Refuse an image too large for :func:`~.pose.keypoints.check_canvas_size` from its header alone (PIL opens
     lazily); formats PIL does not know are left to OpenCV."""
     import warnings
 
@@ -72,7 +72,7 @@ def _check_header_size(path: str) -> None:
 
 def load_image(path) -> np.ndarray:
     """Read an image file -> float32 ``(H, W, 3)`` RGB in 0..1. Grey is repeated to RGB; alpha is dropped.
-    Images beyond :data:`~.keypoints.MAX_SIDE` / :data:`~.keypoints.MAX_PIXELS` are refused from their header,
+    Images beyond :data:`~.pose.keypoints.MAX_SIDE` / :data:`~.pose.keypoints.MAX_PIXELS` are refused from their header,
     before decoding."""
     path = os.fspath(path)
     if os.path.isfile(path):

@@ -14,7 +14,7 @@ Methods (:data:`METHODS`):
 ``pose_guidance=`` (a HigherHRNet ``.pth``) adds RePoseDM's pose gradient guidance to the diffusion methods. Model
 arguments take a path or an already loaded object; :func:`load_models` loads once for many calls (the command
 line's ``generate`` does). Images: a path or an (H, W, 3) array (uint8, or float in 0..1); poses: a
-:class:`~.keypoints.Pose`, a list of them, an OpenPose JSON path or a POSE_KEYPOINT value. Returns a list of
+:class:`~.pose.keypoints.Pose`, a list of them, an OpenPose JSON path or a POSE_KEYPOINT value. Returns a list of
 (H, W, 3) float32 images in 0..1, one per target frame (times ``samples``, target-major) at the target's canvas.
 
 ``official=True`` (PCDMs): what the released code did -- images squashed to the 512 frame, its random-draw order
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .keypoints import Pose
+from .pose.keypoints import Pose
 
 __all__ = ["METHODS", "FLOWWARP_METHODS", "DIFFUSION_METHODS", "LoadedModels", "load_models", "transfer",
            "as_image", "as_poses"]
@@ -63,7 +63,7 @@ def as_image(image) -> np.ndarray:
 
 def as_poses(poses, what: str, size_hw: tuple[int, int] | None = None) -> list[Pose]:
     """A Pose, a list of them, an OpenPose JSON path or a POSE_KEYPOINT value -> a non-empty list of Pose."""
-    from .pose_io import load_pose_keypoint, read_openpose_json
+    from .pose.formats import load_pose_keypoint, read_openpose_json
 
     if isinstance(poses, Pose):
         out = [poses]
@@ -246,7 +246,7 @@ def _hwc_list(images: torch.Tensor) -> list[np.ndarray]:
 
 
 def _flowwarp(img, sources, targets, method, models, options) -> list[np.ndarray]:
-    from .flowwarp import FlowWarpOptions, flow_warp
+    from .warp.flowwarp import FlowWarpOptions, flow_warp
 
     if sources is None:
         raise ValueError("source_pose: FlowWarp needs the source photo's pose")

@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp
+from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp
 from posetransfer.core.images import load_image
-from posetransfer.core.pose_io import read_openpose_json
-from posetransfer.core.render import render_skeleton
+from posetransfer.core.pose.formats import read_openpose_json
+from posetransfer.core.pose.render import render_skeleton
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"

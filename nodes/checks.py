@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..core.images import tensor_to_images
-from ..core.pose_io import load_pose_keypoint
+from ..core.pose.formats import load_pose_keypoint
 
 IMAGE_NOTE = " RGBA: the alpha channel is dropped; a 1-channel image is used as grey."
 
@@ -21,7 +21,7 @@ def image(tensor, what: str) -> torch.Tensor:
 def poses(data, what: str, person: bool = False) -> list:
     """A POSE_KEYPOINT input (one frame or a list) -> a non-empty list of Pose (pixels); ValueError naming ``what``
     when it is empty or malformed (canvas beyond the size limit, joints far off the canvas:
-    :func:`..core.pose_io.load_pose_keypoint`). With ``person``, every frame must hold a first person
+    :func:`..core.pose.formats.load_pose_keypoint`). With ``person``, every frame must hold a first person
     (:func:`with_person`)."""
     frames = load_pose_keypoint(data, what=what)
     if not frames:

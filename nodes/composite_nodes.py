@@ -1,6 +1,6 @@
 """Composite Where Real: an inpainting model's picture back over FlowWarp's, real pixels untouched.
 
-A thin wrapper over :func:`..core.composite.composite_where_real`. ComfyUI's ImageCompositeMasked blends with
+A thin wrapper over :func:`..core.warp.composite.composite_where_real`. ComfyUI's ImageCompositeMasked blends with
 any mask and stretches a differently sized source; this node keeps FlowWarp's real pixels bit-identical, feathers
 only inside the area to generate, and puts a VAE-cropped picture back where the inpainting encoder cut it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core.composite import MAX_VAE_CROP, composite_where_real
+from ..core.warp.composite import MAX_VAE_CROP, composite_where_real
 from ..core.images import tensor_to_mask
 from .checks import IMAGE_NOTE, image, int_in
 

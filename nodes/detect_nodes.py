@@ -1,6 +1,6 @@
 """Pose detection node: photos -> POSE_KEYPOINT (pixels), with the DWPose ONNX files on onnxruntime.
 
-A thin wrapper over :class:`..core.detect.PoseDetector`. The ONNX files are listed from the posetransfer model
+A thin wrapper over :class:`..core.pose.detect.PoseDetector`. The ONNX files are listed from the posetransfer model
 folder (``models/posetransfer``): copy or link ``yolox_l.onnx`` and ``dw-ll_ucoco_384.onnx`` there (the files
 comfyui_controlnet_aux's DWPose preprocessor downloads into its own ``ckpts`` folder).
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 
-from ..core.detect import DEFAULT_SCORE_THRESHOLD, DETECT_MODES, PoseDetector
+from ..core.pose.detect import DEFAULT_SCORE_THRESHOLD, DETECT_MODES, PoseDetector
 from ..core.images import tensor_to_images
-from ..core.pose_io import dump_pose_keypoint
+from ..core.pose.formats import dump_pose_keypoint
 from . import bridge
 from .checks import IMAGE_NOTE
 from .loaded_models import file_stamp

@@ -1,6 +1,6 @@
 """FlowWarp node: move the photographed person into a target pose by warping pixels (no diffusion).
 
-A thin wrapper over :func:`..core.flowwarp.flow_warp`: ComfyUI tensors in, ComfyUI tensors out. The
+A thin wrapper over :func:`..core.warp.flowwarp.flow_warp`: ComfyUI tensors in, ComfyUI tensors out. The
 ``generate_mask`` output marks what the warp could not take from the photo (hidden body parts, background
 the person covered); feed it, with the warped image, to an inpainting stage.
 """
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from ..core.flowwarp import (BACKGROUNDS, METHODS, FlowWarpOptions, check_flow_model, flow_model_method,
-                             iter_flow_warp)
+from ..core.warp.flowwarp import (BACKGROUNDS, METHODS, FlowWarpOptions, check_flow_model, flow_model_method,
+                                  iter_flow_warp)
 from ..core.images import tensor_to_images
-from ..core.inpaint import INPAINT_METHODS
-from ..core.keypoints import Pose
-from ..core.pose_io import dump_pose_keypoint
-from ..core.retarget import ANCHORS
-from ..core.segmentation import SEGMENTATION_METHODS
+from ..core.warp.hole_fill import INPAINT_METHODS
+from ..core.pose.keypoints import Pose
+from ..core.pose.formats import dump_pose_keypoint
+from ..core.pose.retarget import ANCHORS
+from ..core.body.segmentation import SEGMENTATION_METHODS
 from . import bridge
 from .checks import IMAGE_NOTE, with_person
 from .checks import poses as _poses

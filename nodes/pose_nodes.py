@@ -12,12 +12,12 @@ import os
 
 import numpy as np
 
-from ..core.geometry import fit_pose
+from ..core.pose.geometry import fit_pose
 from ..core.images import images_to_tensor
-from ..core.keypoints import Pose, check_has_pose
-from ..core.pose_io import dump_pose_keypoint, read_openpose_json
-from ..core.render import render_skeleton
-from ..core.retarget import ANCHORS, retarget_pose
+from ..core.pose.keypoints import Pose, check_has_pose
+from ..core.pose.formats import dump_pose_keypoint, read_openpose_json
+from ..core.pose.render import render_skeleton
+from ..core.pose.retarget import ANCHORS, retarget_pose
 from . import bridge
 from .checks import poses as _poses
 
@@ -124,7 +124,7 @@ class PoseTransferLoadPose:
 
 def _on_canvas(pose: Pose, width: int, height: int) -> Pose:
     """``pose`` stretched onto a ``width`` x ``height`` canvas (each axis scaled on its own), pixel centres
-    mapped as :mod:`..core.geometry` says (``x -> (x + 0.5) * width / W - 0.5``)."""
+    mapped as :mod:`..core.pose.geometry` says (``x -> (x + 0.5) * width / W - 0.5``)."""
     if (pose.width, pose.height) == (width, height):
         return pose
     return fit_pose(pose, width, height, "stretch")

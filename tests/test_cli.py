@@ -181,7 +181,7 @@ def no_files_but(folder, *keep):
 
 @pytest.mark.parametrize("width, height", [(16385, 8), (8200, 8200), (100000, 100000)])
 def test_render_pose_refuses_canvases_beyond_the_limit_before_drawing(tmp_path, capsys, width, height):
-    # 16384 px per side and 64 Mpx in all (core.keypoints.MAX_SIDE / MAX_PIXELS): refused from the numbers,
+    # 16384 px per side and 64 Mpx in all (core.pose.keypoints.MAX_SIDE / MAX_PIXELS): refused from the numbers,
     # nothing of that size is allocated (today's main wrote the 16385x8 and 8200x8200 pictures).
     pose = pose_file(tmp_path / "big.json", width=width, height=height)
     assert main(["render-pose", str(pose), "--out", str(tmp_path / "s.png")]) == 2
@@ -269,7 +269,7 @@ def test_deeply_nested_json_is_one_line(tmp_path, capsys):
 def test_a_failing_picture_leaves_no_file_of_the_frame(tmp_path, capsys, monkeypatch):
     # The panel (the last picture of a frame) fails: the result, mask and flow of that frame are not left
     # behind either, nor temporary files.
-    import posetransfer.core.render as render
+    import posetransfer.core.pose.render as render
 
     def broken(*args, **kwargs):
         raise ValueError("pose: cannot draw")
@@ -305,7 +305,7 @@ def test_a_pose_sequence_is_written_frame_by_frame(tmp_path, monkeypatch):
     import gc
     import weakref
 
-    import posetransfer.core.flowwarp as fw
+    import posetransfer.core.warp.flowwarp as fw
 
     made, on_disk = [], []
     warp_prepared = fw.warp_prepared

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from posetransfer.core.composite import composite_where_real, feather_inside, fit_generated
-from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp
+from posetransfer.core.warp.composite import composite_where_real, feather_inside, fit_generated
+from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp
 from posetransfer.core.images import load_image
-from posetransfer.core.pose_io import read_openpose_json
+from posetransfer.core.pose.formats import read_openpose_json
 from posetransfer.nodes.composite_nodes import PoseTransferCompositeReal
 
 from comfy_doubles import SAMPLES

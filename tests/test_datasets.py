@@ -15,8 +15,8 @@ from posetransfer.core.evaluation.datasets import (add_dataset_arguments, annota
                                                    dataset_main, from_pcdms, make_pairs, pairs_csv_to_json,
                                                    pairs_json_to_csv, pcdms_to_annotations, read_pairs_json,
                                                    to_pcdms)
-from posetransfer.core.keypoints import Person, Pose
-from posetransfer.core.pose_io import read_gfla_annotations, read_pairs_csv
+from posetransfer.core.pose.keypoints import Person, Pose
+from posetransfer.core.pose.formats import read_gfla_annotations, read_pairs_csv
 
 ANNOTATION = """name:keypoints_y:keypoints_x
 a.jpg:[10, 30, 30, 60, -1, 31, 62, 90, 110, 160, 210, 111, 161, 212, 8, 8, 9, 9]:[88, 88, 70, 66, -1, 106, 110, 112, 78, 76, 75, 98, 100, 101, 84, 92, 80, 96]

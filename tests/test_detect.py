@@ -21,9 +21,9 @@ from onnx import TensorProto, helper  # noqa: E402
 
 import onnxruntime  # noqa: E402
 
-from posetransfer.core import detect as D  # noqa: E402
-from posetransfer.core.keypoints import JOINT_NAMES  # noqa: E402
-from posetransfer.core.pose_io import load_pose_keypoint, read_openpose_json  # noqa: E402
+from posetransfer.core.pose import detect as D  # noqa: E402
+from posetransfer.core.pose.keypoints import JOINT_NAMES  # noqa: E402
+from posetransfer.core.pose.formats import load_pose_keypoint, read_openpose_json  # noqa: E402
 from posetransfer.nodes import bridge  # noqa: E402
 from posetransfer.nodes.detect_nodes import NO_FILE, PoseTransferPoseDetect  # noqa: E402
 
@@ -557,7 +557,7 @@ def test_node_interrupt(model_dir, bars):
 def test_cli_detect_writes_the_detected_people(tmp_path, models):
     from posetransfer.cli import main
     from posetransfer.core.images import save_image
-    from posetransfer.core.pose_io import read_openpose_json
+    from posetransfer.core.pose.formats import read_openpose_json
 
     img = tmp_path / "scene.png"
     save_image(img, scene_image())

@@ -26,7 +26,7 @@ from posetransfer.core.evaluation.lpips import ALEX_CHANNELS, LPIPS, load_lpips
 from posetransfer.core.evaluation.pose_accuracy import pose_accuracy
 from posetransfer.core.evaluation.profiles import PROFILES, get_profile, read_raw, used_count
 from posetransfer.core.evaluation.weights import MissingWeightsError
-from posetransfer.core.keypoints import Person, Pose
+from posetransfer.core.pose.keypoints import Person, Pose
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -366,7 +366,7 @@ def _pose(points: dict[int, tuple[float, float]], w=100, h=200) -> Pose:
 def test_target_poses_are_placed_on_padded_images(tmp_path):
     # DeepFashion's annotations are in a 256x176 frame; its 256x256 images carry 40 px of padding a side: x + 40.
     from posetransfer.core.evaluation.evaluate import TargetPoses
-    from posetransfer.core.pose_io import write_gfla_annotations
+    from posetransfer.core.pose.formats import write_gfla_annotations
     ann = tmp_path / "ann.csv"
     write_gfla_annotations(ann, {"a.png": _pose({1: (100, 50), 8: (0, 255)}, 176, 256)})
     padded = TargetPoses(str(ann), annotation_size=(256, 176)).get("a.png", (256, 256))
@@ -439,7 +439,7 @@ def test_evaluate_end_to_end_writes_csv_and_json(folders):
     out = folders / "out"
     target = _pose({0: (20, 5), 1: (20, 15), 8: (15, 40), 11: (25, 40), 10: (15, 60)}, 44, 64)
     ann = folders / "ann.csv"
-    from posetransfer.core.pose_io import write_gfla_annotations
+    from posetransfer.core.pose.formats import write_gfla_annotations
     write_gfla_annotations(ann, {f"t{i}.png": target for i in range(5)})
     det = FakeDetector(target)
     evaluate(str(folders / "pred"), str(folders / "gt"), profile="pcdms", size=(44, 64), out_dir=str(out),
@@ -481,7 +481,7 @@ def test_pidm_masked_lpips_scores_the_images_as_stored(folders):
     # PIDM's calculate_mask_lpips does not resize (its plain LPIPS does, to 176x256): per row, masked LPIPS = LPIPS of
     # the masked [-1, 1] images at their stored 44x64.
     from posetransfer.core.evaluation.evaluate import pose_mask
-    from posetransfer.core.pose_io import write_gfla_annotations
+    from posetransfer.core.pose.formats import write_gfla_annotations
     target = _pose({0: (20, 5), 1: (20, 15), 8: (15, 40), 11: (25, 40), 10: (15, 60)}, 44, 64)
     ann = folders / "ann.csv"
     write_gfla_annotations(ann, {f"t{i}.png": target for i in range(5)})

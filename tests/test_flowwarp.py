@@ -1,4 +1,4 @@
-"""Known-answer tests of the training-free FlowWarp (core.part_flow, core.flowwarp)."""
+"""Known-answer tests of the training-free FlowWarp (core.warp.part_warp, core.warp.flowwarp)."""
 
 import itertools
 import math
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp, prepare_source, warp_prepared
+from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp, prepare_source, warp_prepared
 from posetransfer.core.images import load_image
-from posetransfer.core.keypoints import JOINT_INDEX, Person, Pose
-from posetransfer.core.parts import PART_BY_NAME, PART_NAMES
-from posetransfer.core.pose_io import read_openpose_json
-from posetransfer.core.render import render_part_labels, render_part_masks
+from posetransfer.core.pose.keypoints import JOINT_INDEX, Person, Pose
+from posetransfer.core.body.parts import PART_BY_NAME, PART_NAMES
+from posetransfer.core.pose.formats import read_openpose_json
+from posetransfer.core.pose.render import render_part_labels, render_part_masks
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 NAMES = ["fashion_standing", "model_red_background", "jumper", "astronaut", "grace_hopper"]
@@ -115,8 +115,8 @@ def test_rotated_forearm_lands_where_expected():
     src_forearm = (render_part_labels(pose) == label).astype(np.float32)
     rot = cv2.getRotationMatrix2D((float(e[0]), float(e[1])), -70, 1.0)
     want = cv2.warpAffine(src_forearm, rot, (256, 256), flags=cv2.INTER_NEAREST) > 0.5
-    from posetransfer.core.parts import body_scale
-    from posetransfer.core.parts import part_radius
+    from posetransfer.core.body.parts import body_scale
+    from posetransfer.core.body.parts import part_radius
     yy, xx = np.mgrid[:256, :256]
     outside_joint = np.hypot(xx - e[0], yy - e[1]) > part_radius("right_forearm", body_scale(pose.people[0]))
     # Nor is the one-pixel band along the mask's edge (anti-aliasing and rasterisation differ there).
@@ -217,12 +217,12 @@ def test_options_are_validated():
         FlowWarpOptions(segmentation="sam")
 
 
-# View changes (front <-> back, side views, swapped leg labels): see core/views.py.
+# View changes (front <-> back, side views, swapped leg labels): see core/body/views.py.
 
 def _part_flow_of(image, source_pose, target_pose):
-    from posetransfer.core.part_flow import part_flow
-    from posetransfer.core.segmentation import part_distance_fields, part_label_map, person_mask
-    from posetransfer.core.views import uncross_legs
+    from posetransfer.core.warp.part_warp import part_flow
+    from posetransfer.core.body.segmentation import part_distance_fields, part_label_map, person_mask
+    from posetransfer.core.body.views import uncross_legs
     s, t = uncross_legs(source_pose.people[0]), uncross_legs(target_pose.people[0])
     fields = part_distance_fields(s, image.shape[:2])
     mask = torch.from_numpy(person_mask(image, s, "skeleton", fields))
@@ -234,7 +234,7 @@ def _regions(pose, radius_scale):
 
 
 def test_turned_around_figure_keeps_every_part_within_its_target_region():
-    from posetransfer.core.views import mirrored, view_flips
+    from posetransfer.core.body.views import mirrored, view_flips
     image, pose, _ = _striped_figure()
     # Turned around: same joint positions, left and right labels swapped (the back view's labels).
     back = Pose([mirrored(pose.people[0])], 256, 256)
@@ -248,7 +248,7 @@ def test_turned_around_figure_keeps_every_part_within_its_target_region():
 
 
 def test_mirrored_torso_points_never_give_a_mirrored_map():
-    from posetransfer.core.part_transforms import torso_transform
+    from posetransfer.core.body.part_transforms import torso_transform
     src = np.array([[0, 0], [-20, 2], [20, 2], [-12, 60], [12, 60]], float)
     dst = src * [-1, 1] + [5, 3]  # a reflection, which no turn of a real body is
     m, kind = torso_transform(dst, src, 1.0)
@@ -266,7 +266,7 @@ def test_mirrored_torso_points_never_give_a_mirrored_map():
 
 
 def test_side_view_target_keeps_the_torso_within_its_hull():
-    from posetransfer.core.part_fields import normalised_distance, part_geometry
+    from posetransfer.core.body.part_fields import normalised_distance, part_geometry
     from posetransfer.core.flow import base_coords
     image, pose, _ = _striped_figure()
     side = pose.copy()
@@ -332,9 +332,9 @@ def test_model_method_is_composited_like_the_parts_method():
 
 
 def test_side_view_source_leaves_the_hidden_far_arm_to_generate():
-    from posetransfer.core.part_flow import hidden_parts
-    from posetransfer.core.segmentation import part_distance_fields, part_label_map, person_mask
-    from posetransfer.core.views import side_view_depth_order
+    from posetransfer.core.warp.part_warp import hidden_parts
+    from posetransfer.core.body.segmentation import part_distance_fields, part_label_map, person_mask
+    from posetransfer.core.body.views import side_view_depth_order
     _, front, _ = _striped_figure()
     side = front.copy()
     b = side.people[0].body
@@ -363,7 +363,7 @@ def test_side_view_source_leaves_the_hidden_far_arm_to_generate():
 
 
 def test_grabcut_is_repeatable_and_leaves_the_global_opencv_rng_alone():
-    from posetransfer.core.segmentation import person_mask
+    from posetransfer.core.body.segmentation import person_mask
     image, poses = sample("fashion_standing")
     person = poses[0].person(0)
     cv2.setRNGSeed(1234)

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from posetransfer.cli import main
-from posetransfer.core.flowwarp import METHODS, FlowWarpOptions, check_flow_model, flow_warp
-from posetransfer.core.geometry import fit_source_pose, same_frame
+from posetransfer.core.warp.flowwarp import METHODS, FlowWarpOptions, check_flow_model, flow_warp
+from posetransfer.core.pose.geometry import fit_source_pose, same_frame
 from posetransfer.core.images import encode_image, images_to_tensor, load_image, save_image
-from posetransfer.core.keypoints import JOINT_INDEX, Person, Pose
-from posetransfer.core.pose_io import load_pose_keypoint, read_openpose_json
-from posetransfer.core.render import render_skeleton
+from posetransfer.core.pose.keypoints import JOINT_INDEX, Person, Pose
+from posetransfer.core.pose.formats import load_pose_keypoint, read_openpose_json
+from posetransfer.core.pose.render import render_skeleton
 from posetransfer.nodes.flowwarp_nodes import PoseTransferFlowWarp
 from posetransfer.nodes.pose_nodes import PoseTransferRenderPose, _on_canvas
 
@@ -195,7 +195,7 @@ def test_every_door_refuses_a_source_pose_of_another_frame(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------- Render Pose's canvas
 
 def test_render_pose_stretches_frames_by_pixel_centres():
-    # A 10x10 frame drawn on the first frame's 40x40 canvas: x -> (x + 0.5) * 4 - 0.5 (core.geometry), so the
+    # A 10x10 frame drawn on the first frame's 40x40 canvas: x -> (x + 0.5) * 4 - 0.5 (core.pose.geometry), so the
     # neck at (4, 2) lands on (17.5, 9.5) and the right shoulder at (1, 2) on (5.5, 9.5) (not (16, 8) and (4, 8)).
     small = one_person(10, 10, neck=(4, 2), right_shoulder=(1, 2))
     moved = _on_canvas(small, 40, 40)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from posetransfer.core.flow import flow_to_color
-from posetransfer.core.flowwarp import flow_model_method
-from posetransfer.core.geometry import resize
+from posetransfer.core.warp.flowwarp import flow_model_method
+from posetransfer.core.pose.geometry import resize
 from posetransfer.core.images import images_to_tensor, load_image
-from posetransfer.core.pose_io import dump_pose_keypoint, load_pose_keypoint
+from posetransfer.core.pose.formats import dump_pose_keypoint, load_pose_keypoint
 from posetransfer.nodes import bridge
 from posetransfer.nodes.flowwarp_nodes import PoseTransferFlowWarp
 
@@ -284,11 +284,11 @@ def test_interrupt_checked_before_any_work(fashion, bars):
 # ------------------------------------------------------------- through ComfyUI's own progress bar and cancel
 
 def count_frames(monkeypatch):
-    """Spy on core.flowwarp.warp_prepared: per call, how many earlier frames' results are still alive."""
+    """Spy on core.warp.flowwarp.warp_prepared: per call, how many earlier frames' results are still alive."""
     import gc
     import weakref
 
-    import posetransfer.core.flowwarp as fw
+    import posetransfer.core.warp.flowwarp as fw
 
     made, alive_at_call = [], []
     warp_prepared = fw.warp_prepared
@@ -382,7 +382,7 @@ def test_a_person_with_nothing_to_draw_is_refused(fashion):
 def test_a_pose_sequence_keeps_no_frame_intermediates(fashion, monkeypatch):
     # Memory follows the output batch: when frame i is made, no earlier frame's FlowWarpResult is alive (today's
     # main kept all of them, and stacked copies: 4.6 GB for 300 frames). Same outputs as core flow_warp.
-    from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp
+    from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp
 
     image, source = fashion
     targets = [pose_only("jumper"), pose_only("model_red_background"), source, pose_only("jumper")]

@@ -1,4 +1,4 @@
-"""Known-answer tests for core.geometry (pixel-centre convention: x -> (x + 0.5) * s - 0.5)."""
+"""Known-answer tests for core.pose.geometry (pixel-centre convention: x -> (x + 0.5) * s - 0.5)."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from posetransfer.core.geometry import crop, fit_pose, from_normalized, hflip, pad, resize, to_normalized
-from posetransfer.core.keypoints import FACE_FLIP_PERMUTATION, Person, Pose
+from posetransfer.core.pose.geometry import crop, fit_pose, from_normalized, hflip, pad, resize, to_normalized
+from posetransfer.core.pose.keypoints import FACE_FLIP_PERMUTATION, Person, Pose
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

@@ -3,8 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from posetransfer.core import inpaint
-from posetransfer.core.inpaint import pyramid_fill
+from posetransfer.core.warp import hole_fill as inpaint
+from posetransfer.core.warp.hole_fill import pyramid_fill
 
 
 def _reference_fill(image, known):

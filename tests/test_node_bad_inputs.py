@@ -10,9 +10,9 @@ import torch
 
 import comfy_doubles
 from comfy_doubles import SAMPLES, TinyClipVision, TinyDinoVision, TinyVAE
-from posetransfer.core.geometry import resize
+from posetransfer.core.pose.geometry import resize
 from posetransfer.core.pcdms.pipelines import PriorPipeline
-from posetransfer.core.pose_io import dump_pose_keypoint, load_pose_keypoint
+from posetransfer.core.pose.formats import dump_pose_keypoint, load_pose_keypoint
 from posetransfer.core.repose import transfer as repose_transfer
 from posetransfer.core.repose.pose_align import PoseAlignOutput
 from posetransfer.nodes import bridge, checks, flow_model_nodes, pcdms_nodes as pn, pose_nodes, repose_nodes as rn
@@ -259,9 +259,9 @@ def test_pcdms_loader_corrupt_files(comfy_free):
 # ------------------------------------------------------------------- one size limit (issue 12, part 4)
 def test_one_size_limit_for_images_masks_and_resizes():
     # Expanded views: the shapes are beyond the limit, but no memory of that size exists.
-    from posetransfer.core.geometry import pad
+    from posetransfer.core.pose.geometry import pad
     from posetransfer.core.images import tensor_to_mask
-    from posetransfer.core.keypoints import MAX_PIXELS, MAX_SIDE
+    from posetransfer.core.pose.keypoints import MAX_PIXELS, MAX_SIDE
 
     assert (MAX_SIDE, MAX_PIXELS) == (16384, 64 * 2**20)
     with pytest.raises(ValueError, match=r"the_image: canvas 16385x4 is larger than the 16384 px per side"):

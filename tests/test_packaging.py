@@ -22,7 +22,7 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 
 def test_import_from_another_directory(tmp_path):
-    code = "import posetransfer.core.flow, posetransfer.core.keypoints as k; print(k.NUM_JOINTS)"
+    code = "import posetransfer.core.flow, posetransfer.core.pose.keypoints as k; print(k.NUM_JOINTS)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "18"

@@ -17,9 +17,9 @@ from posetransfer.core.flow_models.part_flow_losses import (
 from posetransfer.core.flow_models.part_flow_net import (
     PART_FLOW_TINY_CONFIG, HybridDilatedBlock, PartFlowEstimator, PartFlowNet, PyramidNonLocalBlock,
     collate_pairs, make_pair, sub_pose_masks)
-from posetransfer.core.keypoints import Person, Pose
-from posetransfer.core.parts import SUB_POSES
-from posetransfer.core.render import render_part_labels
+from posetransfer.core.pose.keypoints import Person, Pose
+from posetransfer.core.body.parts import SUB_POSES
+from posetransfer.core.pose.render import render_part_labels
 
 S = 32  # tiny canvas
 BASE = [(16, 5), (16, 9), (12, 9), (10, 14), (9, 18), (20, 9), (22, 14), (23, 18), (13, 18), (13, 24), (13, 30),
@@ -347,7 +347,7 @@ def test_estimator_combines_part_flows_on_the_target_canvas():
 
 
 def test_estimator_runs_inside_flowwarp():
-    from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp
+    from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp
 
     rng = np.random.default_rng(2)
     palette = np.concatenate([[[0.5, 0.5, 0.5]], rng.uniform(0, 1, (10, 3))]).astype(np.float32)

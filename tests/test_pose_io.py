@@ -1,4 +1,4 @@
-"""Tests for posetransfer.core.pose_io: known answers, round trips on the real samples, error messages."""
+"""Tests for posetransfer.core.pose.formats: known answers, round trips on the real samples, error messages."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posetransfer.core.keypoints import COCO17_FROM_COCO18, COCO18_FROM_COCO17, NUM_JOINTS, Person, Pose
-from posetransfer.core.pose_io import (
+from posetransfer.core.pose.keypoints import COCO17_FROM_COCO18, COCO18_FROM_COCO17, NUM_JOINTS, Person, Pose
+from posetransfer.core.pose.formats import (
     dump_pose_keypoint, format_gfla_keypoints, is_normalized, load_pose_keypoint, parse_gfla_keypoints,
     pcdms_pose_vector, read_gfla_annotations, read_openpose_json, read_pairs_csv, read_pcdms_pose_txt,
     write_gfla_annotations, write_openpose_json, write_pairs_csv, write_pcdms_pose_txt,

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from posetransfer.core.images import load_image
-from posetransfer.core.pose_io import load_pose_keypoint
-from posetransfer.core.render import render_skeleton
-from posetransfer.core.retarget import retarget_pose
+from posetransfer.core.pose.formats import load_pose_keypoint
+from posetransfer.core.pose.render import render_skeleton
+from posetransfer.core.pose.retarget import retarget_pose
 from posetransfer.nodes import bridge
 from posetransfer.nodes.pose_nodes import (NO_FILE, PoseTransferLoadPose, PoseTransferRenderPose,
                                            PoseTransferRetargetPose, PoseTransferSelectPerson)

@@ -18,8 +18,8 @@ import json
 import numpy as np
 import pytest
 
-from posetransfer.core.keypoints import NUM_JOINTS
-from posetransfer.core.pose_io import dump_pose_keypoint, is_normalized, load_pose_keypoint
+from posetransfer.core.pose.keypoints import NUM_JOINTS
+from posetransfer.core.pose.formats import dump_pose_keypoint, is_normalized, load_pose_keypoint
 
 W, H = 512, 768  # a detect-resolution canvas
 BODY_PX = np.array([[256 + 10 * (i % 5), 100 + 30 * i] for i in range(NUM_JOINTS)], dtype=np.float64)

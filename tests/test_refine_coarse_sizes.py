@@ -11,9 +11,9 @@ import torch
 import comfy_doubles
 from comfy_doubles import PCDMS_FILES, SAMPLES, TinyDinoVision, TinyVAE
 
-from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp
+from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp
 from posetransfer.core.images import load_image
-from posetransfer.core.pose_io import read_openpose_json
+from posetransfer.core.pose.formats import read_openpose_json
 from posetransfer.nodes import pcdms_nodes as pn
 
 FAST = {"steps": 2, "resolution": 64, "cfg": 2.0, "seed": 3}

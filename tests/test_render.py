@@ -1,4 +1,4 @@
-"""Known-answer tests for posetransfer.core.render."""
+"""Known-answer tests for posetransfer.core.pose.render."""
 
 import json
 import math
@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from posetransfer.core.keypoints import COLORS, JOINT_INDEX, LIMBS, Person, Pose
-from posetransfer.core.parts import (BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME, PART_NAMES, PART_RADIUS, body_scale,
-                                     part_radius)
-from posetransfer.core.render import (
+from posetransfer.core.pose.keypoints import COLORS, JOINT_INDEX, LIMBS, Person, Pose
+from posetransfer.core.body.parts import (BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME, PART_NAMES, PART_RADIUS,
+                                          body_scale, part_radius)
+from posetransfer.core.pose.render import (
     render_heatmaps, render_part_labels, render_part_masks, render_pidm_pose_map,
     render_skeleton, render_skeleton_batch,
 )

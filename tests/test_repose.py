@@ -12,7 +12,7 @@ import torch.nn as nn
 from diffusers import AutoencoderKL, DDIMScheduler
 
 from posetransfer.core.flow import affine_to_flow, compose, resize_flow, warp
-from posetransfer.core.keypoints import Person, Pose
+from posetransfer.core.pose.keypoints import Person, Pose
 from posetransfer.core.repose import (
     HIGHER_HRNET_W32_CONFIG, TINY_POSE_ALIGN_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG, HigherHRNet,
     HigherHRNetEstimator, MapFormerLayer, PoseAlign, PoseEstimate, PoseEstimator, PoseGuidance, PoseTarget,

@@ -14,7 +14,7 @@ import comfy_doubles
 from comfy_doubles import SAMPLES
 from posetransfer.core.repose import TINY_POSE_ALIGN_CONFIG, TINY_UNET_CONFIG, PoseAlign, PoseGuidance, RePoseDenoiser
 from posetransfer.core.repose.model_files import MARKER, is_repose_model, load_repose_model, save_repose_model
-from posetransfer.core.pose_io import load_pose_keypoint
+from posetransfer.core.pose.formats import load_pose_keypoint
 from posetransfer.core.repose import transfer as repose_transfer
 from posetransfer.nodes import adapters, bridge, checks, repose_nodes
 from posetransfer.training import train_repose

@@ -1,4 +1,4 @@
-"""Known-answer tests for core.retarget: the target's bone angles, the source's bone lengths."""
+"""Known-answer tests for core.pose.retarget: the target's bone angles, the source's bone lengths."""
 
 import json
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posetransfer.core.keypoints import Person, Pose
-from posetransfer.core.parts import body_scale
-from posetransfer.core.retarget import BONE_RATIOS, BONES, retarget, retarget_pose
+from posetransfer.core.pose.keypoints import Person, Pose
+from posetransfer.core.body.parts import body_scale
+from posetransfer.core.pose.retarget import BONE_RATIOS, BONES, retarget, retarget_pose
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

@@ -20,8 +20,8 @@ from posetransfer.core.flow_models.single_transform import (
     soft_mutual_nn_filter)
 from posetransfer.core.flow_models.train_single import (
     SingleTrainConfig, SingleTransformModels, make_optimizers, train_step)
-from posetransfer.core.flowwarp import FlowWarpOptions, flow_warp
-from posetransfer.core.keypoints import Person, Pose
+from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp
+from posetransfer.core.pose.keypoints import Person, Pose
 
 S = TINY_FLOW_NET_CONFIG["sample_size"]
 # A stick figure on a 32 x 32 canvas (COCO-18 order).

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from posetransfer import cli
-from posetransfer.core.keypoints import Person, Pose
-from posetransfer.core.pose_io import write_gfla_annotations, write_openpose_json, write_pairs_csv
-from posetransfer.core.render import render_part_labels
+from posetransfer.core.pose.keypoints import Person, Pose
+from posetransfer.core.pose.formats import write_gfla_annotations, write_openpose_json, write_pairs_csv
+from posetransfer.core.pose.render import render_part_labels
 from posetransfer.training import common as common_
 from posetransfer.training import train_flow
 from posetransfer.training.datasets import (GFLAPairs, InputSpec, SelfSupervisedPairs, perturb_pose,
@@ -352,7 +352,7 @@ def test_loader_node_feeds_flowwarp(single_run, tmp_path, monkeypatch):
     import shutil
 
     from posetransfer.core.images import images_to_tensor
-    from posetransfer.core.pose_io import dump_pose_keypoint
+    from posetransfer.core.pose.formats import dump_pose_keypoint
     from posetransfer.nodes.flow_model_nodes import PoseTransferFlowModelLoader, list_flow_models
     from posetransfer.nodes.flowwarp_nodes import PoseTransferFlowWarp
 

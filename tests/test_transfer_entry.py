@@ -19,9 +19,9 @@ from posetransfer.cli import main
 from posetransfer.core.images import load_image, save_image
 from posetransfer.core.pcdms import save_pcdms_safetensors
 from posetransfer.core.pcdms import transfer as pcdms_transfer
-from posetransfer.core.pose_io import (read_openpose_json, write_gfla_annotations, write_openpose_json,
-                                       write_pairs_csv, write_pcdms_pose_txt)
-from posetransfer.core.geometry import resize
+from posetransfer.core.pose.formats import (read_openpose_json, write_gfla_annotations, write_openpose_json,
+                                            write_pairs_csv, write_pcdms_pose_txt)
+from posetransfer.core.pose.geometry import resize
 from posetransfer.core.transfer import load_models
 
 H, W = 64, 48  # tiny dataset images

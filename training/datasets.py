@@ -27,7 +27,7 @@ What the TARGET image is, per mode:
     translation; borders replicated). The flow back to the target is exactly that affine map.
   - ``"parts"``: a made-up pose, the photo's pose with small random joint-angle changes (upper and lower arms,
     legs and head rotated about their parent joint), and the photo warped into it by the training-free part
-    warp (:func:`..core.flowwarp.warp_prepared`, method ``parts``; hidden areas and the uncovered background
+    warp (:func:`..core.warp.flowwarp.warp_prepared`, method ``parts``; hidden areas and the uncovered background
     filled). The model learns to bring a part-warped picture back to the real photo: the source has the part
     warp's seams and fills, the target has none.
 
@@ -51,9 +51,9 @@ from torch.utils.data import Dataset
 from ..core.evaluation.datasets import list_photos as _list_photos
 from ..core.evaluation.profiles import IMAGE_EXTENSIONS
 from ..core.images import load_image
-from ..core.keypoints import JOINT_INDEX, LIMBS, Person, Pose
-from ..core.pose_io import read_gfla_annotations, read_openpose_json, read_pairs_csv
-from ..core.render import render_heatmaps, render_part_masks
+from ..core.pose.keypoints import JOINT_INDEX, LIMBS, Person, Pose
+from ..core.pose.formats import read_gfla_annotations, read_openpose_json, read_pairs_csv
+from ..core.pose.render import render_heatmaps, render_part_masks
 
 __all__ = ["InputSpec", "GFLAPairs", "SelfSupervisedPairs", "DATASET_FRAMES", "IMAGE_EXTENSIONS", "find_gfla_files",
            "to_frame", "perturb_pose", "random_upright_affine_matrix", "list_photos"]
@@ -148,7 +148,7 @@ class InputSpec:
         """``{prefix}_pose`` heatmaps (and ``{prefix}_part_masks``) of a pose already on the model frame."""
         out = {f"{prefix}_pose": torch.from_numpy(render_heatmaps(pose, self.sigma))}
         if self.sub_pose_parts is not None:
-            from ..core.parts import BODY_PARTS
+            from ..core.body.parts import BODY_PARTS
 
             index = {p.name: k for k, p in enumerate(BODY_PARTS)}
             masks = render_part_masks(pose, 0, self.mask_radius_scale)
@@ -399,7 +399,7 @@ class SelfSupervisedPairs(Dataset):
         modes = tuple(modes)
         if not modes or any(m not in SELF_SUPERVISED_MODES for m in modes):
             raise ValueError(f"modes: expected some of {SELF_SUPERVISED_MODES}, got {modes!r}")
-        from ..core.flowwarp import FlowWarpOptions
+        from ..core.warp.flowwarp import FlowWarpOptions
 
         # The targets are jittered poses of this photo's own person: used exactly as made (no retargeting).
         self.options = FlowWarpOptions(method="parts", segmentation=segmentation, background=background,
@@ -449,14 +449,14 @@ class SelfSupervisedPairs(Dataset):
             raise ValueError(f"{json_path}: the best person has {int(person.present.sum())} joints, fewer than "
                              f"min_joints={self.min_joints}; remove the photo or lower the limit")
         if (pose.height, pose.width) != image.shape[:2]:
-            from ..core.geometry import resize
+            from ..core.pose.geometry import resize
 
             pose = resize(None, pose, image.shape[1], image.shape[0])[1]
         pose = _one_person(pose, person)
         return self.spec.fit_image(image), self.spec.fit_pose(pose)
 
     def _prepared(self, k: int, image: np.ndarray, pose: Pose):
-        from ..core.flowwarp import prepare_source
+        from ..core.warp.flowwarp import prepare_source
 
         if k in self._cache:
             self._cache.move_to_end(k)
@@ -481,7 +481,7 @@ class SelfSupervisedPairs(Dataset):
             lin, t = m[:, :2], m[:, 2]
             source_pose = pose.map_points(lambda xy: xy @ lin.T + t)
         else:
-            from ..core.flowwarp import warp_prepared
+            from ..core.warp.flowwarp import warp_prepared
 
             source_pose = perturb_pose(pose, rng, self.angle_jitter)
             result = warp_prepared(self._prepared(k, image, pose), source_pose, self.options)

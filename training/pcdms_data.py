@@ -2,8 +2,8 @@
 layout (annotation CSV + pairs CSV + images; :class:`.datasets.GFLAPairs`).
 
 Each example: ``source_image`` / ``target_image`` (3, H, W) in 0..1, ``source_pose_image`` /
-``target_pose_image`` (the OpenPose skeleton rendered by :func:`..core.render.render_skeleton` on the frame, 0..1)
-and ``source_pose`` / ``target_pose`` (36,) the prior's pose vectors (:func:`..core.pose_io.pcdms_pose_vector`:
+``target_pose_image`` (the OpenPose skeleton rendered by :func:`..core.pose.render.render_skeleton` on the frame, 0..1)
+and ``source_pose`` / ``target_pose`` (36,) the prior's pose vectors (:func:`..core.pose.formats.pcdms_pose_vector`:
 x / width, y / height, -1 for a missing joint). Images are squashed to the square frame as PCDMs does (512x512).
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..core.images import load_image
-from ..core.keypoints import Pose
+from ..core.pose.keypoints import Pose
 from .datasets import InputSpec
 
 __all__ = ["PCDMsInputSpec", "PCDMsJsonPairs", "pose_txt_path"]
@@ -30,8 +30,8 @@ class PCDMsInputSpec(InputSpec):
     """The frame fitting of :class:`.datasets.InputSpec` with PCDMs' example fields (module doc)."""
 
     def example(self, source_image, source_pose, target_image, target_pose):
-        from ..core.pose_io import pcdms_pose_vector
-        from ..core.render import render_skeleton
+        from ..core.pose.formats import pcdms_pose_vector
+        from ..core.pose.render import render_skeleton
 
         out = {"source_image": _chw(source_image), "target_image": _chw(target_image)}
         for prefix, pose in (("source", source_pose), ("target", target_pose)):
@@ -78,7 +78,7 @@ class PCDMsJsonPairs(Dataset):
         return len(self.pairs)
 
     def _load(self, name: str) -> tuple[np.ndarray, Pose]:
-        from ..core.pose_io import read_pcdms_pose_txt
+        from ..core.pose.formats import read_pcdms_pose_txt
 
         image = load_image(os.path.join(self.image_dir, name))
         h, w = image.shape[:2]

@@ -7,7 +7,7 @@
 Data (``--layout``): ``pcdms``: a pairs JSON (``--pairs-json``, default ``DATA/pairs.json``) of
 ``{"source_image", "target_image"}``, images in ``--images`` (default ``DATA/images`` or ``DATA``) and one 18-line
 pose txt per image (``--poses``, default the image folder); ``deepfashion`` / ``market``: the GFLA/PIDM layout
-(:class:`.datasets.GFLAPairs`). Skeleton images are rendered with :func:`..core.render.render_skeleton`.
+(:class:`.datasets.GFLAPairs`). Skeleton images are rendered with :func:`..core.pose.render.render_skeleton`.
 
 Encoders (frozen): ``--clip`` (CLIPVisionModelWithProjection folder; prior + inpaint) and ``--dino`` (Dinov2Model
 folder; inpaint / refine / simplified), ``--vae`` (AutoencoderKL folder, SD-2.1-base scaling 0.18215). ``tiny``

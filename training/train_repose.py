@@ -65,7 +65,7 @@ class RePoseInputSpec(InputSpec):
     ``target_image`` (C, H, W in 0..1) and ``target_pose_image`` (the rendered OpenPose skeleton, 0..1)."""
 
     def example(self, source_image, source_pose, target_image, target_pose):
-        from ..core.render import render_skeleton
+        from ..core.pose.render import render_skeleton
 
         def chw(a):
             return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[:3].contiguous()

@@ -5,7 +5,7 @@ GFLA / PIDM layout: ``fasion-annotation-{split}.csv`` (``name:keypoints_y:keypoi
 the dataset frame, -1 missing) and ``fasion-pairs-{split}.csv`` (``from,to``).
 PCDMs layout: a pairs JSON list of ``{"source_image": ..., "target_image": ...}`` and one text file of 18
 lines ``x y`` per image (normalised by the frame: x / width, y / height -- the project's definition, see
-:func:`..pose_io.write_pcdms_pose_txt`; ``-1 -1`` missing), named like the image with ``.txt``.
+:func:`..pose.formats.write_pcdms_pose_txt`; ``-1 -1`` missing), named like the image with ``.txt``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..keypoints import Person, Pose
-from ..pose_io import (read_gfla_annotations, read_openpose_json, read_pairs_csv, read_pcdms_pose_txt,
-                       write_gfla_annotations, write_pairs_csv, write_pcdms_pose_txt)
+from ..pose.keypoints import Person, Pose
+from ..pose.formats import (read_gfla_annotations, read_openpose_json, read_pairs_csv, read_pcdms_pose_txt,
+                            write_gfla_annotations, write_pairs_csv, write_pcdms_pose_txt)
 from .profiles import IMAGE_EXTENSIONS, read_rgb_uint8
 
 GROUP_BY = ("folder", "prefix", "none")

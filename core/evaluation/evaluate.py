@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..keypoints import JOINT_INDEX, LIMBS, Person, Pose
-from ..pose_inputs import place_pose as _scale_pose
-from ..pose_io import read_gfla_annotations, read_openpose_json, read_pairs_csv
+from ..pose.keypoints import JOINT_INDEX, LIMBS, Person, Pose
+from ..pose.inputs import place_pose as _scale_pose
+from ..pose.formats import read_gfla_annotations, read_openpose_json, read_pairs_csv
 from . import metrics as M
 from .fid import activation_statistics, compute_features, frechet_distance, load_statistics, save_statistics
 from .pose_accuracy import DEFAULT_ALPHA, detect_pose, pose_accuracy, summarize

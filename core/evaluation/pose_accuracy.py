@@ -12,7 +12,7 @@ Definitions (the project's; pose-transfer papers use varying PCK/PCKh variants):
 * Several detected people: the one with most correct joints is scored (ties: lower mean error).
 
 A detector is any object with ``detect(image) -> Pose`` (``image``: float32 ``(H, W, 3)`` RGB in 0..1), such
-as ``core.detect.PoseDetector``.
+as ``core.pose.detect.PoseDetector``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..keypoints import Person, Pose
+from ..pose.keypoints import Person, Pose
 
 DEFAULT_ALPHA = 0.1
 

@@ -26,7 +26,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..flow import affine_to_flow, resize_flow, warp
-from ..keypoints import NUM_JOINTS
+from ..pose.keypoints import NUM_JOINTS
 
 __all__ = [
     "VGG19Features", "VGG19_LAYOUT", "vgg19_layer_index", "vgg19_min_size",

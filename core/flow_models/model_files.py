@@ -124,7 +124,7 @@ _KIND_NAMES = {"single": "single-transformation", "parts": "part-flow"}
 
 
 def load_flow_model(path: str | os.PathLike, kind: str | None = None, device: str | torch.device = "cpu"):
-    """A FlowWarp flow estimator (:class:`~..flowwarp.FlowEstimator`) from a saved model: a folder
+    """A FlowWarp flow estimator (:class:`~..warp.flowwarp.FlowEstimator`) from a saved model: a folder
     (``OUT/model``, a checkpoint's ``model/``, the run folder itself) or a ``--single-file`` export. ``kind``
     (``"single"`` / ``"parts"``) is checked when given; otherwise read from the files."""
     from .part_flow_net import PartFlowEstimator

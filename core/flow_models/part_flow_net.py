@@ -1,12 +1,12 @@
 """Structure-aware part flow (Tang et al., "Structure-aware Person Image Generation with Pose Decomposition
 and Semantic Correlation", AAAI 2021): :class:`PartFlowNet`, and :class:`PartFlowEstimator`, its adapter to
-FlowWarp's :class:`~..flowwarp.FlowEstimator` interface.
+FlowWarp's :class:`~..warp.flowwarp.FlowEstimator` interface.
 
 The network (paper eqs 1-8; the losses, eqs 9-14, and the two-stage training are in
 :mod:`.part_flow_losses`):
 
 1. **Part-based flow generation** (eq 1). The 18 joint heatmaps of each pose are split into sub-poses
-   (head, torso, leg: :data:`~..parts.SUB_POSES`, the project's one definition). One flow generator per
+   (head, torso, leg: :data:`~..body.parts.SUB_POSES`, the project's one definition). One flow generator per
    sub-pose takes ``cat(P_s^part, P_t^part)`` and outputs a backward flow ``W^part`` and a visibility map
    ``V^part`` in [0, 1] on the feature grid.
 2. **Local warping** (eqs 2-5). Each part image is cropped from the source, encoded to ``F_s^part``, warped
@@ -18,15 +18,15 @@ The network (paper eqs 1-8; the losses, eqs 9-14, and the two-stage training are
 
 Conventions. Images are ``(B, 3, H, W)`` in 0..1 (mapped to -1..1 inside; the decoder ends in tanh and its
 output is mapped back). Poses are GFLA-style Gaussian heatmaps ``(B, 18, H, W)``
-(:func:`~..render.render_heatmaps`). Flows follow :mod:`..flow`: backward, ``(dx, dy)`` in pixels of the
+(:func:`~..pose.render.render_heatmaps`). Flows follow :mod:`..flow`: backward, ``(dx, dy)`` in pixels of the
 grid they live on, here the FEATURE grid (image size / 2**num_downsample); :func:`~..flow.resize_flow`
 brings them to image pixels.
 
 Choices where the paper is vague (it defers architecture details to a supplement we do not have):
 
 * **Part crops.** A "part image" is the source image multiplied by the union of the sub-pose's body-part
-  masks (:func:`~..render.render_part_masks` with ``part_mask_radius_scale``, parts from
-  :data:`~..parts.SUB_POSE_PARTS`), kept on the full canvas. We mask rather than cut out bounding boxes so
+  masks (:func:`~..pose.render.render_part_masks` with ``part_mask_radius_scale``, parts from
+  :data:`~..body.parts.SUB_POSE_PARTS`), kept on the full canvas. We mask rather than cut out bounding boxes so
   that every part shares one coordinate frame: each part flow is then an ordinary flow on the image grid,
   with no per-part box offsets or rescaling, and part boxes of very different sizes (head vs legs) need no
   resizing to a common encoder input. Without masks (``source_part_masks=None``) every part sees the whole
@@ -66,9 +66,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
 from ..flow import resize_flow, warp
-from ..keypoints import NUM_JOINTS, Pose
-from ..parts import BODY_PARTS, SUB_POSE_PARTS, SUB_POSES
-from ..render import render_heatmaps, render_part_masks
+from ..pose.keypoints import NUM_JOINTS, Pose
+from ..body.parts import BODY_PARTS, SUB_POSE_PARTS, SUB_POSES
+from ..pose.render import render_heatmaps, render_part_masks
 
 __all__ = [
     "PartFlowNet", "PartFlowNetOutput", "PartFlowGenerator", "HybridDilatedBlock", "PyramidNonLocalBlock",
@@ -224,8 +224,8 @@ class PartFlowNetOutput(BaseOutput):
 class PartFlowNet(ModelMixin, ConfigMixin):
     """The structure-aware part-flow generator (eqs 1-8). See the module doc for the layout and our choices.
 
-    Config: ``sub_poses`` (name -> joint indices, default :data:`~..parts.SUB_POSES`), ``sub_pose_parts``
-    (name -> body-part names for the crop masks, default :data:`~..parts.SUB_POSE_PARTS`) and
+    Config: ``sub_poses`` (name -> joint indices, default :data:`~..body.parts.SUB_POSES`), ``sub_pose_parts``
+    (name -> body-part names for the crop masks, default :data:`~..body.parts.SUB_POSE_PARTS`) and
     ``part_names`` (their order: flows, masks and the fusion input follow it) are stored in the config so a
     checkpoint does not depend on later edits of the part tables. ``image_size`` ``[H, W]`` is the
     training resolution (the adapter resizes to it); ``heatmap_sigma`` and ``part_mask_radius_scale`` say how
@@ -380,7 +380,7 @@ class PartFlowNet(ModelMixin, ConfigMixin):
 def sub_pose_masks(pose: Pose, sub_pose_parts: Mapping[str, Sequence[str]] | None = None,
                    radius_scale: float = 1.25, person: int = 0) -> np.ndarray:
     """float32 ``(P, H, W)`` in {0, 1}: for each sub-pose (in the mapping's order; a model's order is
-    ``model.sub_pose_parts``) the union of its body parts' regions (:func:`~..render.render_part_masks`,
+    ``model.sub_pose_parts``) the union of its body parts' regions (:func:`~..pose.render.render_part_masks`,
     radii times ``radius_scale``). A sub-pose whose joints are all missing is empty."""
     sub_pose_parts = SUB_POSE_PARTS if sub_pose_parts is None else sub_pose_parts
     masks = render_part_masks(pose, person, radius_scale)
@@ -429,7 +429,7 @@ def _scale_pose(pose: Pose, height: int, width: int) -> Pose:
 
 
 class PartFlowEstimator:
-    """:class:`~..flowwarp.FlowEstimator` for a :class:`PartFlowNet`: one dense flow for FlowWarp.
+    """:class:`~..warp.flowwarp.FlowEstimator` for a :class:`PartFlowNet`: one dense flow for FlowWarp.
 
     The source photo and both poses are resized (anisotropically, if the aspect differs) to the model's
     ``image_size``; the per-part flows are computed there, brought to the target canvas with
@@ -443,7 +443,7 @@ class PartFlowEstimator:
     (eq 1); the source image only fixes the source canvas size.
     """
 
-    flowwarp_method = "structure"  # FlowWarp's method name for this model (core.flowwarp.METHODS)
+    flowwarp_method = "structure"  # FlowWarp's method name for this model (core.warp.flowwarp.METHODS)
 
     def __init__(self, model: PartFlowNet, binary_visibility: bool = True, source_person: int = 0,
                  target_person: int = 0):

@@ -52,8 +52,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..flow import base_coords, coords_to_flow, grid_to_flow, inside_mask, resize_flow, warp
-from ..keypoints import NUM_JOINTS, Pose
-from ..render import render_heatmaps
+from ..pose.keypoints import NUM_JOINTS, Pose
+from ..pose.render import render_heatmaps
 
 __all__ = [
     "PoseEncoder", "FlowHead", "SingleTransformFlowNet", "SingleTransformOutput", "SingleTransformRefiner",
@@ -365,7 +365,7 @@ def _contain(height: int, width: int, size: int) -> tuple[float, float, float]:
 
 def pose_to_heatmaps(pose: Pose, size: int, sigma: float = 6.0, person: int = 0) -> torch.Tensor:
     """The model's pose input: ``pose`` fitted (uniform scale, centred) into a ``size`` square, Gaussian heatmaps
-    (:func:`..render.render_heatmaps`, ``sigma`` in pixels of the square) -> ``(18, size, size)``."""
+    (:func:`..pose.render.render_heatmaps`, ``sigma`` in pixels of the square) -> ``(18, size, size)``."""
     s, ox, oy = _contain(pose.height, pose.width, size)
     off = np.array([ox, oy])
     fitted = pose.map_points(lambda xy: (xy + 0.5) * s - 0.5 + off, size, size)
@@ -373,7 +373,7 @@ def pose_to_heatmaps(pose: Pose, size: int, sigma: float = 6.0, person: int = 0)
 
 
 class SingleTransformEstimator:
-    """FlowWarp ``FlowEstimator`` (``core.flowwarp``) backed by a :class:`SingleTransformFlowNet`.
+    """FlowWarp ``FlowEstimator`` (``core.warp.flowwarp``) backed by a :class:`SingleTransformFlowNet`.
 
     Both poses are fitted into the model's square (uniform scale, centred: body proportions are kept), the flow
     is computed there and mapped back to the target canvas in source-canvas pixels. The method has no visibility
@@ -381,7 +381,7 @@ class SingleTransformEstimator:
     inside the source canvas. :meth:`generate` also runs the refiner when one is loaded.
     """
 
-    flowwarp_method = "single"  # FlowWarp's method name for this model (core.flowwarp.METHODS)
+    flowwarp_method = "single"  # FlowWarp's method name for this model (core.warp.flowwarp.METHODS)
 
     def __init__(self, flow_net: SingleTransformFlowNet, refiner: SingleTransformRefiner | None = None,
                  source_person: int = 0, target_person: int = 0, device: str | torch.device = "cpu"):

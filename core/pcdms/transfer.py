@@ -1,4 +1,4 @@
-"""PCDMs from poses: a source photo and source / target :class:`~..keypoints.Pose` -> images of the person in the
+"""PCDMs from poses: a source photo and source / target :class:`~..pose.keypoints.Pose` -> images of the person in the
 target poses. The one entry that the ComfyUI nodes, the command line (``transfer --method pcdms``, ``generate``),
 :func:`posetransfer.transfer` and ``benchmarks/bench_pcdms.py`` call; it owns what turns poses into the pipelines'
 inputs (the skeleton renderings both UNet stages see, the prior's pose vectors, the checks on canvases and
@@ -20,10 +20,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..keypoints import Pose
-from ..pose_inputs import pose_frames, source_poses_for, target_poses_on_one_canvas
-from ..pose_io import pcdms_pose_vector
-from ..render import render_skeleton_batch
+from ..pose.keypoints import Pose
+from ..pose.inputs import pose_frames, source_poses_for, target_poses_on_one_canvas
+from ..pose.formats import pcdms_pose_vector
+from ..pose.render import render_skeleton_batch
 from .pipelines import (ChainOutput, ImageOutput, InpaintPipeline, PriorPipeline, RefinePipeline, SimplifiedPipeline,
                         run_pcdms)
 from .schedulers import DEFAULT_SCHEDULERS
@@ -63,7 +63,7 @@ def pose_images(poses: Sequence[Pose]) -> torch.Tensor:
 
 
 def pose_vectors(poses: Sequence[Pose], what: str) -> torch.Tensor:
-    """The prior's pose coordinates (B, 36) (:func:`~..pose_io.pcdms_pose_vector`)."""
+    """The prior's pose coordinates (B, 36) (:func:`~..pose.formats.pcdms_pose_vector`)."""
     return torch.from_numpy(np.stack([pcdms_pose_vector(p, what) for p in poses]))
 
 

@@ -66,8 +66,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..keypoints import COCO17_FROM_COCO18, Pose
-from ..render import render_heatmaps
+from ..pose.keypoints import COCO17_FROM_COCO18, Pose
+from ..pose.render import render_heatmaps
 from .pose_estimator import PoseEstimate, PoseEstimator, as_pose_estimator
 
 __all__ = ["PoseGuidance", "PoseTarget", "tweedie_x0", "guided_eps", "pose_heatmaps_coco17", "percent_timestep_range"]

@@ -1,4 +1,4 @@
-"""RePoseDM from poses: a source photo and target :class:`~..keypoints.Pose` -> images of the person in the target
+"""RePoseDM from poses: a source photo and target :class:`~..pose.keypoints.Pose` -> images of the person in the target
 poses. The one entry that the ComfyUI nodes (PoseAlign, Sampler), the command line (``transfer --method repose``,
 ``generate``) and :func:`posetransfer.transfer` call.
 
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..geometry import resize
-from ..keypoints import Pose
-from ..pose_inputs import pose_frames, target_poses_on_one_canvas
-from ..render import render_skeleton
+from ..pose.geometry import resize
+from ..pose.keypoints import Pose
+from ..pose.inputs import pose_frames, target_poses_on_one_canvas
+from ..pose.render import render_skeleton
 from ..schedulers import make_scheduler as _make_shared_scheduler
 from ..schedulers import resolve_scheduler_name
 from .denoiser import repose_noise_scheduler

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .keypoints import JOINT_INDEX, Person
+from ..pose.keypoints import JOINT_INDEX, Person
 from .parts import body_scale
 
 NECK, RSH, LSH, RHIP, LHIP, NOSE = (JOINT_INDEX[n] for n in

@@ -6,7 +6,7 @@ What is kept and what is estimated:
   the TARGET bone's direction and takes the SOURCE bone's length.
 * A source bone whose two joints are not both present takes the length of its mirror bone (left <-> right) when
   that one is measurable, else ``BONE_RATIOS[bone] * scale`` where ``scale`` is
-  :func:`~.parts.body_scale` of the source (or, when that is 0, the median of ``length / ratio`` over the
+  :func:`~..body.parts.body_scale` of the source (or, when that is 0, the median of ``length / ratio`` over the
   source's measurable bones).
 * Foreshortening: a photo shows a bone's projection, never longer than the bone. A measured bone shorter
   than ``FORESHORTENED`` times its mirror bone takes the mirror's length (the better of left and right: a
@@ -36,7 +36,7 @@ import numpy as np
 
 from .geometry import fit_pose
 from .keypoints import FLIP_PERMUTATION, JOINT_INDEX, NUM_JOINTS, Person, Pose
-from .parts import body_scale
+from ..body.parts import body_scale
 
 ROOT = JOINT_INDEX["neck"]
 

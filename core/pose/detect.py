@@ -46,9 +46,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .images import _rgb, _to_unit_float, load_image
+from ..images import _rgb, _to_unit_float, load_image
 from .keypoints import COCO17_NAMES, COCO18_FROM_COCO17, JOINT_INDEX, NUM_JOINTS, Person, Pose
-from .pose_io import write_openpose_json
+from .formats import write_openpose_json
 
 PathLike = str | os.PathLike
 

@@ -1,7 +1,7 @@
 """Which way a person faces, from 2-D keypoints alone, and what that means for moving body parts.
 
 When a person turns around, left and right swap sides in the image; in a side view the shoulders and hips
-nearly coincide and the limbs of the far side are hidden behind the body. FlowWarp (:mod:`.part_flow`) uses:
+nearly coincide and the limbs of the far side are hidden behind the body. FlowWarp (:mod:`..warp.part_warp`) uses:
 
 * :func:`facing`: the signed width of the torso, ``cross(across, down) / |down|^2`` with ``across`` the
   right -> left shoulder (and hip) vector and ``down`` neck -> mid-hip. About +0.75 for a person facing the
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .keypoints import FLIP_PERMUTATION, JOINT_INDEX, Person
+from ..pose.keypoints import FLIP_PERMUTATION, JOINT_INDEX, Person
 from .parts import BODY_PARTS
 
 SIDE_WIDTH = 0.25  # |facing| below this: a side view (a front view is about 0.75, shoulder width / torso)

@@ -1,6 +1,6 @@
 """FlowWarp: move a photographed person into a target pose by warping pixels along a dense flow.
 
-``method="parts"`` is training-free (:mod:`.part_flow`); a learned estimator (any object with the
+``method="parts"`` is training-free (:mod:`.part_warp`); a learned estimator (any object with the
 :class:`FlowEstimator` interface) can supply the flow instead. Either way the result is composited over
 the source background:
 
@@ -29,15 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flow import base_coords, coords_to_flow, flow_to_color, warp
-from .geometry import fit_source_pose
-from .inpaint import INPAINT_METHODS, fill_holes
-from .keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
-from .part_flow import hidden_parts, label_boxes, part_flow
-from .parts import DEFAULT_DEPTH_ORDER, body_scale
-from .retarget import ANCHORS, retarget_pose
-from .segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label_map, person_mask
-from .views import side_view_depth_order, uncross_legs
+from ..flow import base_coords, coords_to_flow, flow_to_color, warp
+from ..pose.geometry import fit_source_pose
+from .hole_fill import INPAINT_METHODS, fill_holes
+from ..pose.keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
+from .part_warp import hidden_parts, label_boxes, part_flow
+from ..body.parts import DEFAULT_DEPTH_ORDER, body_scale
+from ..pose.retarget import ANCHORS, retarget_pose
+from ..body.segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label_map, person_mask
+from ..body.views import side_view_depth_order, uncross_legs
 
 BACKGROUNDS = ("inpaint", "keep", "black", "white")
 # parts: training-free; single: the learned single-spatial-transformation flow model; structure: the learned
@@ -52,7 +52,7 @@ class FlowEstimator(Protocol):
 
     ``estimate(source (1, 3, Hs, Ws) in 0..1, source_pose, target_pose) -> (flow (1, 2, H, W),
     visibility (1, 1, H, W))`` on the target canvas ``H x W``, flow in the project's convention
-    (:mod:`.flow`).
+    (:mod:`..flow`).
     """
 
     def estimate(self, source: torch.Tensor, source_pose: Pose, target_pose: Pose
@@ -158,7 +158,7 @@ class FlowWarpResult:
 
     @property
     def flow_image(self) -> torch.Tensor:
-        """``(3, H, W)`` in 0..1: the flow's colour picture (:func:`.flow.flow_to_color`: white = stayed put,
+        """``(3, H, W)`` in 0..1: the flow's colour picture (:func:`..flow.flow_to_color`: white = stayed put,
         hue = direction, saturation = distance, scaled to the frame's largest move)."""
         return flow_to_color(self.flow.detach().float()[None])[0]
 

@@ -2,7 +2,7 @@
 
 This is the structure-aware paper's decomposition (parts move nearly rigidly, each with its own flow)
 combined with the single-transformation paper's idea that a part's motion is well described by an affine
-map, fitted here directly to the part's joints instead of learned (:mod:`.part_transforms`).
+map, fitted here directly to the part's joints instead of learned (:mod:`..body.part_transforms`).
 
 For every target pixel:
 
@@ -20,10 +20,10 @@ For every target pixel:
    outside the source image, or the part cannot be moved at all because the source lacks its joints: such
    pixels are *holes*, person pixels whose content must be generated.
 
-View changes (:mod:`.views`): when source and target face opposite ways (front <-> back), each target part
+View changes (:mod:`..body.views`): when source and target face opposite ways (front <-> back), each target part
 is fed by the source part on the same image side (the source's labels are mirrored first), so no part map
 is a reflection; the torso map itself is bounded and falls back to a similarity or a translation
-(:func:`~.part_transforms.torso_transform`). In a side-view target the far side's limbs are drawn behind
+(:func:`~..body.part_transforms.torso_transform`). In a side-view target the far side's limbs are drawn behind
 the torso; in a side-view source the far side's limbs that the body hides (``hidden``, see
 :func:`hidden_parts`) count as missing, so the target shows holes to generate there, not stretched copies
 of the near side.
@@ -42,12 +42,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flow import base_coords, coords_to_grid
-from .keypoints import Person
-from .part_fields import normalised_distance, part_geometry
-from .part_transforms import fit_part_transforms
-from .parts import DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_PARENT, PART_RADIUS, body_scale
-from .views import MIRROR_PART, is_side_view, mirrored, near_side, side_view_depth_order, view_flips
+from ..flow import base_coords, coords_to_grid
+from ..pose.keypoints import Person
+from ..body.part_fields import normalised_distance, part_geometry
+from ..body.part_transforms import fit_part_transforms
+from ..body.parts import DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_PARENT, PART_RADIUS, body_scale
+from ..body.views import MIRROR_PART, is_side_view, mirrored, near_side, side_view_depth_order, view_flips
 
 HIDDEN_VISIBLE = 0.35  # a far-side limb of a side view showing less of its region than this is hidden
 GAP = 5  # gaps narrower than about this many pixels between kept pixels are closed (_close_gaps)
@@ -142,7 +142,7 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
               boxes: dict[int, tuple[float, float, float, float]] | None = None,
               hidden: frozenset[str] = frozenset()) -> PartFlow:
     """Part-based backward flow from ``source`` (with its label map and soft person mask on the source
-    grid, see :mod:`.segmentation`) to ``target`` on a target grid of ``size`` ``(H, W)``.
+    grid, see :mod:`..body.segmentation`) to ``target`` on a target grid of ``size`` ``(H, W)``.
 
     Each part is evaluated only inside the window where it can matter (the target pixels its map sends
     onto its own or its neighbours' source labels, and its core region), so the cost grows with the

@@ -3,7 +3,7 @@
 Two levels:
 
 * ``BODY_PARTS``: eleven nearly rigid parts (head, torso, and the two segments of each limb). Each moves by
-  one transform in the training-free FlowWarp, and each has a label in :func:`~.render.render_part_labels`.
+  one transform in the training-free FlowWarp, and each has a label in :func:`~..pose.render.render_part_labels`.
 * ``SUB_POSES``: the structure-aware part-flow paper's three groups (head, torso, legs). The paper only
   names them ("grouping the human joints ... based on the inherent connection relationship"); we put the
   arms with the torso, which they hang from, and let the hips belong to both torso and legs, where they join.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .keypoints import JOINT_INDEX
+from ..pose.keypoints import JOINT_INDEX
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def body_scale(body) -> float:
 
     The torso length (neck to mid-hip) when it is known; otherwise estimated from other bones with typical
     adult proportions (shoulder width ~0.75, upper arm ~0.6, thigh ~0.8, neck-nose ~0.45 torso lengths).
-    ``body`` is a :class:`~.keypoints.Person` or an ``(18, 3)`` array. Returns 0.0 when nothing is known.
+    ``body`` is a :class:`~..pose.keypoints.Person` or an ``(18, 3)`` array. Returns 0.0 when nothing is known.
     """
     import numpy as np
 

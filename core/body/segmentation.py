@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import torch
 
-from .flow import base_coords
-from .keypoints import Person
+from ..flow import base_coords
+from ..pose.keypoints import Person
 from .part_fields import normalised_distance, part_geometry
-from .inpaint import pyramid_fill
+from ..warp.hole_fill import pyramid_fill
 from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME, body_scale
 
 SEGMENTATION_METHODS = ("grabcut", "skeleton")

@@ -13,10 +13,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .flow import base_coords
+from ..flow import base_coords
 from .keypoints import COLORS, LIMBS, NUM_JOINTS, Person, Pose, check_joints
-from .part_fields import normalised_distance, part_geometry
-from .parts import BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME
+from ..body.part_fields import normalised_distance, part_geometry
+from ..body.parts import BODY_PARTS, DEFAULT_DEPTH_ORDER, PART_BY_NAME
 
 __all__ = [
     "stick_scale", "render_skeleton", "render_skeleton_batch", "render_heatmaps",
@@ -164,7 +164,7 @@ def render_pidm_pose_map(pose: Pose, person: int = 0) -> np.ndarray:
 def render_part_masks(pose: Pose, person: int = 0, radius_scale: float = 1.0) -> np.ndarray:
     """Region of each of ``BODY_PARTS`` (in that order), float32 ``(len(BODY_PARTS), H, W)`` in {0, 1}.
 
-    The regions of :mod:`.part_fields`: limbs are capsules of radius ``part_radius`` around their bone, the
+    The regions of :mod:`..body.part_fields`: limbs are capsules of radius ``part_radius`` around their bone, the
     torso the hull of neck, shoulders and hips (hips inferred when missing) dilated by the torso radius,
     the head a capsule from part-way up the neck to the face joints' centre. ``radius_scale`` multiplies
     every radius.

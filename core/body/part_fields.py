@@ -5,7 +5,7 @@ the part's nominal region, 0 on its bone. Limbs use their bone segment (forearms
 the wrist and ankle for the hand and foot, ``PART_EXTENSION``), the torso its shoulder/hip polygon
 (0 inside), the head a capsule from part-way up the neck (``HEAD_START``) to the centre of the face
 joints. Radii come from :data:`~.parts.PART_RADIUS` and :func:`~.parts.body_scale`. These regions are the
-project's one definition of where a part is: the part masks and labels of :mod:`.render`, the segmentation
+project's one definition of where a part is: the part masks and labels of :mod:`..pose.render`, the segmentation
 seeds and FlowWarp all use them.
 """
 
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from .keypoints import Person
+from ..pose.keypoints import Person
 from .part_transforms import HEAD_JOINTS, LHIP, LSH, NECK, RHIP, RSH, torso_points
 from .parts import BODY_PARTS, PART_EXTENSION, PART_RADIUS, body_scale
 

@@ -1,0 +1,1 @@
+"""The body in the picture: body parts, their distance fields and transforms, segmentation, views."""

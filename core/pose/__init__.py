@@ -1,0 +1,1 @@
+"""Poses: keypoints, pose files, geometry, retargeting, rendering, detection, input checks."""
