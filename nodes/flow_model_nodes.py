@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 
-from ..core.flow_models.model_files import FILE_KEY, KINDS, MARKER, load_flow_model
+from ..core.flow_models.model_files import KINDS, MARKER, load_flow_model, model_file_kind
 from . import bridge
 from .loaded_models import LoadCache, chosen_kind, chosen_model, config_class, kind_input, model_input
 from .flowwarp_nodes import FLOW_MODEL_TYPE
@@ -51,17 +51,6 @@ class ManagedFlowModel:
         return value
 
 
-def _safetensors_kind(path: str) -> str | None:
-    try:
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            kind = (f.metadata() or {}).get(FILE_KEY)
-    except Exception:  # not a readable safetensors file: not ours
-        return None
-    return kind if kind in KINDS else None
-
-
 def _folder_candidates(name: str) -> tuple[str, ...]:
     """Files that make ``name`` (a folder, relative to the model folder) a flow model, in the order tried."""
     join = (lambda f: f) if name in ("", ".") else (lambda f: f"{name}/{f}")
@@ -89,7 +78,7 @@ def list_flow_models() -> list[str]:
         if any(name.startswith(f + "/") for f in folders if f != "."):
             continue  # weights inside a model folder
         try:
-            if _safetensors_kind(bridge.model_file_path(name)) is not None:
+            if model_file_kind(bridge.model_file_path(name)) is not None:
                 singles.append(name)
         except FileNotFoundError:
             continue

@@ -169,6 +169,14 @@ def test_flow_model_files_and_vgg(tmp_path):
             a, b = modules[name].state_dict(), loaded[name].state_dict()
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert train_flow.load_flow_model(path) is not None
+    from posetransfer.core.flow_models.model_files import model_file_kind
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    assert model_file_kind(tmp_path / "flow.safetensors") == "single"  # what the loader node lists
+    for foreign in ("other.safetensors", "junk.safetensors", "missing.safetensors", "model"):
+        assert model_file_kind(tmp_path / foreign) is None, foreign
     test_single_transform.test_vgg19_layout_and_torchvision_state_dict(sub(tmp_path, "vgg"))
     args = argparse.Namespace(vgg=str(tmp_path / "vgg" / "vgg19.pth"), seed=0, vgg_width_divisor=1)
     assert train_flow.build_extractor(args, ("relu1_1",)) is not None                # train_flow --vgg

@@ -45,6 +45,17 @@ def _file_metadata(path: Path) -> dict:
         raise ValueError(f"{path}: expected a safetensors file, could not read its header ({exc})") from None
 
 
+def model_file_kind(path: str | os.PathLike) -> str | None:
+    """The kind a one-file export (:func:`save_model_file`) records in its safetensors metadata, or None when
+    ``path`` is not such a file (unreadable, not safetensors, or another model's file): for listing model
+    folders, where foreign files are skipped rather than reported."""
+    try:
+        kind = _file_metadata(Path(path)).get(FILE_KEY)
+    except (OSError, ValueError):
+        return None
+    return kind if kind in KINDS else None
+
+
 def detect_model_kind(path: str | os.PathLike) -> str:
     """``"single"`` or ``"parts"`` from what :func:`export_model` / :func:`save_model_file` wrote (the marker
     file, else the configs' ``_class_name``). A ValueError / FileNotFoundError says what was expected."""
