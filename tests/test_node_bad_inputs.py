@@ -10,6 +10,7 @@ import torch
 
 import comfy_doubles
 from comfy_doubles import SAMPLES, TinyClipVision, TinyDinoVision, TinyVAE
+from posetransfer.core.flow_models.model_files import FILE_KEY
 from posetransfer.core.pose.geometry import resize
 from posetransfer.core.pcdms.pipelines import PriorPipeline
 from posetransfer.core.pose.formats import dump_pose_keypoint, load_pose_keypoint
@@ -178,7 +179,7 @@ def test_flow_model_loader_corrupt_files(comfy_free):
     with pytest.raises(ValueError, match="model_name: cannot load flow model 'junk.safetensors'"):
         flow_model_nodes.PoseTransferFlowModelLoader().load("junk.safetensors")
     save_file({"x": torch.zeros(1)}, str(comfy_free / "empty.safetensors"),
-              metadata={flow_model_nodes.FILE_KEY: "single"})
+              metadata={FILE_KEY: "single"})
     with pytest.raises(ValueError, match="model_name: .*without its 'flow_net' module"):   # was a KeyError
         flow_model_nodes.PoseTransferFlowModelLoader().load("empty.safetensors")
 
