@@ -253,6 +253,9 @@ def test_mirrored_torso_points_never_give_a_mirrored_map():
     dst = src * [-1, 1] + [5, 3]  # a reflection, which no turn of a real body is
     m, kind = torso_transform(dst, src, 1.0)
     assert kind in ("similarity", "translation") and np.linalg.det(m[:, :2]) > 0
+    axis = (dst[0], dst[3:].mean(0), src[0], src[3:].mean(0))  # with the body axis: it maps onto itself
+    m, kind = torso_transform(dst, src, 1.0, axis)
+    assert kind == "axis" and np.allclose(m[:, :2], np.eye(2)) and np.allclose(m[:, 2], [-5, -3])
     # Degenerate (all points on a line): never a smear, the scale stays within the clamp.
     line = np.array([[0, 0], [0, 1], [0, 2], [0, 60], [0, 61]], float)
     m, _ = torso_transform(line, src, 1.0)
@@ -263,6 +266,53 @@ def test_mirrored_torso_points_never_give_a_mirrored_map():
     rot = 1.3 * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     m, kind = torso_transform(src, src @ rot.T + [7, -4], 1.3)
     assert kind == "affine" and np.allclose(m[:, :2], rot, atol=1e-6) and np.allclose(m[:, 2], [7, -4], atol=1e-6)
+
+
+def test_torso_whose_sides_swap_through_a_side_view_keeps_its_size():
+    """A front source and a target turned past a side view: its shoulders and hips lie on the other image
+    sides, narrower, and view_flips does not mirror it (a side view). Every fit over those points mirrors; the
+    least-squares similarity of mirrored points shrinks (the torso came out 1.7x too large on the turnaround
+    samples). The torso follows its neck-to-hips axis instead, the same length in both poses: scale 1."""
+    from posetransfer.core.body.part_transforms import fit_part_transforms
+    from posetransfer.core.body.views import view_flips
+    image, pose, _ = _striped_figure()
+    turned = pose.copy()
+    b = turned.people[0].body
+    for r, l in (("right_shoulder", "left_shoulder"), ("right_hip", "left_hip")):
+        i, j = JOINT_INDEX[r], JOINT_INDEX[l]
+        mid = (b[i, 0] + b[j, 0]) / 2
+        b[i, 0], b[j, 0] = mid + 0.4 * (mid - b[i, 0]), mid + 0.4 * (mid - b[j, 0])  # swapped, 40 % as wide
+    assert not view_flips(pose.people[0], turned.people[0])
+    m = fit_part_transforms(pose.people[0], turned.people[0])["torso"]
+    along = np.linalg.norm(m[:, :2] @ [0, 1.0])  # the body axis is vertical in both poses
+    assert abs(along - 1) < 0.05, along
+    assert np.linalg.det(m[:, :2]) > 0
+    neck = turned.people[0].body[JOINT_INDEX["neck"], :2]
+    assert np.allclose(m[:, :2] @ neck + m[:, 2], pose.people[0].body[JOINT_INDEX["neck"], :2], atol=0.5)
+    # End to end: the torso drawn is no larger than the target's torso region (with a margin).
+    pf = _part_flow_of(image, pose, turned)
+    torso = pf.owner.numpy() == PART_BY_NAME["torso"].label
+    assert 0 < torso.sum() <= _regions(turned, 1.3)[PART_NAMES.index("torso")].sum()
+
+
+def test_head_of_a_side_view_keeps_its_size():
+    """In a side view the eyes and ears nearly coincide: a similarity fitted to the face joints alone scales
+    the head by their spread (side source -> front target: 0.72x here, 0.53x on the turnaround samples), not
+    by its size. The head map keeps the body-scale ratio within HEAD_SCALE_CLAMP, about the face's centre."""
+    from posetransfer.core.body.part_transforms import HEAD_SCALE_CLAMP, fit_part_transforms
+    image, pose, _ = _striped_figure()
+    side = pose.copy()
+    b = side.people[0].body
+    nose = b[JOINT_INDEX["nose"], :2].copy()
+    for n in ("right_eye", "left_eye", "right_ear", "left_ear"):
+        j = JOINT_INDEX[n]
+        b[j, 0] = nose[0] + 0.3 * (b[j, 0] - nose[0]) + (6 if "ear" in n else 0)  # seen from the side
+    m = fit_part_transforms(side.people[0], pose.people[0])["head"]  # the side view is the source
+    scale = np.sqrt(np.linalg.det(m[:, :2]))  # the body-scale ratio is 1
+    assert 1 / HEAD_SCALE_CLAMP - 1e-9 <= scale <= HEAD_SCALE_CLAMP + 1e-9, scale
+    face = [JOINT_INDEX[n] for n in ("nose", "right_eye", "left_eye", "right_ear", "left_ear", "neck")]
+    centre, source_centre = pose.people[0].body[face, :2].mean(0), b[face, :2].mean(0)
+    assert np.allclose(m[:, :2] @ centre + m[:, 2], source_centre, atol=1e-6)  # the face's centre maps onto its own
 
 
 def test_side_view_target_keeps_the_torso_within_its_hull():

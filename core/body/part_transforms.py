@@ -16,14 +16,19 @@ Every function returns a ``(2, 3)`` matrix sending TARGET pixel coordinates to S
   (singular values at most ``MAX_ANISOTROPY`` apart, overall scale within ``SCALE_CLAMP`` of the body-scale
   ratio: this bounds shear too, since an affine is rotation x axis scales x rotation), else the best
   similarity (if its scale is within ``SCALE_CLAMP`` of the body-scale ratio), else a translation of the
-  centroid with the body-scale ratio. A torso seen edge-on (side view, shoulders and hips almost on top of
+  centroid with the body-scale ratio. A mirroring fit whose poses both have the neck and hips means left and
+  right swapped image sides (a turn through a side view): the torso then follows its neck-to-hips axis like
+  a limb (``"axis"``), since a similarity fitted to mirrored points shrinks. A torso seen edge-on (side view, shoulders and hips almost on top of
   each other) is first given a depth: each shoulder and hip pair is widened, about its midpoint and across
   the neck-hip axis, to at least ``SIDE_DEPTH`` body scales (a chest seen from the side), in both the
   transform and the part's region (:mod:`.part_fields`), so the fit is well conditioned and the region
   matches the body. Mirrored views (front <-> back) are handled before fitting, by :mod:`.views`.
   Missing hips are inferred (a virtual hip one body scale below each shoulder, perpendicular to the
   shoulder line, away from the head), so waist-up portraits still get a torso.
-* Head: least-squares similarity (rotation, uniform scale, translation) over the face joints and neck.
+* Head: least-squares similarity (rotation, uniform scale, translation) over the face joints and neck, its
+  scale kept within ``HEAD_SCALE_CLAMP`` of the body-scale ratio: the face joints' spread changes with the view
+  (in a side view eyes and ears nearly coincide), not the head's size, so a front -> side fit alone drew the
+  head twice too large.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ ALONG_CLAMP = 4.0
 MAX_ANISOTROPY = 2.0  # largest ratio of the torso map's two singular values
 SCALE_CLAMP = 2.0  # the torso map's scale stays within [1/2, 2] x the body-scale ratio
 MAX_STRETCH = 2.5  # a limb stretched more than this (vs body scale) is foreshortened in the source: left out
+HEAD_SCALE_CLAMP = 1.25  # the head map's scale stays within [0.8, 1.25] x the body-scale ratio
 SIDE_DEPTH = 0.4  # least shoulder / hip width of a torso, in body scales (the chest's depth in a side view)
 
 
@@ -134,12 +140,28 @@ def _with_depth(pts: dict[int, np.ndarray], scale: float) -> dict[int, np.ndarra
     return out
 
 
-def torso_transform(dst: np.ndarray, src: np.ndarray, ratio: float) -> tuple[np.ndarray, str]:
-    """The torso map ``dst -> src`` and which fallback gave it: ``"affine"``, ``"similarity"`` or
-    ``"translation"`` (see module docstring). ``ratio`` is the body-scale ratio source / target."""
+def torso_transform(dst: np.ndarray, src: np.ndarray, ratio: float,
+                    axis: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, str]:
+    """The torso map ``dst -> src`` and which fallback gave it: ``"affine"``, ``"axis"``, ``"similarity"`` or
+    ``"translation"`` (see module docstring). ``ratio`` is the body-scale ratio source / target. ``axis``:
+    the body axis (neck, hip midpoint) in the target and in the source, when both poses have it."""
     md, ms = dst.mean(0), src.mean(0)
     if len(dst) >= 3:
         lin = ridge_affine_fit(dst, src)[:, :2]
+        if np.all(np.isfinite(lin)) and np.linalg.det(lin) <= 0 and axis is not None:
+            # The torso's left and right lie on opposite image sides in the two poses (a turn through a side
+            # view that view_flips does not mirror). Every fit over the side joints is then wrong: the affine
+            # mirrors, and the least-squares similarity of mirrored points shrinks towards zero scale (a torso
+            # drawn 1.7x too large on the turnaround samples). The neck-to-hips axis is the one torso direction
+            # a turn keeps: map it like a limb (its length ratio along it, the body-scale ratio across).
+            t_top, t_bottom, s_top, s_bottom = axis
+            m = limb_affine(t_top, t_bottom, s_top, s_bottom, ratio)
+            if m is not None:
+                u, s, vt = np.linalg.svd(m[:, :2])
+                m[:, :2] = u @ np.diag(np.clip(s, ratio / SCALE_CLAMP, ratio * SCALE_CLAMP)) @ vt
+                m[:, 2] = s_top - m[:, :2] @ t_top
+                return m, "axis"
         if np.all(np.isfinite(lin)) and np.linalg.det(lin) > 0:
             u, s, vt = np.linalg.svd(lin)
             g = float(np.clip(np.sqrt(s[0] * s[1]), ratio / SCALE_CLAMP, ratio * SCALE_CLAMP))
@@ -183,12 +205,21 @@ def fit_part_transforms(source: Person, target: Person) -> dict[str, np.ndarray]
             sp, tp = torso_points(source, s_scale), torso_points(target, t_scale)
             common = sorted(set(sp) & set(tp))
             if len(common) >= 2:
+                axis = None
+                if all(j in sp and j in tp for j in (NECK, RHIP, LHIP)):
+                    axis = (tp[NECK], (tp[RHIP] + tp[LHIP]) / 2, sp[NECK], (sp[RHIP] + sp[LHIP]) / 2)
                 out["torso"] = torso_transform(np.array([tp[j] for j in common]), np.array([sp[j] for j in common]),
-                                               ratio)[0]
+                                               ratio, axis)[0]
         elif part.name == "head":
             common = [j for j in HEAD_JOINTS if both[j]]
             if common:
                 m = similarity_fit(target.body[common, :2], source.body[common, :2])
+                scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+                lo, hi = ratio / HEAD_SCALE_CLAMP, ratio * HEAD_SCALE_CLAMP
+                if len(common) > 1 and not lo <= scale <= hi:  # see module docstring (head)
+                    c_t, c_s = target.body[common, :2].mean(0), source.body[common, :2].mean(0)
+                    m[:, :2] *= np.clip(scale, lo, hi) / max(scale, 1e-9)
+                    m[:, 2] = c_s - m[:, :2] @ c_t
                 if len(common) == 1:  # translation only: add the body-scale ratio about that joint
                     c = target.body[common[0], :2]
                     m = np.array([[ratio, 0, 0], [0, ratio, 0]], float)

@@ -1,0 +1,94 @@
+"""Compose gallery/demo_before_after.jpg and gallery/turnaround_before_after.jpg from two runs of FlowWarp.
+
+Each run is a folder holding ``demo/`` (``posetransfer demo --out RUN/demo``) and ``turnaround/``
+(``python benchmarks/compare_perlimb.py --save RUN/turnaround``), made by the code before and after a change::
+
+    git worktree add --detach /tmp/before <commit>; mkdir -p /tmp/pkg && ln -sfn /tmp/before /tmp/pkg/posetransfer
+    PYTHONPATH=/tmp/pkg python -m posetransfer demo --out /tmp/run_before/demo
+    PYTHONPATH=/tmp/pkg python /tmp/before/benchmarks/compare_perlimb.py --save /tmp/run_before/turnaround
+    python -m posetransfer demo --out /tmp/run_after/demo
+    python benchmarks/compare_perlimb.py --save /tmp/run_after/turnaround
+    python gallery/make_before_after.py --before /tmp/run_before --after /tmp/run_after --label-before <commit>
+
+demo_before_after: one row per demo case of :data:`DEMO_CASES`; columns result and mask (white = to generate)
+before, then after. turnaround_before_after: one row per pair of :data:`TURN_PAIRS`; columns source, real
+target view, the quick per-limb warp, FlowWarp before, FlowWarp after (compare_perlimb's panels are source |
+target | per-limb | FlowWarp side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+DEMO_CASES = ("fashion_standing_to_jumper_retargeted", "fashion_standing_to_jumper",
+              "fashion_standing_to_model_red_background", "model_red_background_to_jumper_retargeted")
+TURN_PAIRS = ("turn_front_to_turn_side1", "turn_front_to_turn_back", "turn_side1_to_turn_back",
+              "turn_back_to_turn_side1", "turn_side2_to_turn_hero", "pix_front_to_pix_side1")
+CELL = 220       # demo cells are scaled to this width and height
+TURN_CELL = 100  # turnaround cells: this wide
+HEADER = 24
+
+
+def _read(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"{path}: missing or not an image; run the commands in this script's docstring")
+    return image
+
+
+def _header(labels: list[str], width: int) -> np.ndarray:
+    row = np.full((HEADER, width * len(labels), 3), 255, np.uint8)
+    for i, text in enumerate(labels):
+        cv2.putText(row, text, (i * width + 4, HEADER - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return row
+
+
+def demo_grid(before: Path, after: Path, label_before: str, label_after: str) -> np.ndarray:
+    rows = []
+    for case in DEMO_CASES:
+        cells = []
+        for run in (before, after):
+            for suffix in ("", "_mask"):
+                cells.append(cv2.resize(_read(run / "demo" / f"{case}{suffix}.png"), (CELL, CELL),
+                                        interpolation=cv2.INTER_AREA))
+        rows.append(np.hstack(cells))
+    labels = [f"{label_before}: result", f"{label_before}: mask", f"{label_after}: result", f"{label_after}: mask"]
+    return np.vstack([_header(labels, CELL), *rows])
+
+
+def turnaround_grid(before: Path, after: Path, label_before: str, label_after: str) -> np.ndarray:
+    rows = []
+    for pair in TURN_PAIRS:
+        old, new = _read(before / "turnaround" / f"{pair}.png"), _read(after / "turnaround" / f"{pair}.png")
+        w = old.shape[1] // 4  # source | target | per-limb | FlowWarp
+        cells = [old[:, i * w:(i + 1) * w] for i in range(4)] + [new[:, 3 * w:4 * w]]
+        h = round(cells[0].shape[0] * TURN_CELL / w)
+        rows.append(np.hstack([cv2.resize(c, (TURN_CELL, h), interpolation=cv2.INTER_AREA) for c in cells]))
+    labels = ["source", "target", "per-limb", label_before, label_after]
+    return np.vstack([_header(labels, TURN_CELL), *rows])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", type=Path, required=True, help="run folder of the code before (demo/, turnaround/)")
+    ap.add_argument("--after", type=Path, required=True, help="run folder of the code after")
+    ap.add_argument("--label-before", default="before", help="column label of the run before (e.g. its commit)")
+    ap.add_argument("--label-after", default="after", help="column label of the run after")
+    ap.add_argument("--out", type=Path, default=ROOT, help="folder for the two .jpg files")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    grids = {"demo_before_after": demo_grid, "turnaround_before_after": turnaround_grid}
+    for name, grid in grids.items():
+        image = grid(args.before, args.after, args.label_before, args.label_after)
+        cv2.imwrite(str(args.out / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        print(args.out / f"{name}.jpg")
+
+
+if __name__ == "__main__":
+    main()
