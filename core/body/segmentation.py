@@ -31,7 +31,7 @@ from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME, body_scale
 SEGMENTATION_METHODS = ("grabcut", "skeleton")
 GRABCUT_SIDE = 192
 GRABCUT_ITERATIONS = 2  # 4 gave the same masks on the samples (IoU >= 0.998) at 1.6x the time
-LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso
+LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso or a leg
 CORE = 1.0  # normalised distance below which a pixel is inside a part's nominal region
 REACH_LOOSE = 0.6  # GrabCut may find person up to this many body scales beyond 3 part radii
 MIN_SURE_BACKGROUND = 0.3  # the wider zone is used only where it leaves this fraction as sure background
@@ -246,22 +246,52 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
     """Part label per pixel (``BodyPart.label``, 0 = background) of a person with soft ``mask`` ``(H, W)``.
 
     Where parts' cores (normalised distance < 1) overlap, the front-most in ``depth_order`` wins; other
-    person pixels (loose clothes, hair) go to the nearest part if it is within ``LOOSE`` radii, else to the
-    torso (capes, long skirts and coats hang from the torso; a limb would swing them around). Only person
-    pixels (``mask > 0.5``) get a label: background inside a part's nominal region stays background.
+    person pixels within ``LOOSE`` radii of a part go to the nearest part. Farther ones (loose clothes, hair)
+    go to the torso or to the nearest leg part (thigh or shin), whichever is nearer: a cape or long hair
+    hangs from the torso, but the tails of a long coat or skirt beside the legs swing with them (moved by the
+    torso's map they would stay standing where the feet were when the legs are raised). Arms and the head
+    never take far pixels (a swinging arm would fling them around). Pixels beyond every part's field
+    (``REACH`` radii: a coat's train spread on the floor) take the label of the nearest labelled person
+    pixel, so they move with the part they hang from. Only person pixels (``mask > 0.5``) get a label:
+    background inside a part's nominal region stays background.
     """
+    nearest, labels = _nearest_part(fields, fields)
+    if "torso" in fields:
+        loose = nearest > LOOSE
+        labels = torch.where(loose, torch.tensor(PART_BY_NAME["torso"].label), labels)
+        legs = [n for n in LEG_PARTS if n in fields]
+        if legs:
+            leg_near, leg_labels = _nearest_part(fields, legs)
+            labels = torch.where(loose & (leg_near < fields["torso"]), leg_labels, labels)
+    for name in depth_order:  # back to front
+        if name in fields:
+            labels = torch.where(fields[name] < 1.0, torch.tensor(PART_BY_NAME[name].label), labels)
+    person = mask > 0.5
+    labels = torch.where(person, labels, torch.zeros_like(labels))
+    far = person & (nearest >= FAR)
+    if far.any() and (person & ~far).any():
+        # Each far pixel takes the label of the nearest person pixel within the fields.
+        src = (~(person & ~far)).numpy().astype(np.uint8)
+        _, index = cv2.distanceTransformWithLabels(src, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+        inside = labels.flatten()[torch.from_numpy(np.flatnonzero(src.ravel() == 0))]
+        nearest_label = inside[torch.from_numpy(index.astype(np.int64) - 1)]
+        labels = torch.where(far, nearest_label, labels)
+    return labels
+
+
+LEG_PARTS = ("right_thigh", "right_shin", "left_thigh", "left_shin")
+
+
+def _nearest_part(fields: dict[str, torch.Tensor], names) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running argmin over the ``names`` fields (faster than argmin over a stacked tensor): the smallest
+    normalised distance and the label of its part."""
     nearest, labels = None, None
-    for name, field in fields.items():  # running argmin (faster than argmin over a stacked tensor)
-        label = PART_BY_NAME[name].label
+    for name in names:
+        field, label = fields[name], PART_BY_NAME[name].label
         if nearest is None:
             nearest, labels = field.clone(), torch.full(field.shape, label, dtype=torch.long)
         else:
             closer = field < nearest
             nearest = torch.where(closer, field, nearest)
             labels = torch.where(closer, torch.tensor(label), labels)
-    if "torso" in fields:
-        labels = torch.where(nearest > LOOSE, torch.tensor(PART_BY_NAME["torso"].label), labels)
-    for name in depth_order:  # back to front
-        if name in fields:
-            labels = torch.where(fields[name] < 1.0, torch.tensor(PART_BY_NAME[name].label), labels)
-    return torch.where(mask > 0.5, labels, torch.zeros_like(labels))
+    return nearest, labels
