@@ -194,19 +194,19 @@ def _grow_by_colour(img: np.ndarray, fg: np.ndarray, near: np.ndarray, reach: fl
     h, w = img.shape[:2]
     half = (max(1, w // 2), max(1, h // 2))
     rgb = torch.from_numpy(cv2.resize(img, half, interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None].float() / 255
-    colour = img / 255.0
+    colour = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255  # planar: fast per-pixel sums
 
     def fill_of(known):
         k = torch.from_numpy(cv2.resize(known.astype(np.float32), half, interpolation=cv2.INTER_AREA))[None, None]
         fill = pyramid_fill(rgb, k)[0].permute(1, 2, 0).numpy()
-        return cv2.resize(fill, (w, h), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(fill, (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
 
     # Candidates stand out from the backdrop predicted from beyond the ring and are close to the person's
     # colours. That prediction is far from them (a floor's shading, the person's own shadow, pillar-box
     # margins spoil it), so each candidate must also stand out from the backdrop right around it: a fill of
     # the pixels that are neither person nor candidate. Removal judges fg's pixels against that too.
     d_far = _backdrop_distance(colour, fill_of(outside))
-    d_fg = np.linalg.norm(colour - fill_of(fg > 0), axis=-1)
+    d_fg = _norm(colour - fill_of(fg > 0))
     candidate = (d_far > COLOUR_GAP) & (d_fg < PERSON_RATIO * d_far) & ring & (fg == 0)
     near_fill = fill_of((fg == 0) & ~candidate)
     d_near = _backdrop_distance(colour, near_fill)
@@ -222,7 +222,7 @@ def _grow_by_colour(img: np.ndarray, fg: np.ndarray, near: np.ndarray, reach: fl
 
 
 def _backdrop_distance(colour: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
-    """RGB distance ``(H, W)`` of ``colour`` from the predicted ``backdrop`` (both ``(H, W, 3)`` 0..1), the
+    """RGB distance ``(H, W)`` of ``colour`` from the predicted ``backdrop`` (both planar ``(3, H, W)`` 0..1), the
     backdrop in shadow or in brighter light counted as backdrop: the distance to the nearest ``a * backdrop``
     with ``a`` between ``lo`` and ``1 / lo``. ``lo`` is ``SHADOW_MIN`` on a saturated backdrop and rises to 1
     (brightness must match) on a grey one: a darker grey is as likely a grey garment as a shadow, while a
@@ -230,15 +230,24 @@ def _backdrop_distance(colour: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
     black boots, and GrabCut takes it for them), and the smooth prediction itself is darker or lighter than
     a shaded floor."""
     lo = 1 - (1 - SHADOW_MIN) * np.minimum(_saturation(backdrop), _saturation(colour))
-    a = (colour * backdrop).sum(-1) / np.maximum((backdrop * backdrop).sum(-1), 1e-6)
+    a = _dot(colour, backdrop) / np.maximum(_dot(backdrop, backdrop), 1e-6)
     a = np.clip(a, lo, 1 / lo)
-    return np.linalg.norm(colour - a[..., None] * backdrop, axis=-1)
+    return _norm(colour - a * backdrop)
+
+
+# Per-pixel helpers on planar (3, H, W) colours (reductions over a last axis of 3 are slow in numpy).
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _norm(a: np.ndarray) -> np.ndarray:
+    return np.sqrt(_dot(a, a))
 
 
 def _saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation ``(H, W)`` of ``rgb`` ``(H, W, 3)`` 0..1 (0 = grey, 1 = a pure hue)."""
-    top = rgb.max(-1)
-    return (top - rgb.min(-1)) / np.maximum(top, 1e-3)
+    """HSV saturation ``(H, W)`` of planar ``rgb`` ``(3, H, W)`` 0..1 (0 = grey, 1 = a pure hue)."""
+    top = np.maximum(np.maximum(rgb[0], rgb[1]), rgb[2])
+    return (top - np.minimum(np.minimum(rgb[0], rgb[1]), rgb[2])) / np.maximum(top, 1e-3)
 
 
 def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
@@ -255,6 +264,15 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
     pixel, so they move with the part they hang from. Only person pixels (``mask > 0.5``) get a label:
     background inside a part's nominal region stays background.
     """
+    person_full = mask > 0.5
+    out = torch.zeros(mask.shape, dtype=torch.long)
+    rows, cols = torch.nonzero(person_full.any(1)).flatten(), torch.nonzero(person_full.any(0)).flatten()
+    if len(rows) == 0 or not fields:
+        return out
+    # Only the person's bounding box can get labels: work there (the person is a fraction of the canvas).
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    fields = {name: f[box] for name, f in fields.items()}
+    person = person_full[box]
     nearest, labels = _nearest_part(fields, fields)
     if "torso" in fields:
         loose = nearest > LOOSE
@@ -266,7 +284,6 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
     for name in depth_order:  # back to front
         if name in fields:
             labels = torch.where(fields[name] < 1.0, torch.tensor(PART_BY_NAME[name].label), labels)
-    person = mask > 0.5
     labels = torch.where(person, labels, torch.zeros_like(labels))
     far = person & (nearest >= FAR)
     if far.any() and (person & ~far).any():
@@ -276,7 +293,8 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
         inside = labels.flatten()[torch.from_numpy(np.flatnonzero(src.ravel() == 0))]
         nearest_label = inside[torch.from_numpy(index.astype(np.int64) - 1)]
         labels = torch.where(far, nearest_label, labels)
-    return labels
+    out[box] = labels
+    return out
 
 
 LEG_PARTS = ("right_thigh", "right_shin", "left_thigh", "left_shin")
