@@ -5,6 +5,13 @@ bones; ``"grabcut"`` runs cv2's GrabCut seeded by the skeleton (bones = sure per
 sure background, in between = let colour decide), on a copy at most ``GRABCUT_SIDE`` pixels wide for
 speed, then upsampled. GrabCut follows loose clothes and hair that the skeleton regions miss; it needs
 some colour contrast between person and background.
+
+Both methods then take one colour step (:func:`_grow_by_colour`): pixels up to ``GROW_REACH`` body scales
+around the person that stand out from the backdrop and touch the person join it (clothes both miss: coat
+tails far from every bone), at most ``GROW_MAX`` of the person's area; and pixels GrabCut took outside every
+part's nominal region that have the backdrop's colour (in shadow or not) leave it. ``"skeleton"`` gets the
+growth too (it is what misses loose clothes most; without it their colours would stay standing in the
+background where the person was); it never loses any of its part regions.
 """
 
 from __future__ import annotations
@@ -24,13 +31,17 @@ from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME, body_scale
 SEGMENTATION_METHODS = ("grabcut", "skeleton")
 GRABCUT_SIDE = 192
 GRABCUT_ITERATIONS = 2  # 4 gave the same masks on the samples (IoU >= 0.998) at 1.6x the time
-LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso
+LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso or a leg
 CORE = 1.0  # normalised distance below which a pixel is inside a part's nominal region
 REACH_LOOSE = 0.6  # GrabCut may find person up to this many body scales beyond 3 part radii
 MIN_SURE_BACKGROUND = 0.3  # the wider zone is used only where it leaves this fraction as sure background
 COLOUR_GAP = 0.15  # RGB distance (0..1) from the predicted background that makes a pixel stand out
-PERSON_RATIO = 0.35  # ... when its distance to the predicted person colour is below this times that distance
+PERSON_RATIO = 2.0  # ... when its distance to the predicted person colour is below this times that distance
 BACKDROP_GAP = 0.12  # ... and closer than this to it makes a loose person pixel background after all
+SHADOW_MIN = 0.5  # a saturated backdrop darkened to this fraction (its shadow), or lit 1 / this, is backdrop
+SATURATED = 0.5  # a backdrop this saturated is told from the person by colour even inside a part's region
+GROW_REACH = 0.6  # the colour growth looks for missed clothes up to this many body scales around the person
+GROW_MAX = 0.25  # ... and adds nothing when it would add more than this fraction of the person's area
 SURE = 0.35  # normalised distance below which a pixel is the person whatever the colours say (GrabCut seed)
 
 
@@ -80,12 +91,37 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
             torch.maximum(skeleton, region, out=skeleton)
     nearest = nearest.numpy()
     skeleton = skeleton.numpy().astype(np.float32)
-    if method == "skeleton":
-        return skeleton
+    # Both methods work on a copy at most GRABCUT_SIDE pixels wide (the colour steps need no more).
     scale = min(1.0, GRABCUT_SIDE / max(h, w))
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
     img = cv2.resize(np.clip(image * 255, 0, 255).astype(np.uint8), small, interpolation=cv2.INTER_AREA)
     near = cv2.resize(nearest, small, interpolation=cv2.INTER_LINEAR)
+    fg = _grabcut(img, near, person, scale) if method == "grabcut" else None
+    reach = GROW_REACH * body_scale(person) * scale
+    if fg is None:  # "skeleton", or GrabCut could not run: the part regions, grown by colour
+        fg = (cv2.resize(skeleton, small, interpolation=cv2.INTER_AREA) > 0.5).astype(np.uint8)
+        _, added = _grow_by_colour(img, fg, near, reach)
+        if not added.any():
+            return skeleton
+        # A full-resolution pixel more than the small copy's edge: the part regions' edge is exact, and the
+        # added clothes' colours must not stay outside it where the person was.
+        return np.maximum(skeleton, cv2.dilate(_upsample(added, (w, h), scale), np.ones((3, 3), np.uint8)))
+    fg, _ = _grow_by_colour(img, fg, near, reach)
+    # Only the sure seeds are forced: the ring between them and the part's nominal region (CORE) is
+    # person or background as the colours say, so background between the legs or beside a thin arm is
+    # never taken for the person (it would be moved with the limb and counted as real person content).
+    return np.maximum(_upsample(fg, (w, h), scale), (nearest < SURE).astype(np.float32))
+
+
+def _upsample(binary: np.ndarray, size: tuple[int, int], scale: float) -> np.ndarray:
+    """A 0/1 mask of the small copy back at full ``size`` ``(W, H)``, with a soft edge."""
+    mask = cv2.resize(binary.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    return np.clip(cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.5 / scale)), 0, 1)
+
+
+def _grabcut(img: np.ndarray, near: np.ndarray, person: Person, scale: float) -> np.ndarray | None:
+    """GrabCut's person (uint8 0/1) on the small copy ``img`` (RGB uint8), seeded by the normalised distance
+    ``near`` to the nearest part; None when it cannot run (no background seed, degenerate colour models)."""
     seeds = np.full(near.shape, cv2.GC_BGD, np.uint8)
     # Loose clothes (coat tails, wide skirts) reach far from every bone: "probably background", not sure
     # background, up to a further REACH_LOOSE body scales around the 3-radii zone.
@@ -96,21 +132,14 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
         zone = wide
     seeds[zone] = cv2.GC_PR_BGD
     seeds[near < 1.2] = cv2.GC_PR_FGD
-    seeds[near < 0.35] = cv2.GC_FGD
+    seeds[near < SURE] = cv2.GC_FGD
     if not (seeds == cv2.GC_BGD).any() or not ((seeds == cv2.GC_PR_BGD) | (seeds == cv2.GC_BGD)).any():
-        return skeleton
+        return None
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     if not _seeded_grabcut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seeds, bgd, fgd):
-        return skeleton  # degenerate colour models (e.g. a flat image): fall back to the skeleton
+        return None  # degenerate colour models (e.g. a flat image)
     fg = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    fg = _grow_by_colour(img, fg, zone, near >= CORE).astype(np.float32)
-    mask = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
-    mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.5 / scale))
-    # Only the sure seeds are forced: the ring between them and the part's nominal region (CORE) is
-    # person or background as the colours say, so background between the legs or beside a thin arm is
-    # never taken for the person (it would be moved with the limb and counted as real person content).
-    return np.maximum(np.clip(mask, 0, 1), (nearest < SURE).astype(np.float32))
+    return cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
 
 
 def _seeded_grabcut(bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np.ndarray) -> bool:
@@ -133,33 +162,95 @@ def _seeded_grabcut(bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np
     return not failed
 
 
-def _grow_by_colour(img: np.ndarray, fg: np.ndarray, zone: np.ndarray, loose: np.ndarray) -> np.ndarray:
-    """``fg`` plus the pixels of ``zone`` whose colour stands out from the backdrop around them and that
-    touch ``fg``: GrabCut's colour models miss clothes close in colour to a plain backdrop (a pale pink coat on
-    light grey). The backdrop's colour at each pixel is predicted by a smooth fill of the pixels outside
-    ``zone``, the person's by a fill of ``fg``; a pixel is added when it is far from the first and much
-    closer to the second. The other way round, ``loose`` pixels (outside every part's nominal region) of the
-    backdrop's colour (within ``BACKDROP_GAP`` of it) are taken out: GrabCut keeps patches of background
-    between the legs or below a skirt, which would be moved with the limbs and count as real person content."""
-    outside = ~zone
+def _grow_by_colour(img: np.ndarray, fg: np.ndarray, near: np.ndarray, reach: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The one colour step of both methods, on the small copy ``img`` (RGB uint8): ``(person, added)``, 0/1.
+    ``near``: normalised distance to the nearest part; ``reach`` in pixels.
+
+    Growth: the pixels within ``reach`` pixels of ``fg`` whose colour stands out from the backdrop around
+    them and that touch ``fg`` are added (clothes the part regions or GrabCut's colour models miss: coat
+    tails far from every bone, a pale pink coat on light grey). The backdrop's colour at each pixel is
+    predicted by a smooth fill of the pixels farther than ``reach`` from ``fg``, the person's by a fill of
+    ``fg``; a pixel is added when it is far from the first (:func:`_backdrop_distance`), not much farther
+    (``PERSON_RATIO``) from the second, and not of the colour of the backdrop right around it either (a fill
+    of the pixels that are neither person nor such candidates: it follows a floor's shading and the person's
+    shadow, which the far prediction misses). When that would add more than ``GROW_MAX`` times the person's
+    area, the backdrop could not be predicted (a busy photo) and nothing is added. (The ratio was 0.35 for
+    GrabCut and 2 in a second pass over the whole mask; one pass with 2 keeps what both took.)
+
+    Removal: pixels of ``fg`` of the backdrop's colour (within ``BACKDROP_GAP`` of it, the backdrop in shadow
+    included) are taken out where they are loose (outside every part's nominal region, ``CORE``), and on a
+    saturated backdrop (``SATURATED``) anywhere outside the sure seeds (``SURE``). GrabCut keeps patches of
+    backdrop between the legs, below a skirt or in the person's shadow on the floor (dark, like boots, to its
+    colour model), and a part's nominal region is wider than a thin boot: moved with the limbs, they would
+    count as real person content. Only a saturated backdrop's colour is evidence enough inside a part's
+    region; a grey one matches grey and white clothes (the limb would get holes).
+    """
+    none = np.zeros_like(fg)
+    if not fg.any():
+        return fg, none
+    ring = cv2.distanceTransform((fg == 0).astype(np.uint8), cv2.DIST_L2, 3) <= reach
+    outside = ~ring
     if not outside.any():
-        return fg
+        return fg, none
     # The fills are smooth: computed at half resolution, then brought back.
     h, w = img.shape[:2]
     half = (max(1, w // 2), max(1, h // 2))
     rgb = torch.from_numpy(cv2.resize(img, half, interpolation=cv2.INTER_AREA)).permute(2, 0, 1)[None].float() / 255
+    colour = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / 255  # planar: fast per-pixel sums
 
-    def distance_to_fill(known):
+    def fill_of(known):
         k = torch.from_numpy(cv2.resize(known.astype(np.float32), half, interpolation=cv2.INTER_AREA))[None, None]
         fill = pyramid_fill(rgb, k)[0].permute(1, 2, 0).numpy()
-        return np.linalg.norm(img / 255.0 - cv2.resize(fill, (w, h), interpolation=cv2.INTER_LINEAR), axis=-1)
+        return cv2.resize(fill, (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
 
-    d_bg, d_fg = distance_to_fill(outside), distance_to_fill(fg > 0)
-    stands_out = (d_bg > COLOUR_GAP) & (d_fg < PERSON_RATIO * d_bg) & zone
-    grown = (stands_out | (fg > 0)).astype(np.uint8)
-    _, comp = cv2.connectedComponents(grown, connectivity=4)
-    touching = np.unique(comp[fg > 0])
-    return (np.isin(comp, touching[touching > 0]) | (fg > 0)) & ~(loose & (d_bg < BACKDROP_GAP))
+    # Candidates stand out from the backdrop predicted from beyond the ring and are close to the person's
+    # colours. That prediction is far from them (a floor's shading, the person's own shadow, pillar-box
+    # margins spoil it), so each candidate must also stand out from the backdrop right around it: a fill of
+    # the pixels that are neither person nor candidate. Removal judges fg's pixels against that too.
+    d_far = _backdrop_distance(colour, fill_of(outside))
+    d_fg = _norm(colour - fill_of(fg > 0))
+    candidate = (d_far > COLOUR_GAP) & (d_fg < PERSON_RATIO * d_far) & ring & (fg == 0)
+    near_fill = fill_of((fg == 0) & ~candidate)
+    d_near = _backdrop_distance(colour, near_fill)
+    removable = (near >= CORE) | ((near >= SURE) & (_saturation(near_fill) >= SATURATED))
+    person = (fg > 0) & ~(removable & (d_near < BACKDROP_GAP))
+    stands_out = candidate & (d_near >= BACKDROP_GAP)
+    _, comp = cv2.connectedComponents((stands_out | person).astype(np.uint8), connectivity=4)
+    touching = np.unique(comp[person])
+    added = np.isin(comp, touching[touching > 0]) & stands_out
+    if added.sum() > GROW_MAX * person.sum():
+        return person.astype(np.uint8), none
+    return (person | added).astype(np.uint8), added.astype(np.uint8)
+
+
+def _backdrop_distance(colour: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
+    """RGB distance ``(H, W)`` of ``colour`` from the predicted ``backdrop`` (both planar ``(3, H, W)`` 0..1), the
+    backdrop in shadow or in brighter light counted as backdrop: the distance to the nearest ``a * backdrop``
+    with ``a`` between ``lo`` and ``1 / lo``. ``lo`` is ``SHADOW_MIN`` on a saturated backdrop and rises to 1
+    (brightness must match) on a grey one: a darker grey is as likely a grey garment as a shadow, while a
+    darker red of a red backdrop's own hue is its shadow (the person's shadow on a red floor is as dark as
+    black boots, and GrabCut takes it for them), and the smooth prediction itself is darker or lighter than
+    a shaded floor."""
+    lo = 1 - (1 - SHADOW_MIN) * np.minimum(_saturation(backdrop), _saturation(colour))
+    a = _dot(colour, backdrop) / np.maximum(_dot(backdrop, backdrop), 1e-6)
+    a = np.clip(a, lo, 1 / lo)
+    return _norm(colour - a * backdrop)
+
+
+# Per-pixel helpers on planar (3, H, W) colours (reductions over a last axis of 3 are slow in numpy).
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _norm(a: np.ndarray) -> np.ndarray:
+    return np.sqrt(_dot(a, a))
+
+
+def _saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation ``(H, W)`` of planar ``rgb`` ``(3, H, W)`` 0..1 (0 = grey, 1 = a pure hue)."""
+    top = np.maximum(np.maximum(rgb[0], rgb[1]), rgb[2])
+    return (top - np.minimum(np.minimum(rgb[0], rgb[1]), rgb[2])) / np.maximum(top, 1e-3)
 
 
 def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
@@ -167,22 +258,61 @@ def part_label_map(fields: dict[str, torch.Tensor], mask: torch.Tensor,
     """Part label per pixel (``BodyPart.label``, 0 = background) of a person with soft ``mask`` ``(H, W)``.
 
     Where parts' cores (normalised distance < 1) overlap, the front-most in ``depth_order`` wins; other
-    person pixels (loose clothes, hair) go to the nearest part if it is within ``LOOSE`` radii, else to the
-    torso (capes, long skirts and coats hang from the torso; a limb would swing them around). Only person
-    pixels (``mask > 0.5``) get a label: background inside a part's nominal region stays background.
+    person pixels within ``LOOSE`` radii of a part go to the nearest part. Farther ones (loose clothes, hair)
+    go to the torso or to the nearest leg part (thigh or shin), whichever is nearer: a cape or long hair
+    hangs from the torso, but the tails of a long coat or skirt beside the legs swing with them (moved by the
+    torso's map they would stay standing where the feet were when the legs are raised). Arms and the head
+    never take far pixels (a swinging arm would fling them around). Pixels beyond every part's field
+    (``REACH`` radii: a coat's train spread on the floor) take the label of the nearest labelled person
+    pixel, so they move with the part they hang from. Only person pixels (``mask > 0.5``) get a label:
+    background inside a part's nominal region stays background.
     """
+    person_full = mask > 0.5
+    out = torch.zeros(mask.shape, dtype=torch.long)
+    rows, cols = torch.nonzero(person_full.any(1)).flatten(), torch.nonzero(person_full.any(0)).flatten()
+    if len(rows) == 0 or not fields:
+        return out
+    # Only the person's bounding box can get labels: work there (the person is a fraction of the canvas).
+    box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    fields = {name: f[box] for name, f in fields.items()}
+    person = person_full[box]
+    nearest, labels = _nearest_part(fields, fields)
+    if "torso" in fields:
+        loose = nearest > LOOSE
+        labels = torch.where(loose, torch.tensor(PART_BY_NAME["torso"].label), labels)
+        legs = [n for n in LEG_PARTS if n in fields]
+        if legs:
+            leg_near, leg_labels = _nearest_part(fields, legs)
+            labels = torch.where(loose & (leg_near < fields["torso"]), leg_labels, labels)
+    for name in depth_order:  # back to front
+        if name in fields:
+            labels = torch.where(fields[name] < 1.0, torch.tensor(PART_BY_NAME[name].label), labels)
+    labels = torch.where(person, labels, torch.zeros_like(labels))
+    far = person & (nearest >= FAR)
+    if far.any() and (person & ~far).any():
+        # Each far pixel takes the label of the nearest person pixel within the fields.
+        src = (~(person & ~far)).numpy().astype(np.uint8)
+        _, index = cv2.distanceTransformWithLabels(src, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
+        inside = labels.flatten()[torch.from_numpy(np.flatnonzero(src.ravel() == 0))]
+        nearest_label = inside[torch.from_numpy(index.astype(np.int64) - 1)]
+        labels = torch.where(far, nearest_label, labels)
+    out[box] = labels
+    return out
+
+
+LEG_PARTS = ("right_thigh", "right_shin", "left_thigh", "left_shin")
+
+
+def _nearest_part(fields: dict[str, torch.Tensor], names) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running argmin over the ``names`` fields (faster than argmin over a stacked tensor): the smallest
+    normalised distance and the label of its part."""
     nearest, labels = None, None
-    for name, field in fields.items():  # running argmin (faster than argmin over a stacked tensor)
-        label = PART_BY_NAME[name].label
+    for name in names:
+        field, label = fields[name], PART_BY_NAME[name].label
         if nearest is None:
             nearest, labels = field.clone(), torch.full(field.shape, label, dtype=torch.long)
         else:
             closer = field < nearest
             nearest = torch.where(closer, field, nearest)
             labels = torch.where(closer, torch.tensor(label), labels)
-    if "torso" in fields:
-        labels = torch.where(nearest > LOOSE, torch.tensor(PART_BY_NAME["torso"].label), labels)
-    for name in depth_order:  # back to front
-        if name in fields:
-            labels = torch.where(fields[name] < 1.0, torch.tensor(PART_BY_NAME[name].label), labels)
-    return torch.where(mask > 0.5, labels, torch.zeros_like(labels))
+    return nearest, labels

@@ -34,7 +34,7 @@ from ..pose.geometry import fit_source_pose
 from .hole_fill import INPAINT_METHODS, fill_holes
 from ..pose.keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
 from .part_warp import hidden_parts, label_boxes, part_flow
-from ..body.parts import DEFAULT_DEPTH_ORDER, body_scale
+from ..body.parts import DEFAULT_DEPTH_ORDER
 from ..pose.retarget import ANCHORS, retarget_pose
 from ..body.segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label_map, person_mask
 from ..body.views import side_view_depth_order, uncross_legs
@@ -191,13 +191,6 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
                          f"or both ends of a limb)")
     mask = torch.from_numpy(person_mask(image, person, options.segmentation, fields))
     img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
-    # Clothes the mask missed (coat tails far from every bone) would stay standing where the person was, in
-    # the background: they are the person's, and move with the part nearest to them (part_label_map).
-    k = max(3, int(round(0.04 * max(h, w)))) | 1
-    near = cv2.dilate((mask.numpy() > 0.1).astype(np.uint8), np.ones((k, k), np.uint8))
-    leftover = _leftover_person(img, (mask.numpy() > 0.5).astype(np.float32), near, body_scale(person))
-    if leftover.any():
-        mask = torch.maximum(mask, torch.from_numpy(leftover.astype(np.float32)))
     labels = part_label_map(fields, mask, side_view_depth_order(person, options.depth_order))
     if options.background == "inpaint":
         # Fill from colours well away from the silhouette (segmentation edges are not exact), but keep the
@@ -217,47 +210,6 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         real = torch.ones(h, w)
     return PreparedSource(img, pose, person, mask, labels, background, real, label_boxes(labels),
                           hidden_parts(person, labels), device)
-
-
-LEFTOVER_REACH = 0.6  # clothes the person mask missed are looked for up to this many body scales around it
-LEFTOVER_MAX = 0.25
-LEFTOVER_GAP = 0.15  # RGB distance (0..1) from the predicted backdrop that makes a pixel a leftover of the person
-
-
-def _leftover_person(img: torch.Tensor, person: np.ndarray, remove: np.ndarray, scale: float) -> np.ndarray:
-    """Pixels (uint8 0/1, ``(H, W)``) near the removed person ``remove`` that still stand out from the backdrop
-    and touch it: loose clothes the person mask missed. The backdrop is predicted by a smooth fill of the
-    pixels farther than ``LEFTOVER_REACH`` body scales from ``remove``, the person's colours by a fill of the
-    ``person`` pixels; a leftover is far from the first and not much farther from the second. More than
-    ``LEFTOVER_MAX`` times the person's area means the backdrop could not be predicted (a busy photo): then
-    nothing is taken. Worked out at half resolution (the fills are smooth; it keeps the cost small)."""
-    h, w = remove.shape
-    half = (max(1, w // 2), max(1, h // 2))
-    rem = cv2.resize(remove, half, interpolation=cv2.INTER_NEAREST)
-    if not rem.any():
-        return np.zeros_like(remove)
-    ring = cv2.distanceTransform((rem == 0).astype(np.uint8), cv2.DIST_L2, 3) <= LEFTOVER_REACH * scale / 2
-    if ring.all():
-        return np.zeros_like(remove)
-    rgb = cv2.resize(img.permute(1, 2, 0).numpy(), half, interpolation=cv2.INTER_AREA)
-    small = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-    per = cv2.resize(person, half, interpolation=cv2.INTER_AREA)
-
-    def distance_to_fill(known: np.ndarray) -> np.ndarray:
-        k = torch.from_numpy(known.astype(np.float32))[None, None]
-        fill = fill_holes(small, 1 - k, "pyramid")[0].permute(1, 2, 0).numpy()
-        return np.linalg.norm(rgb - fill, axis=-1)
-
-    d_bg, d_person = distance_to_fill(~ring), distance_to_fill(per)
-    stands_out = (d_bg > LEFTOVER_GAP) & (d_person < 2 * d_bg) & ring & (per < 0.5)
-    _, comp = cv2.connectedComponents((stands_out | (rem > 0)).astype(np.uint8), connectivity=4)
-    touching = np.unique(comp[rem > 0])
-    leftover = np.isin(comp, touching[touching > 0]) & stands_out
-    if leftover.sum() > LEFTOVER_MAX * max(per.sum(), 1.0):
-        return np.zeros_like(remove)
-    full = cv2.resize(leftover.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-    full = cv2.dilate(full, np.ones((3, 3), np.uint8))  # the half-resolution edge: a pixel more
-    return full & (person < 0.5).astype(np.uint8)
 
 
 def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
