@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 INPAINT_METHODS = ("pyramid", "telea")
+WINDOW_PIXELS = 256 * 256  # below this the finest level is not worth cutting to the box of the holes
 
 
 def pyramid_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -25,12 +26,11 @@ def pyramid_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     # exactly, so the finest level needs no blending (3 full-size operations instead of about 10).
     # For w in 0..1, w * (1 - w) is 0 exactly when w is 0 or 1.
     binary = bool((known * (1 - known)).amax() == 0) if finite else bool(((known == 0) | (known == 1)).all())
-    levels = [(image * known, known)]
-    while min(levels[-1][1].shape[-2:]) > 1 and (bool(levels[-1][1].amin() < 1e-3) if finite
-                                                  else bool((levels[-1][1] < 1e-3).any())):
-        s, k = levels[-1]
-        levels.append((_half(s), _half(k)))
-    s, k = levels[-1]
+    s, k = image * known, known
+    levels = [(s, k)]
+    while min(k.shape[-2:]) > 1 and (bool(k.amin() < 1e-3) if finite else bool((k < 1e-3).any())):
+        s, k = _half(s), _half(k)
+        levels.append((s, k))
     filled = s / k.clamp_min(1e-6)
     if (k < 1e-6).all():  # nothing known at all: leave the image as it is
         return image
@@ -45,22 +45,29 @@ def pyramid_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     if len(levels) == 1:  # every weight is at least 1e-3: no coarser level
         return known * image + (1 - known) * filled
     # The finest level. Where the weight is 1 the result is the image (s + 0 * up, or 1 * image + 0 * fill),
-    # so the upsampling and the blend run only on the box of the weights below 1 (the same values there).
-    s, out = levels[0][0], (levels[0][0] if binary else image.clone())
+    # so on large images the upsampling and the blend run only on the box of the weights below 1 (the same
+    # values there).
+    s = levels[0][0]
     h, w = s.shape[-2:]
-    if finite:
+    rows, cols = (0, h), (0, w)
+    if finite and h * w >= WINDOW_PIXELS:
         rows = _extent(known.amin(dim=-1).flatten(0, -2).amin(0) < 1)
         cols = _extent(known.amin(dim=-2).flatten(0, -2).amin(0) < 1)
-    else:
+    if (rows[1] - rows[0]) * (cols[1] - cols[0]) > 0.8 * h * w:  # not worth the cutting
         rows, cols = (0, h), (0, w)
     up = _upsample_box(filled, rows, cols, (h, w))
+    whole = rows == (0, h) and cols == (0, w)
     rows, cols = slice(*rows), slice(*cols)
     k = known[..., rows, cols]
     if binary:  # what the general blend below and the final line give for w in {0, 1}
-        out[..., rows, cols] += (1 - k) * up
-        return out
-    own = s[..., rows, cols] / k.clamp_min(1e-6)
-    filled = k.clamp(max=1) * own + (1 - k) * up
+        if whole:
+            return s + (1 - known) * up
+        s[..., rows, cols] += (1 - k) * up  # s is this function's own tensor
+        return s
+    filled = k.clamp(max=1) * (s[..., rows, cols] / k.clamp_min(1e-6)) + (1 - k) * up
+    if whole:
+        return known * image + (1 - known) * filled
+    out = image.clone()
     out[..., rows, cols] = k * image[..., rows, cols] + (1 - k) * filled
     return out
 
@@ -77,6 +84,8 @@ def _upsample_box(coarse: torch.Tensor, rows: tuple[int, int], cols: tuple[int, 
     dimension of exactly twice the coarse size every output pixel reads its two nearest coarse pixels with
     weights 1/4 and 3/4 wherever it lies, so the window (one coarse pixel of margin, whose outer output
     rows are dropped) gives the same values; along any other dimension the whole extent is used."""
+    if rows == (0, size[0]) and cols == (0, size[1]):
+        return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
     spans = []
     for (lo, hi), n, n1 in zip((rows, cols), size, coarse.shape[-2:]):
         if n == 2 * n1:
