@@ -333,9 +333,11 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
     # (known is 0 there), so person_img holds zeros outside the box. Sampled as flow.warp does (from
     # flow + pixel position: the same positions to the last bit).
     box = _support_box(alpha, hole)
-    person_img = torch.zeros((source.image.shape[0], *alpha.shape), dtype=source.image.dtype)
-    if box is not None:
+    if box is None or box == (slice(None), slice(None)):
+        person_img = warp(source.image[None], flow)[0]
+    else:
         rows, cols = box
+        person_img = torch.zeros((source.image.shape[0], *alpha.shape), dtype=source.image.dtype)
         grid = coords_to_grid(flow[:, :, rows, cols] + xy[:, :, rows, cols], tuple(source.image.shape[-2:]))
         person_img[:, rows, cols] = F.grid_sample(source.image[None], grid, mode="bilinear", padding_mode="border",
                                                   align_corners=False)[0]
@@ -374,9 +376,12 @@ def _support_box(alpha: torch.Tensor, hole: torch.Tensor) -> tuple[slice, slice]
     cols = (a.amax(0) > 0).numpy() | h.any(0)
     if not rows.any():
         return None
-    r, c = np.flatnonzero(rows), np.flatnonzero(cols)
-    return (slice(max(int(r[0]) - 1, 0), min(int(r[-1]) + 2, alpha.shape[0])),
-            slice(max(int(c[0]) - 1, 0), min(int(c[-1]) + 2, alpha.shape[1])))
+    (r0, r1), (c0, c1) = np.flatnonzero(rows)[[0, -1]], np.flatnonzero(cols)[[0, -1]]
+    (h, w), r0, c0 = alpha.shape, max(int(r0) - 1, 0), max(int(c0) - 1, 0)
+    r1, c1 = min(int(r1) + 2, h), min(int(c1) + 2, w)
+    if (r1 - r0) * (c1 - c0) > 0.8 * h * w:  # not worth the cutting: the whole canvas
+        return slice(None), slice(None)
+    return slice(r0, r1), slice(c0, c1)
 
 
 def _feather(alpha: torch.Tensor, box: tuple[slice, slice] | None = None) -> torch.Tensor:
@@ -384,13 +389,17 @@ def _feather(alpha: torch.Tensor, box: tuple[slice, slice] | None = None) -> tor
     (:func:`_support_box`, computed when not given) holds every pixel the result can be nonzero at: the
     filter runs only there (its values do not depend on where the window lies), the rest stays 0."""
     box = _support_box(alpha, torch.zeros(alpha.shape, dtype=torch.bool)) if box is None else box
-    out = torch.zeros_like(alpha)
     if box is None:
-        return out
-    rows, cols = box
+        return torch.zeros_like(alpha)
     k = torch.tensor([0.25, 0.5, 0.25])
+    k = (k[:, None] * k[None, :])[None, None]
     padded = F.pad(alpha[None, None], (1, 1, 1, 1), mode="replicate")
-    a = F.conv2d(padded[..., rows.start:rows.stop + 2, cols.start:cols.stop + 2], (k[:, None] * k[None, :])[None, None])
+    if box == (slice(None), slice(None)):
+        a = F.conv2d(padded, k)
+        return torch.maximum(a[0, 0], torch.where(alpha >= 1, alpha, torch.zeros_like(alpha))).clamp(0, 1)
+    rows, cols = box
+    out = torch.zeros_like(alpha)
+    a = F.conv2d(padded[..., rows.start:rows.stop + 2, cols.start:cols.stop + 2], k)
     w = alpha[rows, cols]
     out[rows, cols] = torch.maximum(a[0, 0], torch.where(w >= 1, w, torch.zeros_like(w))).clamp_(0, 1)
     return out
