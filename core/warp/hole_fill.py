@@ -46,11 +46,13 @@ def pyramid_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         return known * image + (1 - known) * filled
     # The finest level. Where the weight is 1 the result is the image (s + 0 * up, or 1 * image + 0 * fill),
     # so on large images the upsampling and the blend run only on the box of the weights below 1 (the same
-    # values there).
+    # values there). Only on one thread: with several, F.interpolate's last bit depends on how its work is
+    # split among them (the whole image on 1 and on 2 threads differ too), so only the whole image gives
+    # its values.
     s = levels[0][0]
     h, w = s.shape[-2:]
     rows, cols = (0, h), (0, w)
-    if finite and h * w >= WINDOW_PIXELS:
+    if finite and h * w >= WINDOW_PIXELS and torch.get_num_threads() == 1:
         rows = _extent(known.amin(dim=-1).flatten(0, -2).amin(0) < 1)
         cols = _extent(known.amin(dim=-2).flatten(0, -2).amin(0) < 1)
     if (rows[1] - rows[0]) * (cols[1] - cols[0]) > 0.8 * h * w:  # not worth the cutting
