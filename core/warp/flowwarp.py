@@ -371,9 +371,9 @@ def _support_box(alpha: torch.Tensor, hole: torch.Tensor) -> tuple[slice, slice]
     :func:`_feather` spreads alpha by; None when both are empty. Float maxima and numpy's any(): on CPU many
     times faster than torch's comparisons reduced with any()."""
     a = alpha.abs()
-    h = hole.numpy() if hole.device.type == "cpu" else hole.cpu().numpy()
-    rows = (a.amax(1) > 0).numpy() | h.any(1)
-    cols = (a.amax(0) > 0).numpy() | h.any(0)
+    holes = hole.cpu().numpy()
+    rows = (a.amax(1) > 0).cpu().numpy() | holes.any(1)
+    cols = (a.amax(0) > 0).cpu().numpy() | holes.any(0)
     if not rows.any():
         return None
     (r0, r1), (c0, c1) = np.flatnonzero(rows)[[0, -1]], np.flatnonzero(cols)[[0, -1]]

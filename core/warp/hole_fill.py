@@ -85,7 +85,8 @@ def _upsample_box(coarse: torch.Tensor, rows: tuple[int, int], cols: tuple[int, 
     """``F.interpolate(coarse, size, bilinear)[..., rows, cols]`` computed on a window of ``coarse``: along a
     dimension of exactly twice the coarse size every output pixel reads its two nearest coarse pixels with
     weights 1/4 and 3/4 wherever it lies, so the window (one coarse pixel of margin, whose outer output
-    rows are dropped) gives the same values; along any other dimension the whole extent is used."""
+    rows are dropped) gives the same values on one thread (tests/test_inpaint.py); along any other dimension
+    the whole extent is used."""
     if rows == (0, size[0]) and cols == (0, size[1]):
         return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
     spans = []
