@@ -50,9 +50,19 @@ def coords_to_flow(coords: torch.Tensor) -> torch.Tensor:
 def coords_to_grid(coords: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
     """Pixel positions in a source of ``(height, width)`` -> ``grid_sample`` grid ``(B, H, W, 2)``."""
     hs, ws = source_size
-    gx = (2 * coords[:, 0] + 1) / ws - 1
-    gy = (2 * coords[:, 1] + 1) / hs - 1
-    return torch.stack((gx, gy), dim=-1)
+    if coords.requires_grad or not coords.is_floating_point():
+        gx = (2 * coords[:, 0] + 1) / ws - 1
+        gy = (2 * coords[:, 1] + 1) / hs - 1
+        return torch.stack((gx, gy), dim=-1)
+    # The same operations on both channels at once, in place, returned as a (B, H, W, 2) view of the
+    # (B, 2, H, W) result: grid_sample reads either layout (same values), and the interleaving copy of a
+    # stack costs more than all the arithmetic.
+    grid = coords * 2
+    grid += 1
+    grid[:, 0] /= ws
+    grid[:, 1] /= hs
+    grid -= 1
+    return grid.permute(0, 2, 3, 1)
 
 
 def grid_to_coords(grid: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:

@@ -44,3 +44,30 @@ def test_fill_matches_the_plain_pull_push_for_binary_and_soft_masks():
     assert torch.equal(binary[:, :, hole[0, 0] == 0], image[:, :, hole[0, 0] == 0])  # known pixels kept exactly
     inside = binary[:, :, hole[0, 0] > 0]
     assert (inside - image.mean()).abs().max() < 0.25  # holes filled with nearby colours, not left as they were
+
+
+def test_fill_on_the_box_of_the_holes_gives_the_whole_image_values():
+    """Large images fill only the box of the holes at the finest level (hole_fill._upsample_box): the values
+    must be those of the whole-image computation, to the bit, wherever the box lies (canvas edges, odd
+    sizes, where the coarse level is not half the size, soft weights, a batch)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the box is used on one thread only (see pyramid_fill)
+    try:
+        _check_box_fills()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_box_fills():
+    g = torch.Generator().manual_seed(2)
+    cases = [((300, 260), (120, 150, 40, 90)), ((300, 260), (0, 30, 0, 25)), ((301, 257), (270, 301, 230, 257)),
+             ((512, 352), (200, 203, 10, 340)), ((257, 300), (100, 101, 150, 151))]
+    for (h, w), (y0, y1, x0, x1) in cases:
+        image = torch.rand(2, 3, h, w, generator=g)
+        known = torch.ones(2, 1, h, w)
+        known[:, :, y0:y1, x0:x1] = 0
+        for k in (known, known * 0.9 + 0.1 * (torch.rand(2, 1, h, w, generator=g) > 0.99).float()):
+            box = inpaint._extent(k.amin(dim=-1).flatten(0, -2).amin(0) < 1), \
+                inpaint._extent(k.amin(dim=-2).flatten(0, -2).amin(0) < 1)
+            assert (box[0][1] - box[0][0]) * (box[1][1] - box[1][0]) <= 0.8 * h * w or k is not known
+            assert torch.equal(pyramid_fill(image, k), _reference_fill(image, k)), ((h, w), (y0, y1, x0, x1))

@@ -74,37 +74,71 @@ def part_geometry(person: Person) -> dict[str, PartGeometry]:
 def segment_distance(xy: torch.Tensor, a, b) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance of grid points ``xy`` ``(2, H, W)`` to segment ``a-b``, and their signed position along it
     in pixels from ``a`` (unclamped)."""
+    sq, along = _segment_sq(xy[0], xy[1], a, b)
+    return sq.sqrt_(), along
+
+
+def _segment_sq(x: torch.Tensor, y: torch.Tensor, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distance to segment ``a-b`` and position along it (:func:`segment_distance` before the square
+    root) of the points ``(x, y)``: ``(H, W)`` each, or a grid's ``(1, W)`` columns and ``(H, 1)`` rows, which
+    broadcast to the same values with the per-column and per-row terms computed once. The operations of the
+    plain expressions, in place on fresh tensors (fewer copies, the same values)."""
     a = torch.as_tensor(np.asarray(a, np.float32))
     d = torch.as_tensor(np.asarray(b, np.float32)) - a
     length = float(torch.linalg.norm(d))
-    px, py = xy[0] - a[0], xy[1] - a[1]
+    px, py = x - a[0], y - a[1]
     if length < 1e-6:
-        return torch.sqrt(px * px + py * py), torch.zeros_like(px)
+        sq = px * px + py * py
+        return sq, torch.zeros_like(sq)
     u = d / length
     along = px * u[0] + py * u[1]
     t = along.clamp(0, length)
-    ex, ey = px - t * u[0], py - t * u[1]
-    return torch.sqrt(ex * ex + ey * ey), along
+    tmp = t * u[0]
+    ex = torch.sub(px, tmp, out=tmp)  # the offset from the nearest point of the segment
+    ey = torch.sub(py, t.mul_(u[1]), out=t)
+    return ex.mul_(ex).add_(ey.mul_(ey)), along
 
 
 def polygon_distance(xy: torch.Tensor, poly: np.ndarray) -> torch.Tensor:
     """Distance of grid points to a polygon's area (0 inside), polygon = convex hull of ``poly``."""
-    h, w = xy.shape[-2:]
+    return _polygon_distance(xy[0], xy[1], poly)
+
+
+def _polygon_distance(x: torch.Tensor, y: torch.Tensor, poly: np.ndarray) -> torch.Tensor:
+    h, w = y.shape[0], x.shape[1]
     hull = cv2.convexHull(poly.astype(np.float32)).reshape(-1, 2)
     if len(hull) < 3:
-        return segment_distance(xy, hull[0], hull[-1])[0]
+        return _segment_sq(x, y, hull[0], hull[-1])[0].sqrt_()
     inside = np.zeros((h, w), np.uint8)
     # ``xy`` may be a window of the canvas: rasterise the polygon in the window's own pixels.
-    origin = np.array([float(xy[0, 0, 0]), float(xy[1, 0, 0])], np.float32)
+    origin = np.array([float(x[0, 0]), float(y[0, 0])], np.float32)
     cv2.fillConvexPoly(inside, np.round((hull - origin) * 16).astype(np.int32), 1, shift=4)
-    dist = torch.stack([segment_distance(xy, hull[i], hull[(i + 1) % len(hull)])[0] for i in range(len(hull))]).amin(0)
-    return torch.where(torch.from_numpy(inside).bool(), torch.zeros_like(dist), dist)
+    # The nearest edge by squared distance, one square root at the end: the square root is monotonic and
+    # correctly rounded, so this is exactly the minimum of the edges' distances.
+    dist = None
+    for i in range(len(hull)):
+        sq = _segment_sq(x, y, hull[i], hull[(i + 1) % len(hull)])[0]
+        dist = sq if dist is None else torch.minimum(dist, sq, out=dist)
+    return dist.sqrt_().masked_fill_(torch.from_numpy(inside).bool(), 0)
 
 
 def normalised_distance(geom: PartGeometry, xy: torch.Tensor) -> torch.Tensor:
     """``distance / radius`` field of one part on the grid ``xy`` ``(2, H, W)``."""
+    return _normalised(geom, xy[0], xy[1])
+
+
+def grid_normalised_distance(geom: PartGeometry, rows: slice, cols: slice) -> torch.Tensor:
+    """:func:`normalised_distance` on the pixel grid's window ``rows, cols`` (pixel ``(i, j)`` at ``x = j,
+    y = i``, as :func:`..flow.base_coords`): the same values, with the per-row and per-column terms computed
+    once instead of per pixel."""
+    x = torch.arange(cols.start, cols.stop, dtype=torch.float32)[None, :]
+    y = torch.arange(rows.start, rows.stop, dtype=torch.float32)[:, None]
+    return _normalised(geom, x, y)
+
+
+def _normalised(geom: PartGeometry, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if geom.kind == "segment":
-        d = segment_distance(xy, geom.points[0], geom.points[1])[0]
+        d = _segment_sq(x, y, geom.points[0], geom.points[1])[0].sqrt_()
     else:
-        d = polygon_distance(xy, geom.points)
-    return d / max(geom.radius, 1e-6)
+        d = _polygon_distance(x, y, geom.points)
+    return d.div_(max(geom.radius, 1e-6))  # d is a fresh tensor

@@ -22,9 +22,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..flow import base_coords
 from ..pose.keypoints import Person
-from .part_fields import normalised_distance, part_geometry
+from .part_fields import grid_normalised_distance, part_geometry
 from ..warp.hole_fill import pyramid_fill
 from .parts import DEFAULT_DEPTH_ORDER, PART_BY_NAME, body_scale
 
@@ -55,7 +54,6 @@ def part_distance_fields(person: Person, size: tuple[int, int]) -> dict[str, tor
     Computed only within ``REACH`` radii of each part (``FAR`` elsewhere): the cost follows the person's
     size, not the canvas's times the number of parts."""
     h, w = size
-    xy = base_coords(h, w)[0]
     out = {}
     for name, g in part_geometry(person).items():
         lo = np.floor(g.points.min(0) - REACH * g.radius).astype(int)
@@ -64,7 +62,7 @@ def part_distance_fields(person: Person, size: tuple[int, int]) -> dict[str, tor
         x1, y1 = min(hi[0], w), min(hi[1], h)
         field = torch.full((h, w), FAR)
         if x0 < x1 and y0 < y1:
-            field[y0:y1, x0:x1] = normalised_distance(g, xy[:, y0:y1, x0:x1])
+            field[y0:y1, x0:x1] = grid_normalised_distance(g, slice(y0, y1), slice(x0, x1))
         out[name] = field
     return out
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..flow import base_coords, coords_to_flow, flow_to_color, warp
+from ..flow import base_coords, coords_to_flow, coords_to_grid, flow_to_color, warp
 from ..pose.geometry import fit_source_pose
 from .hole_fill import INPAINT_METHODS, fill_holes
 from ..pose.keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
@@ -216,9 +216,11 @@ def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) ->
     """Source positions of a uniform, centred 'cover' fit of the source canvas onto the target canvas."""
     (ht, wt), (hs, ws) = target_size, source_size
     s = max(ht / hs, wt / ws)
-    xy = base_coords(ht, wt)[0]
     ox, oy = (wt - s * ws) / 2, (ht - s * hs) / 2
-    return torch.stack(((xy[0] + 0.5 - ox) / s - 0.5, (xy[1] + 0.5 - oy) / s - 0.5))
+    # x depends on the column only, y on the row only: computed once per column / row (the same values).
+    x = (torch.arange(wt, dtype=torch.float32) + 0.5 - ox) / s - 0.5
+    y = (torch.arange(ht, dtype=torch.float32) + 0.5 - oy) / s - 0.5
+    return torch.stack((x[None, :].expand(ht, wt), y[:, None].expand(ht, wt)))
 
 
 def _sample(map_: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -276,7 +278,21 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
                target_pose: Pose) -> FlowWarpResult:
     """The moved person (source pixels at ``coords``, soft ``alpha``) over the background; ``hole`` person
     pixels are filled from the visible person around them (``unknown`` = not a colour to fill from)."""
-    person_img = _sample(source.image, coords)
+    xy = base_coords(*alpha.shape)
+    flow = coords[None] - xy  # coords_to_flow
+    # The source is sampled only on the box of the person (alpha > 0, holes) and the feathered edge around
+    # it: elsewhere alpha is 0 (the output is the background) and the hole fill takes no colour from it
+    # (known is 0 there), so person_img holds zeros outside the box. Sampled as flow.warp does (from
+    # flow + pixel position: the same positions to the last bit).
+    box = _support_box(alpha, hole)
+    if box is None or box == (slice(None), slice(None)):
+        person_img = warp(source.image[None], flow)[0]
+    else:
+        rows, cols = box
+        person_img = torch.zeros((source.image.shape[0], *alpha.shape), dtype=source.image.dtype)
+        grid = coords_to_grid(flow[:, :, rows, cols] + xy[:, :, rows, cols], tuple(source.image.shape[-2:]))
+        person_img[:, rows, cols] = F.grid_sample(source.image[None], grid, mode="bilinear", padding_mode="border",
+                                                  align_corners=False)[0]
     # Holes inside the person take the colours of the visible body around them.
     known = (~unknown & (alpha > 0.5)).float()
     if hole.any():  # fill within the person's box (plus a margin): the fill only needs nearby colours
@@ -286,12 +302,11 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
     # Content to generate: holes in the person, and background the source person hid that the moved
     # person does not cover. Binary, as inpainting stages expect.
     generate = hole | ((alpha < 0.5) & (bg_real < 0.5))
-    alpha = _feather(alpha)
+    alpha = _feather(alpha, box)
     image = alpha * person_img + (1 - alpha) * bg
     visibility = (~generate).float()
     d = source.device
-    return FlowWarpResult(image.clamp(0, 1).to(d), coords_to_flow(coords[None])[0].to(d), visibility.to(d),
-                          alpha.to(d), target_pose)
+    return FlowWarpResult(image.clamp(0, 1).to(d), flow[0].to(d), visibility.to(d), alpha.to(d), target_pose)
 
 
 def _box_slices(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:
@@ -303,11 +318,43 @@ def _box_slices(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:
             slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, w)))
 
 
-def _feather(alpha: torch.Tensor) -> torch.Tensor:
-    """Soften the person's edge by about half a pixel (anti-aliasing), keeping the inside at 1."""
+def _support_box(alpha: torch.Tensor, hole: torch.Tensor) -> tuple[slice, slice] | None:
+    """Rows and columns of the box of the nonzero ``alpha`` and the ``hole`` pixels, grown by the one pixel
+    :func:`_feather` spreads alpha by; None when both are empty. Float maxima and numpy's any(): on CPU many
+    times faster than torch's comparisons reduced with any()."""
+    a = alpha.abs()
+    holes = hole.cpu().numpy()
+    rows = (a.amax(1) > 0).cpu().numpy() | holes.any(1)
+    cols = (a.amax(0) > 0).cpu().numpy() | holes.any(0)
+    if not rows.any():
+        return None
+    (r0, r1), (c0, c1) = np.flatnonzero(rows)[[0, -1]], np.flatnonzero(cols)[[0, -1]]
+    (h, w), r0, c0 = alpha.shape, max(int(r0) - 1, 0), max(int(c0) - 1, 0)
+    r1, c1 = min(int(r1) + 2, h), min(int(c1) + 2, w)
+    if (r1 - r0) * (c1 - c0) > 0.8 * h * w:  # not worth the cutting: the whole canvas
+        return slice(None), slice(None)
+    return slice(r0, r1), slice(c0, c1)
+
+
+def _feather(alpha: torch.Tensor, box: tuple[slice, slice] | None = None) -> torch.Tensor:
+    """Soften the person's edge by about half a pixel (anti-aliasing), keeping the inside at 1. ``box``
+    (:func:`_support_box`, computed when not given) holds every pixel the result can be nonzero at: the
+    filter runs only there (its values do not depend on where the window lies), the rest stays 0."""
+    box = _support_box(alpha, torch.zeros(alpha.shape, dtype=torch.bool)) if box is None else box
+    if box is None:
+        return torch.zeros_like(alpha)
     k = torch.tensor([0.25, 0.5, 0.25])
-    a = F.conv2d(F.pad(alpha[None, None], (1, 1, 1, 1), mode="replicate"), (k[:, None] * k[None, :])[None, None])
-    return torch.maximum(a[0, 0], torch.where(alpha >= 1, alpha, torch.zeros_like(alpha))).clamp(0, 1)
+    k = (k[:, None] * k[None, :])[None, None]
+    padded = F.pad(alpha[None, None], (1, 1, 1, 1), mode="replicate")
+    if box == (slice(None), slice(None)):
+        a = F.conv2d(padded, k)
+        return torch.maximum(a[0, 0], torch.where(alpha >= 1, alpha, torch.zeros_like(alpha))).clamp(0, 1)
+    rows, cols = box
+    out = torch.zeros_like(alpha)
+    a = F.conv2d(padded[..., rows.start:rows.stop + 2, cols.start:cols.stop + 2], k)
+    w = alpha[rows, cols]
+    out[rows, cols] = torch.maximum(a[0, 0], torch.where(w >= 1, w, torch.zeros_like(w))).clamp_(0, 1)
+    return out
 
 
 def _check_inputs(images, source_poses, target_poses, options: FlowWarpOptions, estimator,
