@@ -44,27 +44,33 @@ import torch.nn.functional as F
 
 from ..flow import base_coords, coords_to_grid
 from ..pose.keypoints import Person
-from ..body.part_fields import normalised_distance, part_geometry
-from ..body.part_transforms import fit_part_transforms
-from ..body.parts import DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_PARENT, PART_RADIUS, body_scale
+from ..body.part_fields import normalised_distance, part_geometry, segment_distance
+from ..body.part_transforms import fit_part_transforms, foreshortened_limb_transforms
+from ..body.parts import (DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_EXTENSION, PART_PARENT,
+                          PART_RADIUS, body_scale)
 from ..body.views import MIRROR_PART, is_side_view, mirrored, near_side, side_view_depth_order, view_flips
 
 HIDDEN_VISIBLE = 0.35  # a far-side limb of a side view showing less of its region than this is hidden
 GAP = 5  # gaps narrower than about this many pixels between kept pixels are closed (_close_gaps)
 JOINT_REACH = 1.5  # a neighbour's label is accepted this many radii around the shared joint
+MIRROR_DEPTH = 0.5  # a hole's texture is mirrored from at most this many part radii inside the part (hole_texture)
 BLEND = 0.5  # a child part fades in from its parent over this many of its radii past their joint
 
 
 @dataclass
 class PartFlow:
     """Result on the target grid: ``coords`` ``(2, H, W)`` source positions in pixels (valid where
-    ``person`` > 0 or ``hole``), ``person`` ``(H, W)`` soft person alpha, ``hole`` ``(H, W)`` bool,
-    ``owner`` ``(H, W)`` the label of the part that kept each pixel (0 = none)."""
+    ``person`` > 0 or ``textured``), ``person`` ``(H, W)`` soft person alpha, ``hole`` ``(H, W)`` bool,
+    ``owner`` ``(H, W)`` the label of the part that kept each pixel (0 = none), ``textured`` ``(H, W)`` the
+    holes whose ``coords`` point at source texture of their own part to fill them with (:func:`hole_texture`;
+    still content to generate), ``hole_owner`` the label of the part each hole belongs to (0 = none)."""
 
     coords: torch.Tensor
     person: torch.Tensor
     hole: torch.Tensor
     owner: torch.Tensor
+    textured: torch.Tensor | None = None
+    hole_owner: torch.Tensor | None = None
 
 
 def _sample(map_: torch.Tensor, coords: torch.Tensor, mode: str) -> torch.Tensor:
@@ -161,26 +167,32 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         boxes = {int(lut[k]): v for k, v in boxes.items()}
         hidden = frozenset(MIRROR_PART[n] for n in hidden)
     depth_order = side_view_depth_order(target, depth_order)
-    transforms = {k: v for k, v in fit_part_transforms(source, target).items() if k not in hidden}
+    fitted = fit_part_transforms(source, target)
+    transforms = {k: v for k, v in fitted.items() if k not in hidden}
+    # Parts the source cannot supply but whose texture can still be told (a hidden far-side limb, a limb the
+    # source shows too short): maps used only to fill their holes (hole_texture), never as real content.
+    guesses = {**{k: v for k, v in fitted.items() if k in hidden}, **foreshortened_limb_transforms(source, target)}
     t_geom = part_geometry(target)
     s_geom = part_geometry(source)
     hs, ws = source_labels.shape
+    t_scale = body_scale(target)
+    ratio = body_scale(source) / t_scale if t_scale > 0 else 1.0
 
     flow_coords = torch.zeros(2, h, w)
     person = torch.zeros(h, w)
     owner = torch.zeros(h, w, dtype=torch.long)
     taken = torch.zeros(h, w, dtype=torch.bool)
     hole = torch.zeros(h, w, dtype=torch.bool)
-    proposed = torch.zeros(h, w, dtype=torch.bool)  # a hole's flow: the front-most part's proposal
+    hole_owner = torch.zeros(h, w, dtype=torch.long)  # a hole's flow: the front-most part's proposal
     for name in reversed(depth_order):
         if name not in t_geom:
             continue
         geom = t_geom[name]
+        label_k = PART_BY_NAME[name].label
         core_box = (*(geom.points.min(0) - geom.radius), *(geom.points.max(0) + geom.radius))
         m = transforms.get(name)
         win_boxes = [core_box]
         if m is not None:
-            label_k = PART_BY_NAME[name].label
             src_boxes = [boxes.get(label_k)]
             for other, joint in _neighbours(name):
                 if other in s_geom:
@@ -196,9 +208,17 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         core = _core(geom, core_box, rows, cols, xy)
         free = ~taken[rows, cols]
         if m is None:  # the target shows this part, the source cannot supply it
-            hole[rows, cols] |= core & free
+            new_hole = core & free
+            g = guesses.get(name)
+            if g is not None:
+                propose = new_hole & (hole_owner[rows, cols] == 0)
+                r = _end_at_body_scale(g, _affine(g, pxy), name, target, pxy, ratio)
+                flow_coords[:, rows, cols] = torch.where(propose, r, flow_coords[:, rows, cols])
+                hole_owner[rows, cols] = torch.where(propose, torch.tensor(label_k), hole_owner[rows, cols])
+            hole[rows, cols] |= new_hole
             continue
-        r = _affine(m, pxy)
+        r0 = _affine(m, pxy)
+        r = _end_at_body_scale(m, r0, name, target, pxy, ratio)
         label = _sample(source_labels, r, "nearest").round().long()
         inside = (r[0] >= -0.5) & (r[0] <= ws - 0.5) & (r[1] >= -0.5) & (r[1] <= hs - 0.5)
         ok = label == label_k
@@ -207,17 +227,21 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
                 jx, jy = source.body[joint, :2]
                 near = torch.hypot(r[0] - float(jx), r[1] - float(jy)) < JOINT_REACH * s_geom[other].radius
                 ok |= (label == PART_BY_NAME[other].label) & near
+        mine, theirs = _opposite_overlap(name, label, r, s_geom)
+        ok = (ok | mine) & ~theirs
         keep = ok & inside & free
         parent = PART_PARENT.get(name)
         if parent is not None and parent[0] in transforms:
             c = _blend_at_joint(transforms[parent[0]], m, geom, pxy)
+            if r is not r0:  # the same hand / foot correction as the own map
+                c = c + (r - r0)
         else:
             c = r
         fc = flow_coords[:, rows, cols]
-        new_hole = core & ~ok & ((label > 0) | ~inside) & free
-        propose = new_hole & ~proposed[rows, cols]
+        new_hole = core & ~ok & ~theirs & ((label > 0) | ~inside) & free
+        propose = new_hole & (hole_owner[rows, cols] == 0)
         flow_coords[:, rows, cols] = torch.where(keep | propose, c, fc)
-        proposed[rows, cols] |= propose
+        hole_owner[rows, cols] = torch.where(propose, torch.tensor(label_k), hole_owner[rows, cols])
         person[rows, cols] = torch.where(keep, _sample(source_mask, r, "bilinear"), person[rows, cols])
         owner[rows, cols] = torch.where(keep, torch.tensor(label_k), owner[rows, cols])
         hole[rows, cols] |= new_hole
@@ -225,8 +249,126 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     hole &= ~taken
     if taken.any():
         _close_gaps(flow_coords, person, owner, taken, hole, source_labels, source_mask)
+    hole_owner = torch.where(hole, hole_owner, torch.zeros_like(hole_owner))
+    depth = {PART_BY_NAME[n].label: MIRROR_DEPTH * g.radius for n, g in s_geom.items()}
+    textured = hole_texture(flow_coords, hole_owner, source_labels, boxes, depth)
     person = torch.where(hole, torch.ones_like(person), person)
-    return PartFlow(flow_coords, person, hole, owner)
+    return PartFlow(flow_coords, person, hole, owner, textured, hole_owner)
+
+
+# Left and right limbs of the same kind (both legs, both arms): where their regions overlap in the source the
+# depth order's choice is arbitrary (legs side by side, neither hides the other), so the nearer bone decides.
+_OPPOSITE = {}
+for _side, _other in (("right_", "left_"), ("left_", "right_")):
+    for _limbs in (("thigh", "shin"), ("upper_arm", "forearm")):
+        for _a in _limbs:
+            _OPPOSITE[_side + _a] = tuple(_other + _b for _b in _limbs)
+
+
+def _opposite_overlap(name: str, label: torch.Tensor, r: torch.Tensor, s_geom) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the part's source region overlaps the opposite side's same limb (:data:`_OPPOSITE`), the nearer
+    bone (in radii) decides whose a pixel is, not the label map's front-most-wins rule (for two legs side by
+    side the depth order's choice is arbitrary). Returns, for the proposals ``r``: ``mine``, pixels labelled
+    as the other limb but nearer to this one's bone (kept), and ``theirs``, pixels nearer to the other limb's
+    bone, whatever their label: the other leg itself, neither kept nor a hole (the part's nominal region is
+    wider than the limb there, nothing of this limb is hidden)."""
+    none = torch.zeros(label.shape, dtype=torch.bool)
+    if name not in s_geom:
+        return none, none
+    others = [o for o in _OPPOSITE.get(name, ()) if o in s_geom]
+    own_label = PART_BY_NAME[name].label
+    candidates = label == own_label
+    for o in others:
+        candidates |= label == PART_BY_NAME[o].label
+    if not others or not bool(candidates.any()):
+        return none, none
+    g = s_geom[name]
+    d_own = segment_distance(r, g.points[0], g.points[1])[0] / max(g.radius, 1e-6)
+    mine, theirs = none.clone(), none.clone()
+    for o in others:
+        go = s_geom[o]
+        d_o = segment_distance(r, go.points[0], go.points[1])[0] / max(go.radius, 1e-6)
+        on_o = label == PART_BY_NAME[o].label
+        mine |= on_o & (d_own < 1.0) & (d_own <= d_o)
+        theirs |= (on_o & (d_own < 1.0) & (d_own > d_o)) | ((label == own_label) & (d_o < 1.0) & (d_o < d_own))
+    return mine & ~theirs, theirs
+
+
+def _end_at_body_scale(m: np.ndarray, r: torch.Tensor, name: str, target: Person, pxy: torch.Tensor,
+                       ratio: float) -> torch.Tensor:
+    """``r`` (the limb map ``m`` at ``pxy``) with the hand / foot past the end joint (``PART_EXTENSION``) moved
+    along the bone by the body-scale ``ratio`` instead of the bone's own stretch: a foreshortened shin (a knee
+    bent towards the camera) would otherwise stretch its foot by the same factor, off the source's foot, onto
+    the floor or out of the image (a flat disc to fill). Continuous at the joint."""
+    if name not in PART_EXTENSION:
+        return r
+    a, b = PART_BY_NAME[name].segment
+    t_a, t_b = target.body[a, :2].astype(float), target.body[b, :2].astype(float)
+    lt = float(np.linalg.norm(t_b - t_a))
+    if lt < 1e-6:
+        return r
+    u = (t_b - t_a) / lt
+    v = m[:, :2] @ u  # where the map sends the bone direction: along-bone stretch times the source direction
+    along = float(np.linalg.norm(v))
+    if along < 1e-6 or abs(ratio / along - 1) < 1e-6:
+        return r
+    past = ((pxy[0] - float(t_b[0])) * float(u[0]) + (pxy[1] - float(t_b[1])) * float(u[1])).clamp_min(0)
+    k = ratio / along - 1
+    return torch.stack((r[0] + k * float(v[0]) * past, r[1] + k * float(v[1]) * past))
+
+
+def hole_texture(coords: torch.Tensor, hole_owner: torch.Tensor, labels: torch.Tensor,
+                 boxes: dict[int, tuple[float, float, float, float]], depth: dict[int, float]) -> torch.Tensor:
+    """Point every hole (``hole_owner`` > 0, the label of the part the hole belongs to) whose proposal
+    ``coords`` lands off its own part in the source at texture of that part, in place; returns the holes so
+    pointed (bool ``(H, W)``).
+
+    Chosen: the proposal mirrored about the nearest source pixel carrying the part's own label (an exact
+    distance transform with nearest-pixel indices over the label's box and the proposals'), or that pixel
+    itself where the mirror image falls off the part. A torso seen behind an arm continues the torso's own
+    cloth next to the arm, as a reflection (like symmetric padding), not as one flat colour (what a smooth
+    fill of the surrounding colours gives: flat discs and bars) nor as streaks (what the nearest pixel alone
+    gives, constant along each line to the boundary). The holes stay content to generate: this only makes
+    the placeholder a plausible start for a later inpainting stage. A part with no labelled pixel at all is
+    left to the smooth fill."""
+    textured = torch.zeros(hole_owner.shape, dtype=torch.bool)
+    if not bool((hole_owner > 0).any()):
+        return textured
+    lab = labels.numpy()
+    hs, ws = lab.shape
+    for k in torch.unique(hole_owner).tolist():
+        if k == 0 or k not in boxes:
+            continue
+        ys, xs = torch.nonzero(hole_owner == k, as_tuple=True)
+        p = coords[:, ys, xs].numpy().astype(np.float64)
+        px, py = np.clip(p[0], 0, ws - 1), np.clip(p[1], 0, hs - 1)
+        bx0, by0, bx1, by1 = boxes[k]
+        x0, y0 = int(min(bx0, np.floor(px.min()))), int(min(by0, np.floor(py.min())))
+        x1, y1 = int(max(bx1, np.ceil(px.max()))) + 1, int(max(by1, np.ceil(py.max()))) + 1
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, ws), min(y1, hs)
+        own = lab[y0:y1, x0:x1] == k
+        if not own.any():
+            continue
+        inner = cv2.erode(own.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        if inner.any():  # the silhouette's edge pixels mix in the backdrop's colour: take texture from inside
+            own = inner
+        _, index = cv2.distanceTransformWithLabels((~own).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE,
+                                                   labelType=cv2.DIST_LABEL_PIXEL)
+        oy, ox = np.nonzero(own)  # index i (from 1) is the i-th own pixel in row-major order
+        i = index[np.rint(py).astype(int) - y0, np.rint(px).astype(int) - x0] - 1
+        qx, qy = ox[i] + x0, oy[i] + y0
+        # Mirrored no deeper than ``depth`` into the part: deeper lies other material (a bodysuit inside a coat).
+        dx, dy = qx - px, qy - py
+        f = np.minimum(1.0, depth.get(k, np.inf) / np.maximum(np.hypot(dx, dy), 1e-6))
+        mx, my = qx + f * dx, qy + f * dy
+        mxi, myi = np.rint(mx).astype(int), np.rint(my).astype(int)
+        on = (mxi >= 0) & (mxi < ws) & (myi >= 0) & (myi < hs)
+        on[on] = lab[myi[on], mxi[on]] == k
+        tx, ty = np.where(on, mx, qx), np.where(on, my, qy)
+        coords[0, ys, xs] = torch.from_numpy(tx.astype(np.float32))
+        coords[1, ys, xs] = torch.from_numpy(ty.astype(np.float32))
+        textured[ys, xs] = True
+    return textured
 
 
 def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, k: int = GAP):
