@@ -184,6 +184,10 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     taken = torch.zeros(h, w, dtype=torch.bool)
     hole = torch.zeros(h, w, dtype=torch.bool)
     hole_owner = torch.zeros(h, w, dtype=torch.long)  # a hole's flow: the front-most part's proposal
+    # The soft outer edge of each part (fringe): (flow, alpha, owner), used where no part keeps the pixel.
+    edge_coords = torch.zeros(2, h, w)
+    edge_alpha = torch.zeros(h, w)
+    edge_owner = torch.zeros(h, w, dtype=torch.long)
     for name in reversed(depth_order):
         if name not in t_geom:
             continue
@@ -242,13 +246,24 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         propose = new_hole & (hole_owner[rows, cols] == 0)
         flow_coords[:, rows, cols] = torch.where(keep | propose, c, fc)
         hole_owner[rows, cols] = torch.where(propose, torch.tensor(label_k), hole_owner[rows, cols])
-        person[rows, cols] = torch.where(keep, _sample(source_mask, r, "bilinear"), person[rows, cols])
+        alpha = _sample(source_mask, r, "bilinear")
+        person[rows, cols] = torch.where(keep, alpha, person[rows, cols])
+        fringe = _fringe(keep) & (label == 0) & inside & (alpha > 0) & (edge_owner[rows, cols] == 0)
+        if fringe.any():
+            edge_coords[:, rows, cols] = torch.where(fringe, c, edge_coords[:, rows, cols])
+            edge_alpha[rows, cols] = torch.where(fringe, alpha, edge_alpha[rows, cols])
+            edge_owner[rows, cols] = torch.where(fringe, torch.tensor(label_k), edge_owner[rows, cols])
         owner[rows, cols] = torch.where(keep, torch.tensor(label_k), owner[rows, cols])
         hole[rows, cols] |= new_hole
         taken[rows, cols] |= keep
     hole &= ~taken
     if taken.any():
         _close_gaps(flow_coords, person, owner, taken, hole, source_labels, source_mask)
+    soft = (edge_owner > 0) & ~taken & ~hole
+    if soft.any():
+        flow_coords = torch.where(soft, edge_coords, flow_coords)
+        person = torch.where(soft, edge_alpha, person)
+        owner = torch.where(soft, edge_owner, owner)
     hole_owner = torch.where(hole, hole_owner, torch.zeros_like(hole_owner))
     depth = {PART_BY_NAME[n].label: MIRROR_DEPTH * g.radius for n, g in s_geom.items()}
     textured = hole_texture(flow_coords, hole_owner, source_labels, boxes, depth)
@@ -405,6 +420,21 @@ def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, 
     person[ys, xs] = _sample(source_mask, mean[:, None, :], "bilinear")[0]
     owner[ys, xs] = label[fill]
     taken[ys, xs] = True
+
+
+FRINGE = 2  # px: how far past its kept pixels a part's soft silhouette edge reaches (_fringe)
+
+
+def _fringe(keep: torch.Tensor) -> torch.Tensor:
+    """Pixels within ``FRINGE`` px of ``keep`` (not in it). There a part's proposal lands on the source's
+    background (label 0) but on the soft edge of the person mask (``alpha`` > 0): the silhouette's
+    anti-aliased edge, which the nearest-label keep test cuts off as a hard step at mask 0.5. Cut off, a
+    magnified part shows the source's pixel grid as stair-steps along its edge (about 1.3 px at 2.2x); kept
+    with its soft alpha (and only where no part keeps the pixel, so an arm's edge never hides the torso
+    behind it) the edge stays as smooth as the source mask's."""
+    k = 2 * FRINGE + 1
+    grown = cv2.dilate(keep.numpy().astype(np.uint8), np.ones((k, k), np.uint8))
+    return torch.from_numpy(grown > 0) & ~keep
 
 
 def _affine(m: np.ndarray, xy: torch.Tensor) -> torch.Tensor:
