@@ -95,7 +95,7 @@ def test_legs_side_by_side_spread_apart_leave_no_holes():
         # Mid-thigh: at the hip and knee the maps blend and neighbours' labels are taken by design, and the
         # narrow gap between the thighs at the crotch is closed with their mean displacement.
         mid = (np.hypot(xx - hip[0], yy - hip[1]) > 25) & (np.hypot(xx - knee[0], yy - knee[1]) > 15)
-        kept = region & mid & (pf.owner.numpy() == PART_BY_NAME[name].label) & (r.person.numpy() >= 1)
+        kept = region & mid & (r.person.numpy() >= 1)  # (near the knee the shin's map may keep it)
         assert kept.sum() > 100, name
         col = colours[PART_BY_NAME[name].label]
         t = np.clip(out[kept] @ col / (col @ col), 0.8, 1.0)

@@ -138,6 +138,8 @@ class PreparedSource:
     boxes: dict = field(default_factory=dict)  # bounding box of each part label (part_flow.label_boxes)
     hidden: frozenset = frozenset()  # far-side limbs a side view hides (part_flow.hidden_parts)
     device: torch.device = torch.device("cpu")  # where the input image was: the results go back there
+    # What part_flow derives from the source alone (split labels, distance transforms), filled by the first warp
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -308,7 +310,7 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
         return _composite(source, coords, alpha, hole, hole, bg, bg_real, options, target_pose)
 
     pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes,
-                   source.hidden)
+                   source.hidden, source.cache)
     body = (pf.person > 0) | pf.hole
     if not body.any():  # else a picture with the person erased, silently
         raise ValueError(f"{what}: no body part of the person could be placed on the {size[1]}x{size[0]} canvas "

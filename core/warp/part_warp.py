@@ -146,7 +146,7 @@ def hidden_parts(person: Person, labels: torch.Tensor) -> frozenset[str]:
 def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Tensor, target: Person,
               size: tuple[int, int], depth_order: tuple[str, ...] = DEFAULT_DEPTH_ORDER,
               boxes: dict[int, tuple[float, float, float, float]] | None = None,
-              hidden: frozenset[str] = frozenset()) -> PartFlow:
+              hidden: frozenset[str] = frozenset(), cache: dict | None = None) -> PartFlow:
     """Part-based backward flow from ``source`` (with its label map and soft person mask on the source
     grid, see :mod:`..body.segmentation`) to ``target`` on a target grid of ``size`` ``(H, W)``.
 
@@ -154,11 +154,16 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     onto its own or its neighbours' source labels, and its core region), so the cost grows with the
     person's area, not the canvas's times the number of parts. ``boxes`` are the source's
     :func:`label_boxes`, computed here when not given (pass them when warping one source many times).
-    ``hidden``: source parts that must not be used (:func:`hidden_parts`)."""
+    ``hidden``: source parts that must not be used (:func:`hidden_parts`). ``cache``: a dict kept with the
+    source (``PreparedSource.cache``) where what depends only on the source is kept between targets (the
+    label map with left/right overlaps split, region flags, the distance transforms of :func:`hole_texture`).
+    """
     h, w = size
+    cache = {} if cache is None else cache
     xy = base_coords(h, w)[0]
     boxes = label_boxes(source_labels) if boxes is None else boxes
-    if view_flips(source, target):  # feed each target part from the source part on its image side
+    mirrored_source = view_flips(source, target)
+    if mirrored_source:  # feed each target part from the source part on its image side
         source = mirrored(source)
         lut = torch.arange(NUM_PART_LABELS)
         for name, other in MIRROR_PART.items():
@@ -175,6 +180,13 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     t_geom = part_geometry(target)
     s_geom = part_geometry(source)
     hs, ws = source_labels.shape
+    key = ("mirrored" if mirrored_source else "plain",)
+    if key + ("codes",) not in cache:
+        split = _split_opposite_overlaps(source_labels, s_geom)
+        cache[key + ("labels",)] = split
+        cache[key + ("codes",)] = _region_codes(split, s_geom)
+    source_labels = cache[key + ("labels",)]
+    codes = cache[key + ("codes",)]
     t_scale = body_scale(target)
     ratio = body_scale(source) / t_scale if t_scale > 0 else 1.0
 
@@ -223,7 +235,8 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
             continue
         r0 = _affine(m, pxy)
         r = _end_at_body_scale(m, r0, name, target, pxy, ratio)
-        label = _sample(source_labels, r, "nearest").round().long()
+        code = _sample(codes, r, "nearest").round().long()
+        label = code & _LABEL_BITS
         inside = (r[0] >= -0.5) & (r[0] <= ws - 0.5) & (r[1] >= -0.5) & (r[1] <= hs - 0.5)
         ok = label == label_k
         for other, joint in _neighbours(name):
@@ -231,8 +244,7 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
                 jx, jy = source.body[joint, :2]
                 near = torch.hypot(r[0] - float(jx), r[1] - float(jy)) < JOINT_REACH * s_geom[other].radius
                 ok |= (label == PART_BY_NAME[other].label) & near
-        mine, theirs = _opposite_overlap(name, label, r, s_geom)
-        ok = (ok | mine) & ~theirs
+        theirs = _on_opposite_limb(name, label, code)
         keep = ok & inside & free
         parent = PART_PARENT.get(name)
         if parent is not None and parent[0] in transforms:
@@ -266,7 +278,7 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         owner = torch.where(soft, edge_owner, owner)
     hole_owner = torch.where(hole, hole_owner, torch.zeros_like(hole_owner))
     depth = {PART_BY_NAME[n].label: MIRROR_DEPTH * g.radius for n, g in s_geom.items()}
-    textured = hole_texture(flow_coords, hole_owner, source_labels, boxes, depth)
+    textured = hole_texture(flow_coords, hole_owner, source_labels, boxes, depth, cache, key)
     person = torch.where(hole, torch.ones_like(person), person)
     return PartFlow(flow_coords, person, hole, owner, textured, hole_owner)
 
@@ -280,33 +292,80 @@ for _side, _other in (("right_", "left_"), ("left_", "right_")):
             _OPPOSITE[_side + _a] = tuple(_other + _b for _b in _limbs)
 
 
-def _opposite_overlap(name: str, label: torch.Tensor, r: torch.Tensor, s_geom) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the part's source region overlaps the opposite side's same limb (:data:`_OPPOSITE`), the nearer
-    bone (in radii) decides whose a pixel is, not the label map's front-most-wins rule (for two legs side by
-    side the depth order's choice is arbitrary). Returns, for the proposals ``r``: ``mine``, pixels labelled
-    as the other limb but nearer to this one's bone (kept), and ``theirs``, pixels nearer to the other limb's
-    bone, whatever their label: the other leg itself, neither kept nor a hole (the part's nominal region is
-    wider than the limb there, nothing of this limb is hidden)."""
-    none = torch.zeros(label.shape, dtype=torch.bool)
-    if name not in s_geom:
-        return none, none
-    others = [o for o in _OPPOSITE.get(name, ()) if o in s_geom]
-    own_label = PART_BY_NAME[name].label
-    candidates = label == own_label
-    for o in others:
-        candidates |= label == PART_BY_NAME[o].label
-    if not others or not bool(candidates.any()):
-        return none, none
-    g = s_geom[name]
-    d_own = segment_distance(r, g.points[0], g.points[1])[0] / max(g.radius, 1e-6)
-    mine, theirs = none.clone(), none.clone()
-    for o in others:
-        go = s_geom[o]
-        d_o = segment_distance(r, go.points[0], go.points[1])[0] / max(go.radius, 1e-6)
-        on_o = label == PART_BY_NAME[o].label
-        mine |= on_o & (d_own < 1.0) & (d_own <= d_o)
-        theirs |= (on_o & (d_own < 1.0) & (d_own > d_o)) | ((label == own_label) & (d_o < 1.0) & (d_o < d_own))
-    return mine & ~theirs, theirs
+def _split_opposite_overlaps(labels: torch.Tensor, s_geom) -> torch.Tensor:
+    """``labels`` with the pixels inside the regions of both a left and a right limb (:data:`_OPPOSITE`) given
+    to the limb whose bone is nearer (in radii), instead of to the front-most in the depth order: for two legs
+    side by side that choice is arbitrary, and it left the back leg with holes where its region overlaps the
+    front one. Worked out only over each pair's overlapping region boxes."""
+    out = None
+    hs, ws = labels.shape
+    for a, others in _OPPOSITE.items():
+        if a not in s_geom or not a.startswith("right_"):
+            continue
+        ga, la = s_geom[a], PART_BY_NAME[a].label
+        for b in others:
+            if b not in s_geom:
+                continue
+            gb, lb = s_geom[b], PART_BY_NAME[b].label
+            lo = np.maximum(ga.points.min(0) - ga.radius, gb.points.min(0) - gb.radius)
+            hi = np.minimum(ga.points.max(0) + ga.radius, gb.points.max(0) + gb.radius)
+            x0, y0 = max(int(np.floor(lo[0])), 0), max(int(np.floor(lo[1])), 0)
+            x1, y1 = min(int(np.ceil(hi[0])) + 1, ws), min(int(np.ceil(hi[1])) + 1, hs)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            sub = (out if out is not None else labels)[y0:y1, x0:x1]
+            on = (sub == la) | (sub == lb)
+            if not bool(on.any()):
+                continue
+            xy = base_coords(y1 - y0, x1 - x0)[0] + torch.tensor([float(x0), float(y0)])[:, None, None]
+            da, db = normalised_distance(ga, xy), normalised_distance(gb, xy)
+            both = on & (da < 1) & (db < 1)
+            if bool(both.any()):
+                if out is None:
+                    out = labels.clone()
+                out[y0:y1, x0:x1] = torch.where(both, torch.where(da <= db, torch.tensor(la), torch.tensor(lb)), sub)
+    return labels if out is None else out
+
+
+_LABEL_BITS = 15  # region codes: the part label in the low 4 bits, then one flag per limb (_region_codes)
+_LIMB_BIT = {name: 4 + i for i, name in enumerate(sorted(_OPPOSITE))}
+
+
+def _region_codes(labels: torch.Tensor, s_geom) -> torch.Tensor:
+    """Per source pixel, its label plus, in bit ``_LIMB_BIT[limb]``, whether it lies inside that limb's region
+    (normalised distance < 1), for the pixels labelled as the opposite side's same limb: one nearest-sample
+    of this map in :func:`part_flow` gives both the label and :func:`_on_opposite_limb`'s test."""
+    codes = labels.clone()
+    hs, ws = labels.shape
+    for name, bit in _LIMB_BIT.items():
+        if name not in s_geom:
+            continue
+        g = s_geom[name]
+        x0, y0 = max(int(np.floor(g.points[:, 0].min() - g.radius)), 0), max(int(np.floor(g.points[:, 1].min() - g.radius)), 0)
+        x1 = min(int(np.ceil(g.points[:, 0].max() + g.radius)) + 1, ws)
+        y1 = min(int(np.ceil(g.points[:, 1].max() + g.radius)) + 1, hs)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        sub = labels[y0:y1, x0:x1]
+        on = torch.zeros(sub.shape, dtype=torch.bool)
+        for o in _OPPOSITE[name]:
+            on |= sub == PART_BY_NAME[o].label
+        if not bool(on.any()):
+            continue
+        xy = base_coords(y1 - y0, x1 - x0)[0] + torch.tensor([float(x0), float(y0)])[:, None, None]
+        inside = on & (normalised_distance(g, xy) < 1)
+        codes[y0:y1, x0:x1] |= inside.long() << bit
+    return codes.float()
+
+
+def _on_opposite_limb(name: str, label: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Proposals inside the part's own source region that land on the opposite side's same limb (after
+    :func:`_split_opposite_overlaps`, so nearer to that limb's bone): the other leg (arm) itself, not content
+    of this one that it hides, so no hole (the part's nominal region is wider than the limb there).
+    ``code``: the sampled :func:`_region_codes`."""
+    if name not in _LIMB_BIT:
+        return torch.zeros(label.shape, dtype=torch.bool)
+    return ((code >> _LIMB_BIT[name]) & 1).bool()
 
 
 def _end_at_body_scale(m: np.ndarray, r: torch.Tensor, name: str, target: Person, pxy: torch.Tensor,
@@ -332,15 +391,38 @@ def _end_at_body_scale(m: np.ndarray, r: torch.Tensor, name: str, target: Person
     return torch.stack((r[0] + k * float(v[0]) * past, r[1] + k * float(v[1]) * past))
 
 
+def _nearest_own(lab: np.ndarray, k: int, cache: dict | None, key: tuple):
+    """For label ``k``: per source pixel the index (from 1) of the nearest pixel inside the label's region (its
+    pixels at least 2 px from its edge, where the edge mixes in the backdrop's colour, when there are such),
+    and those pixels' x and y; None when the label has no pixel. Kept in ``cache`` (once per source)."""
+    if cache is not None and key + ("nearest", k) in cache:
+        return cache[key + ("nearest", k)]
+    own = lab == k
+    out = None
+    if own.any():
+        inner = cv2.erode(own.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        if inner.any():
+            own = inner
+        _, index = cv2.distanceTransformWithLabels((~own).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE,
+                                                   labelType=cv2.DIST_LABEL_PIXEL)
+        oy, ox = np.nonzero(own)  # index i (from 1) is the i-th own pixel in row-major order
+        out = (index, ox, oy)
+    if cache is not None:
+        cache[key + ("nearest", k)] = out
+    return out
+
+
 def hole_texture(coords: torch.Tensor, hole_owner: torch.Tensor, labels: torch.Tensor,
-                 boxes: dict[int, tuple[float, float, float, float]], depth: dict[int, float]) -> torch.Tensor:
+                 boxes: dict[int, tuple[float, float, float, float]], depth: dict[int, float],
+                 cache: dict | None = None, key: tuple = ()) -> torch.Tensor:
     """Point every hole (``hole_owner`` > 0, the label of the part the hole belongs to) whose proposal
     ``coords`` lands off its own part in the source at texture of that part, in place; returns the holes so
     pointed (bool ``(H, W)``).
 
-    Chosen: the proposal mirrored about the nearest source pixel carrying the part's own label (an exact
-    distance transform with nearest-pixel indices over the label's box and the proposals'), or that pixel
-    itself where the mirror image falls off the part. A torso seen behind an arm continues the torso's own
+    Chosen: the proposal mirrored (at most ``depth[label]`` px deep) about the nearest source pixel carrying
+    the part's own label, at least 2 px inside its region (an exact distance transform with nearest-pixel
+    indices on the source's label map, one per label, kept in ``cache`` under ``key`` so it is computed once
+    per source), or that pixel itself where the mirror image falls off the part. A torso seen behind an arm continues the torso's own
     cloth next to the arm, as a reflection (like symmetric padding), not as one flat colour (what a smooth
     fill of the surrounding colours gives: flat discs and bars) nor as streaks (what the nearest pixel alone
     gives, constant along each line to the boundary). The holes stay content to generate: this only makes
@@ -351,27 +433,21 @@ def hole_texture(coords: torch.Tensor, hole_owner: torch.Tensor, labels: torch.T
         return textured
     lab = labels.numpy()
     hs, ws = lab.shape
-    for k in torch.unique(hole_owner).tolist():
-        if k == 0 or k not in boxes:
+    all_ys, all_xs = torch.nonzero(hole_owner, as_tuple=True)
+    all_k = hole_owner[all_ys, all_xs]
+    for k in np.unique(all_k.numpy()).tolist():
+        if k not in boxes:
             continue
-        ys, xs = torch.nonzero(hole_owner == k, as_tuple=True)
+        sel = all_k == k
+        ys, xs = all_ys[sel], all_xs[sel]
         p = coords[:, ys, xs].numpy().astype(np.float64)
         px, py = np.clip(p[0], 0, ws - 1), np.clip(p[1], 0, hs - 1)
-        bx0, by0, bx1, by1 = boxes[k]
-        x0, y0 = int(min(bx0, np.floor(px.min()))), int(min(by0, np.floor(py.min())))
-        x1, y1 = int(max(bx1, np.ceil(px.max()))) + 1, int(max(by1, np.ceil(py.max()))) + 1
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, ws), min(y1, hs)
-        own = lab[y0:y1, x0:x1] == k
-        if not own.any():
+        nearest = _nearest_own(lab, k, cache, key)
+        if nearest is None:
             continue
-        inner = cv2.erode(own.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-        if inner.any():  # the silhouette's edge pixels mix in the backdrop's colour: take texture from inside
-            own = inner
-        _, index = cv2.distanceTransformWithLabels((~own).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE,
-                                                   labelType=cv2.DIST_LABEL_PIXEL)
-        oy, ox = np.nonzero(own)  # index i (from 1) is the i-th own pixel in row-major order
-        i = index[np.rint(py).astype(int) - y0, np.rint(px).astype(int) - x0] - 1
-        qx, qy = ox[i] + x0, oy[i] + y0
+        index, ox, oy = nearest
+        i = index[np.rint(py).astype(int), np.rint(px).astype(int)] - 1
+        qx, qy = ox[i], oy[i]
         # Mirrored no deeper than ``depth`` into the part: deeper lies other material (a bodysuit inside a coat).
         dx, dy = qx - px, qy - py
         f = np.minimum(1.0, depth.get(k, np.inf) / np.maximum(np.hypot(dx, dy), 1e-6))
