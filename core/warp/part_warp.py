@@ -276,6 +276,8 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         flow_coords = torch.where(soft, edge_coords, flow_coords)
         person = torch.where(soft, edge_alpha, person)
         owner = torch.where(soft, edge_owner, owner)
+    if hole.any():
+        hole &= _not_speck(hole, taken)
     hole_owner = torch.where(hole, hole_owner, torch.zeros_like(hole_owner))
     depth = {PART_BY_NAME[n].label: MIRROR_DEPTH * g.radius for n, g in s_geom.items()}
     textured = hole_texture(flow_coords, hole_owner, source_labels, boxes, depth, cache, key)
@@ -496,6 +498,20 @@ def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, 
     person[ys, xs] = _sample(source_mask, mean[:, None, :], "bilinear")[0]
     owner[ys, xs] = label[fill]
     taken[ys, xs] = True
+
+
+def _not_speck(hole: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+    """False at hole pixels with fewer than 3 of their 8 neighbours in the person (kept or hole): single
+    pixels where a part's core proposal happened to land on another label among pixels nobody keeps. Shown
+    with their part's texture they would be specks on the background; they are background."""
+    rows, cols = (torch.nonzero(hole.any(d)).flatten() for d in (1, 0))
+    r0, r1 = max(int(rows[0]) - 1, 0), int(rows[-1]) + 2
+    c0, c1 = max(int(cols[0]) - 1, 0), int(cols[-1]) + 2
+    body = (hole | taken)[r0:r1, c0:c1].numpy().astype(np.float32)
+    n = cv2.boxFilter(body, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT) - body
+    out = torch.ones(hole.shape, dtype=torch.bool)
+    out[r0:r1, c0:c1] = torch.from_numpy(n >= 3)
+    return out
 
 
 FRINGE = 2  # px: how far past its kept pixels a part's soft silhouette edge reaches (_fringe)
