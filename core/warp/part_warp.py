@@ -15,10 +15,19 @@ For every target pixel:
    joint they share), judged on the source's part-label map with the part's own (unblended) map, so the
    blend at a joint never drags a neighbour's pixels along. So the silhouette follows the real body and
    clothes, and an arm drawn over the torso in the target takes arm texture, not torso texture.
+   Where the regions of a left and a right limb of the same kind (both legs, both arms) overlap in the
+   source, the nearer bone decides the label, not the depth order (legs side by side: neither hides the
+   other). The hand or foot past a limb's end joint moves along the bone by the body-scale ratio, not by the
+   bone's own stretch (a foreshortened shin keeps a foot of its size). Within 2 px of its kept pixels a
+   part also keeps, with its soft alpha, the soft edge of the source's person mask (:func:`_fringe`), where
+   no part keeps the pixel: edges stay smooth when magnified.
 3. A pixel no part keeps becomes background, except where a part's core region (within one radius of its
-   bone) proposes a position on ANOTHER part of the source (that content is hidden in the source) or
-   outside the source image, or the part cannot be moved at all because the source lacks its joints: such
-   pixels are *holes*, person pixels whose content must be generated.
+   bone) proposes a position on ANOTHER part of the source (that content is hidden in the source; not the
+   opposite leg itself, see above) or outside the source image, or the part cannot be moved at all because
+   the source lacks its joints: such pixels are *holes*, person pixels whose content must be generated. A
+   hole shows its own part's texture (:func:`hole_texture`) where its part proposed a source position
+   (also limbs the source shows too short, through a body-proportion map,
+   :func:`~..body.part_transforms.foreshortened_limb_transforms`), a smooth fill elsewhere.
 
 View changes (:mod:`..body.views`): when source and target face opposite ways (front <-> back), each target part
 is fed by the source part on the same image side (the source's labels are mirrored first), so no part map
