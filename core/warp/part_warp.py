@@ -62,6 +62,7 @@ from ..body.views import MIRROR_PART, is_side_view, mirrored, near_side, side_vi
 HIDDEN_VISIBLE = 0.35  # a far-side limb of a side view showing less of its region than this is hidden
 GAP = 5  # gaps narrower than about this many pixels between kept pixels are closed (_close_gaps)
 JOINT_REACH = 1.5  # a neighbour's label is accepted this many radii around the shared joint
+TEXTURE_REACH = 2.0  # ... from a proposal at most this many part radii from its part's pixels (hole_texture)
 MIRROR_DEPTH = 0.5  # a hole's texture is mirrored from at most this many part radii inside the part (hole_texture)
 BLEND = 0.5  # a child part fades in from its parent over this many of its radii past their joint
 
@@ -289,6 +290,16 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         hole &= _not_speck(hole, taken)
     hole_owner = torch.where(hole, hole_owner, torch.zeros_like(hole_owner))
     depth = {PART_BY_NAME[n].label: MIRROR_DEPTH * g.radius for n, g in s_geom.items()}
+    # A limb whose label covers little of its nominal region (a wrist found at the shoulder) has no texture
+    # worth continuing: a few edge pixels, often the backdrop's colour. Its holes take the smooth fill.
+    if key + ("counts",) not in cache:
+        cache[key + ("counts",)] = torch.bincount(source_labels.flatten(), minlength=NUM_PART_LABELS).tolist()
+    counts = cache[key + ("counts",)]
+    for n, g in s_geom.items():
+        if g.kind == "segment":
+            area = np.pi * g.radius ** 2 + 2 * g.radius * float(np.linalg.norm(g.points[1] - g.points[0]))
+            if counts[PART_BY_NAME[n].label] < HIDDEN_VISIBLE * area:
+                depth.pop(PART_BY_NAME[n].label, None)
     textured = hole_texture(flow_coords, hole_owner, source_labels, boxes, depth, cache, key)
     person = torch.where(hole, torch.ones_like(person), person)
     return PartFlow(flow_coords, person, hole, owner, textured, hole_owner)
@@ -433,7 +444,9 @@ def hole_texture(coords: torch.Tensor, hole_owner: torch.Tensor, labels: torch.T
     Chosen: the proposal mirrored (at most ``depth[label]`` px deep) about the nearest source pixel carrying
     the part's own label, at least 2 px inside its region (an exact distance transform with nearest-pixel
     indices on the source's label map, one per label, kept in ``cache`` under ``key`` so it is computed once
-    per source), or that pixel itself where the mirror image falls off the part. A torso seen behind an arm continues the torso's own
+    per source), or that pixel itself where the mirror image falls off the part. Labels without a ``depth``,
+    and proposals farther than ``TEXTURE_REACH`` part radii from their part's pixels, are left to the smooth
+    fill. A torso seen behind an arm continues the torso's own
     cloth next to the arm, as a reflection (like symmetric padding), not as one flat colour (what a smooth
     fill of the surrounding colours gives: flat discs and bars) nor as streaks (what the nearest pixel alone
     gives, constant along each line to the boundary). The holes stay content to generate: this only makes
@@ -447,7 +460,7 @@ def hole_texture(coords: torch.Tensor, hole_owner: torch.Tensor, labels: torch.T
     all_ys, all_xs = torch.nonzero(hole_owner, as_tuple=True)
     all_k = hole_owner[all_ys, all_xs]
     for k in np.unique(all_k.numpy()).tolist():
-        if k not in boxes:
+        if k not in boxes or k not in depth:  # (no depth: the caller found no texture worth continuing)
             continue
         sel = all_k == k
         ys, xs = all_ys[sel], all_xs[sel]
@@ -459,6 +472,10 @@ def hole_texture(coords: torch.Tensor, hole_owner: torch.Tensor, labels: torch.T
         index, ox, oy = nearest
         i = index[np.rint(py).astype(int), np.rint(px).astype(int)] - 1
         qx, qy = ox[i], oy[i]
+        # A proposal far from every pixel of its part (a guessed map pointing off the limb) has no texture
+        # of its own nearby: left to the smooth fill.
+        near = np.hypot(qx - px, qy - py) <= TEXTURE_REACH * depth[k] / MIRROR_DEPTH
+        ys, xs, px, py, qx, qy = ys[near], xs[near], px[near], py[near], qx[near], qy[near]
         # Mirrored no deeper than ``depth`` into the part: deeper lies other material (a bodysuit inside a coat).
         dx, dy = qx - px, qy - py
         f = np.minimum(1.0, depth.get(k, np.inf) / np.maximum(np.hypot(dx, dy), 1e-6))
