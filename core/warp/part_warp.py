@@ -19,7 +19,7 @@ For every target pixel:
    source, the nearer bone decides the label, not the depth order (legs side by side: neither hides the
    other). The hand or foot past a limb's end joint moves along the bone by the body-scale ratio, not by the
    bone's own stretch (a foreshortened shin keeps a foot of its size). Within 2 px of its kept pixels a
-   part also keeps, with its soft alpha, the soft edge of the source's person mask (:func:`_fringe`), where
+   part also keeps, with its soft alpha, the soft edge of the source's person mask (:func:`_add_soft_edge`), where
    no part keeps the pixel: edges stay smooth when magnified.
 3. A pixel no part keeps becomes background, except where a part's core region (within one radius of its
    bone) proposes a position on ANOTHER part of the source (that content is hidden in the source; not the
@@ -206,10 +206,6 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     taken = torch.zeros(h, w, dtype=torch.bool)
     hole = torch.zeros(h, w, dtype=torch.bool)
     hole_owner = torch.zeros(h, w, dtype=torch.long)  # a hole's flow: the front-most part's proposal
-    # The soft outer edge of each part (fringe): (flow, alpha, owner), used where no part keeps the pixel.
-    edge_coords = torch.zeros(2, h, w)
-    edge_alpha = torch.zeros(h, w)
-    edge_owner = torch.zeros(h, w, dtype=torch.long)
     for name in reversed(depth_order):
         if name not in t_geom:
             continue
@@ -240,7 +236,7 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
                 propose = new_hole & (hole_owner[rows, cols] == 0)
                 r = _end_at_body_scale(g, _affine(g, pxy), name, target, pxy, ratio)
                 flow_coords[:, rows, cols] = torch.where(propose, r, flow_coords[:, rows, cols])
-                hole_owner[rows, cols] = torch.where(propose, torch.tensor(label_k), hole_owner[rows, cols])
+                hole_owner[rows, cols].masked_fill_(propose, label_k)
             hole[rows, cols] |= new_hole
             continue
         r0 = _affine(m, pxy)
@@ -267,28 +263,20 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         new_hole = core & ~ok & ~theirs & ((label > 0) | ~inside) & free
         propose = new_hole & (hole_owner[rows, cols] == 0)
         flow_coords[:, rows, cols] = torch.where(keep | propose, c, fc)
-        hole_owner[rows, cols] = torch.where(propose, torch.tensor(label_k), hole_owner[rows, cols])
+        hole_owner[rows, cols].masked_fill_(propose, label_k)
         alpha = _sample(source_mask, r, "bilinear")
         person[rows, cols] = torch.where(keep, alpha, person[rows, cols])
-        fringe = _fringe(keep) & (label == 0) & inside & (alpha > 0) & (edge_owner[rows, cols] == 0)
-        if fringe.any():
-            edge_coords[:, rows, cols] = torch.where(fringe, c, edge_coords[:, rows, cols])
-            edge_alpha[rows, cols] = torch.where(fringe, alpha, edge_alpha[rows, cols])
-            edge_owner[rows, cols] = torch.where(fringe, torch.tensor(label_k), edge_owner[rows, cols])
         owner[rows, cols] = torch.where(keep, torch.tensor(label_k), owner[rows, cols])
         hole[rows, cols] |= new_hole
         taken[rows, cols] |= keep
     hole &= ~taken
     if taken.any():
         _close_gaps(flow_coords, person, owner, taken, hole, source_labels, source_mask)
-    soft = (edge_owner > 0) & ~taken & ~hole
-    if soft.any():
-        flow_coords = torch.where(soft, edge_coords, flow_coords)
-        person = torch.where(soft, edge_alpha, person)
-        owner = torch.where(soft, edge_owner, owner)
+        _add_soft_edge(flow_coords, person, owner, taken, hole, transforms, t_geom, target, ratio, codes,
+                       source_mask)
     if hole.any():
         hole &= _not_speck(hole, taken)
-    hole_owner = torch.where(hole, hole_owner, torch.zeros_like(hole_owner))
+    hole_owner.masked_fill_(~hole, 0)
     depth = {PART_BY_NAME[n].label: MIRROR_DEPTH * g.radius for n, g in s_geom.items()}
     # A limb whose label covers little of its nominal region (a wrist found at the shoulder) has no texture
     # worth continuing: a few edge pixels, often the backdrop's colour. Its holes take the smooth fill.
@@ -540,19 +528,53 @@ def _not_speck(hole: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
     return out
 
 
-FRINGE = 2  # px: how far past its kept pixels a part's soft silhouette edge reaches (_fringe)
+FRINGE = 2  # px: how far past the kept pixels a part's soft silhouette edge reaches (_add_soft_edge)
+_NAME_OF_LABEL = {p.label: p.name for p in PART_BY_NAME.values()}
 
 
-def _fringe(keep: torch.Tensor) -> torch.Tensor:
-    """Pixels within ``FRINGE`` px of ``keep`` (not in it). There a part's proposal lands on the source's
-    background (label 0) but on the soft edge of the person mask (``alpha`` > 0): the silhouette's
-    anti-aliased edge, which the nearest-label keep test cuts off as a hard step at mask 0.5. Cut off, a
-    magnified part shows the source's pixel grid as stair-steps along its edge (about 1.3 px at 2.2x); kept
-    with its soft alpha (and only where no part keeps the pixel, so an arm's edge never hides the torso
-    behind it) the edge stays as smooth as the source mask's."""
+def _add_soft_edge(coords, person, owner, taken, hole, transforms, t_geom, target, ratio, codes, source_mask):
+    """Give, in place, the pixels within ``FRINGE`` px of the kept ones that no part keeps the soft edge of a
+    neighbouring kept part (the highest label among them): where that part's map lands on the source's
+    background (label 0) but on the soft edge of the person mask, the pixel takes that part's flow and the
+    mask's soft value as alpha. The nearest-label keep test cuts the mask's anti-aliased edge off as a hard
+    step at 0.5; a magnified part then shows the source's pixel grid as stair-steps along its edge (about
+    1 px at 1.6x). Only pixels no part keeps are used, so an arm's soft edge never hides the torso behind
+    it. One dilation for all parts; the maps are evaluated at the (few) edge pixels only."""
+    rows = torch.nonzero(taken.any(1)).flatten()
+    cols = torch.nonzero(taken.any(0)).flatten()
+    h, w = taken.shape
+    r0, r1 = max(int(rows[0]) - FRINGE, 0), min(int(rows[-1]) + FRINGE + 1, h)
+    c0, c1 = max(int(cols[0]) - FRINGE, 0), min(int(cols[-1]) + FRINGE + 1, w)
+    t = taken[r0:r1, c0:c1].numpy()
     k = 2 * FRINGE + 1
-    grown = cv2.dilate(keep.numpy().astype(np.uint8), np.ones((k, k), np.uint8))
-    return torch.from_numpy(grown > 0) & ~keep
+    near = cv2.dilate(owner[r0:r1, c0:c1].numpy().astype(np.uint8) * t, np.ones((k, k), np.uint8))
+    ys, xs = np.nonzero((near > 0) & ~t & ~hole[r0:r1, c0:c1].numpy())
+    if not len(ys):
+        return
+    part_of = near[ys, xs]
+    hs, ws = codes.shape
+    for label_k in np.unique(part_of).tolist():
+        name = _NAME_OF_LABEL.get(label_k)
+        m = transforms.get(name)
+        if m is None or name not in t_geom:
+            continue
+        sel = part_of == label_k
+        py, px = ys[sel] + r0, xs[sel] + c0
+        pts = torch.from_numpy(np.stack([px, py]).astype(np.float32))[:, None, :]
+        a = _affine(m, pts)
+        r = _end_at_body_scale(m, a, name, target, pts, ratio)
+        label = _sample(codes, r, "nearest").round().long() & _LABEL_BITS
+        alpha = _sample(source_mask, r, "bilinear")
+        inside = (r[0] >= -0.5) & (r[0] <= ws - 0.5) & (r[1] >= -0.5) & (r[1] <= hs - 0.5)
+        ok = ((label == 0) & inside & (alpha > 0))[0]
+        if not bool(ok.any()):
+            continue
+        # The part's own map, not its blend into the parent's at the joint: a one- or two-pixel soft edge
+        # differs by a fraction of a pixel there, and the blend costs more than the rest of this pass.
+        oy, ox = torch.from_numpy(py)[ok], torch.from_numpy(px)[ok]
+        coords[:, oy, ox] = r[:, 0, ok]
+        person[oy, ox] = alpha[0, ok]
+        owner[oy, ox] = label_k
 
 
 def _affine(m: np.ndarray, xy: torch.Tensor) -> torch.Tensor:
