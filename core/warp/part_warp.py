@@ -553,6 +553,7 @@ def _add_soft_edge(coords, person, owner, taken, hole, transforms, t_geom, targe
         return
     part_of = near[ys, xs]
     hs, ws = codes.shape
+    groups, maps = [], []
     for label_k in np.unique(part_of).tolist():
         name = _NAME_OF_LABEL.get(label_k)
         m = transforms.get(name)
@@ -561,20 +562,23 @@ def _add_soft_edge(coords, person, owner, taken, hole, transforms, t_geom, targe
         sel = part_of == label_k
         py, px = ys[sel] + r0, xs[sel] + c0
         pts = torch.from_numpy(np.stack([px, py]).astype(np.float32))[:, None, :]
-        a = _affine(m, pts)
-        r = _end_at_body_scale(m, a, name, target, pts, ratio)
-        label = _sample(codes, r, "nearest").round().long() & _LABEL_BITS
-        alpha = _sample(source_mask, r, "bilinear")
-        inside = (r[0] >= -0.5) & (r[0] <= ws - 0.5) & (r[1] >= -0.5) & (r[1] <= hs - 0.5)
-        ok = ((label == 0) & inside & (alpha > 0))[0]
-        if not bool(ok.any()):
-            continue
         # The part's own map, not its blend into the parent's at the joint: a one- or two-pixel soft edge
         # differs by a fraction of a pixel there, and the blend costs more than the rest of this pass.
-        oy, ox = torch.from_numpy(py)[ok], torch.from_numpy(px)[ok]
-        coords[:, oy, ox] = r[:, 0, ok]
-        person[oy, ox] = alpha[0, ok]
-        owner[oy, ox] = label_k
+        maps.append(_end_at_body_scale(m, _affine(m, pts), name, target, pts, ratio))
+        groups.append((label_k, py, px))
+    if not maps:
+        return
+    r = torch.cat(maps, dim=2)  # all parts' edge pixels sampled at once
+    label = _sample(codes, r, "nearest").round().long()[0] & _LABEL_BITS
+    alpha = _sample(source_mask, r, "bilinear")[0]
+    inside = ((r[0] >= -0.5) & (r[0] <= ws - 0.5) & (r[1] >= -0.5) & (r[1] <= hs - 0.5))[0]
+    ok = (label == 0) & inside & (alpha > 0)
+    py = torch.from_numpy(np.concatenate([g[1] for g in groups]))
+    px = torch.from_numpy(np.concatenate([g[2] for g in groups]))
+    lab = torch.from_numpy(np.concatenate([np.full(len(g[1]), g[0]) for g in groups]))
+    coords[:, py[ok], px[ok]] = r[:, 0, ok]
+    person[py[ok], px[ok]] = alpha[ok]
+    owner[py[ok], px[ok]] = lab[ok]
 
 
 def _affine(m: np.ndarray, xy: torch.Tensor) -> torch.Tensor:
