@@ -9,7 +9,9 @@ Every function returns a ``(2, 3)`` matrix sending TARGET pixel coordinates to S
   ``[1/4, 4]`` times the body-scale ratio: a bone pointing at the camera has no usable length. A limb
   whose target bone is more than ``MAX_STRETCH`` times longer than the source's (relative to body scale)
   gets no transform: the source shows it end-on, and its few pixels would be smeared into streaks; the
-  target shows a hole to generate there instead.
+  target shows a hole to generate there instead; :func:`foreshortened_limb_transforms` gives such a limb a map
+  onto the source bone lengthened to the body-proportion length, used only to pick the source texture the
+  hole is filled with (see :mod:`..warp.part_warp`), never as real content.
 * Torso: least-squares affine over neck, shoulders and hips, ridge-regularised towards the best
   similarity, then checked (:func:`torso_transform`): a map that mirrors (determinant <= 0) or is not
   finite is never used; in order of preference the torso takes this affine with its anisotropy bounded
@@ -225,4 +227,36 @@ def fit_part_transforms(source: Person, target: Person) -> dict[str, np.ndarray]
                     m = np.array([[ratio, 0, 0], [0, ratio, 0]], float)
                     m[:, 2] = source.body[common[0], :2] - ratio * c
                 out["head"] = m
+    return out
+
+
+def foreshortened_limb_transforms(source: Person, target: Person) -> dict[str, np.ndarray]:
+    """Maps of the limbs :func:`fit_part_transforms` leaves out as foreshortened in the source (target bone more
+    than ``MAX_STRETCH`` times longer), onto the source bone lengthened, in its own direction, to the target's
+    length times the body-scale ratio (no stretch). Where the source bone is short because the joint detector
+    put the end joint too close (a hanging forearm with the wrist found at the elbow) this lands on the limb;
+    where the limb really points at the camera it is a guess. So these maps only say which source pixels the
+    hole left for the limb is filled from (the limb's own texture), and the hole stays marked to generate."""
+    from .parts import BODY_PARTS
+
+    s_scale, t_scale = body_scale(source), body_scale(target)
+    if s_scale <= 0 or t_scale <= 0:
+        return {}
+    ratio = s_scale / t_scale
+    both = source.present & target.present
+    out: dict[str, np.ndarray] = {}
+    for part in BODY_PARTS:
+        if part.segment is None:
+            continue
+        a, b = part.segment
+        if not (both[a] and both[b]) or _stretch(source, target, a, b, ratio) <= MAX_STRETCH:
+            continue
+        s_a, s_b = source.body[a, :2].astype(float), source.body[b, :2].astype(float)
+        lt = float(np.linalg.norm(target.body[b, :2] - target.body[a, :2]))
+        ls = float(np.linalg.norm(s_b - s_a))
+        if ls < 1e-6 or lt < 1e-6:  # no direction to lengthen along
+            continue
+        m = limb_affine(target.body[a, :2], target.body[b, :2], s_a, s_a + (s_b - s_a) / ls * lt * ratio, ratio)
+        if m is not None:
+            out[part.name] = m
     return out

@@ -138,6 +138,8 @@ class PreparedSource:
     boxes: dict = field(default_factory=dict)  # bounding box of each part label (part_flow.label_boxes)
     hidden: frozenset = frozenset()  # far-side limbs a side view hides (part_flow.hidden_parts)
     device: torch.device = torch.device("cpu")  # where the input image was: the results go back there
+    # What part_flow derives from the source alone (split labels, distance transforms), filled by the first warp
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -262,7 +264,7 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
         return _composite(source, coords, alpha, hole, hole, bg, bg_real, options, target_pose)
 
     pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes,
-                   source.hidden)
+                   source.hidden, source.cache)
     body = (pf.person > 0) | pf.hole
     if not body.any():  # else a picture with the person erased, silently
         raise ValueError(f"{what}: no body part of the person could be placed on the {size[1]}x{size[0]} canvas "
@@ -270,14 +272,16 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
                          f"that the source pose also has)")
     coords = torch.where(body, pf.coords, bg_coords)
     return _composite(source, coords, pf.person, pf.hole, pf.hole | (pf.owner == 0), bg, bg_real, options,
-                      target_pose)
+                      target_pose, pf.textured)
 
 
 def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor, hole: torch.Tensor,
                unknown: torch.Tensor, bg: torch.Tensor, bg_real: torch.Tensor, options: FlowWarpOptions,
-               target_pose: Pose) -> FlowWarpResult:
-    """The moved person (source pixels at ``coords``, soft ``alpha``) over the background; ``hole`` person
-    pixels are filled from the visible person around them (``unknown`` = not a colour to fill from)."""
+               target_pose: Pose, textured: torch.Tensor | None = None) -> FlowWarpResult:
+    """The moved person (source pixels at ``coords``, soft ``alpha``) over the background. ``hole`` person
+    pixels (content to generate) show a placeholder: the ``textured`` ones the source texture of their own
+    part that ``coords`` points at (:func:`.part_warp.hole_texture`), the others a smooth fill of the visible
+    person around them (``unknown`` = not a colour to fill from)."""
     xy = base_coords(*alpha.shape)
     flow = coords[None] - xy  # coords_to_flow
     # The source is sampled only on the box of the person (alpha > 0, holes) and the feathered edge around
@@ -293,12 +297,12 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
         grid = coords_to_grid(flow[:, :, rows, cols] + xy[:, :, rows, cols], tuple(source.image.shape[-2:]))
         person_img[:, rows, cols] = F.grid_sample(source.image[None], grid, mode="bilinear", padding_mode="border",
                                                   align_corners=False)[0]
-    # Holes inside the person take the colours of the visible body around them.
+    flat = hole if textured is None else hole & ~textured
     known = (~unknown & (alpha > 0.5)).float()
-    if hole.any():  # fill within the person's box (plus a margin): the fill only needs nearby colours
-        rows, cols = _box_slices(hole | (known > 0), margin=8)
+    if flat.any():  # fill within the person's box (plus a margin): the fill only needs nearby colours
+        rows, cols = _box_slices(flat | (known > 0), margin=8)
         filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill)[0]
-        person_img[:, rows, cols] = torch.where(hole[rows, cols], filled, person_img[:, rows, cols])
+        person_img[:, rows, cols] = torch.where(flat[rows, cols], filled, person_img[:, rows, cols])
     # Content to generate: holes in the person, and background the source person hid that the moved
     # person does not cover. Binary, as inpainting stages expect.
     generate = hole | ((alpha < 0.5) & (bg_real < 0.5))

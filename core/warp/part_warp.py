@@ -15,10 +15,19 @@ For every target pixel:
    joint they share), judged on the source's part-label map with the part's own (unblended) map, so the
    blend at a joint never drags a neighbour's pixels along. So the silhouette follows the real body and
    clothes, and an arm drawn over the torso in the target takes arm texture, not torso texture.
+   Where the regions of a left and a right limb of the same kind (both legs, both arms) overlap in the
+   source, the nearer bone decides the label, not the depth order (legs side by side: neither hides the
+   other). The hand or foot past a limb's end joint moves along the bone by the body-scale ratio, not by the
+   bone's own stretch (a foreshortened shin keeps a foot of its size). Within 2 px of its kept pixels a
+   part also keeps, with its soft alpha, the soft edge of the source's person mask (:func:`_add_soft_edge`), where
+   no part keeps the pixel: edges stay smooth when magnified.
 3. A pixel no part keeps becomes background, except where a part's core region (within one radius of its
-   bone) proposes a position on ANOTHER part of the source (that content is hidden in the source) or
-   outside the source image, or the part cannot be moved at all because the source lacks its joints: such
-   pixels are *holes*, person pixels whose content must be generated.
+   bone) proposes a position on ANOTHER part of the source (that content is hidden in the source; not the
+   opposite leg itself, see above) or outside the source image, or the part cannot be moved at all because
+   the source lacks its joints: such pixels are *holes*, person pixels whose content must be generated. A
+   hole shows its own part's texture (:func:`hole_texture`) where its part proposed a source position
+   (also limbs the source shows too short, through a body-proportion map,
+   :func:`~..body.part_transforms.foreshortened_limb_transforms`), a smooth fill elsewhere.
 
 View changes (:mod:`..body.views`): when source and target face opposite ways (front <-> back), each target part
 is fed by the source part on the same image side (the source's labels are mirrored first), so no part map
@@ -44,27 +53,34 @@ import torch.nn.functional as F
 
 from ..flow import base_coords, coords_to_grid
 from ..pose.keypoints import Person
-from ..body.part_fields import normalised_distance, part_geometry
-from ..body.part_transforms import fit_part_transforms
-from ..body.parts import DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_PARENT, PART_RADIUS, body_scale
+from ..body.part_fields import normalised_distance, part_geometry, segment_distance
+from ..body.part_transforms import fit_part_transforms, foreshortened_limb_transforms
+from ..body.parts import (DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_EXTENSION, PART_PARENT,
+                          PART_RADIUS, body_scale)
 from ..body.views import MIRROR_PART, is_side_view, mirrored, near_side, side_view_depth_order, view_flips
 
 HIDDEN_VISIBLE = 0.35  # a far-side limb of a side view showing less of its region than this is hidden
 GAP = 5  # gaps narrower than about this many pixels between kept pixels are closed (_close_gaps)
 JOINT_REACH = 1.5  # a neighbour's label is accepted this many radii around the shared joint
+TEXTURE_REACH = 2.0  # ... from a proposal at most this many part radii from its part's pixels (hole_texture)
+MIRROR_DEPTH = 0.5  # a hole's texture is mirrored from at most this many part radii inside the part (hole_texture)
 BLEND = 0.5  # a child part fades in from its parent over this many of its radii past their joint
 
 
 @dataclass
 class PartFlow:
     """Result on the target grid: ``coords`` ``(2, H, W)`` source positions in pixels (valid where
-    ``person`` > 0 or ``hole``), ``person`` ``(H, W)`` soft person alpha, ``hole`` ``(H, W)`` bool,
-    ``owner`` ``(H, W)`` the label of the part that kept each pixel (0 = none)."""
+    ``person`` > 0 or ``textured``), ``person`` ``(H, W)`` soft person alpha, ``hole`` ``(H, W)`` bool,
+    ``owner`` ``(H, W)`` the label of the part that kept each pixel (0 = none), ``textured`` ``(H, W)`` the
+    holes whose ``coords`` point at source texture of their own part to fill them with (:func:`hole_texture`;
+    still content to generate), ``hole_owner`` the label of the part each hole belongs to (0 = none)."""
 
     coords: torch.Tensor
     person: torch.Tensor
     hole: torch.Tensor
     owner: torch.Tensor
+    textured: torch.Tensor | None = None
+    hole_owner: torch.Tensor | None = None
 
 
 def _sample(map_: torch.Tensor, coords: torch.Tensor, mode: str) -> torch.Tensor:
@@ -140,7 +156,7 @@ def hidden_parts(person: Person, labels: torch.Tensor) -> frozenset[str]:
 def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Tensor, target: Person,
               size: tuple[int, int], depth_order: tuple[str, ...] = DEFAULT_DEPTH_ORDER,
               boxes: dict[int, tuple[float, float, float, float]] | None = None,
-              hidden: frozenset[str] = frozenset()) -> PartFlow:
+              hidden: frozenset[str] = frozenset(), cache: dict | None = None) -> PartFlow:
     """Part-based backward flow from ``source`` (with its label map and soft person mask on the source
     grid, see :mod:`..body.segmentation`) to ``target`` on a target grid of ``size`` ``(H, W)``.
 
@@ -148,11 +164,16 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     onto its own or its neighbours' source labels, and its core region), so the cost grows with the
     person's area, not the canvas's times the number of parts. ``boxes`` are the source's
     :func:`label_boxes`, computed here when not given (pass them when warping one source many times).
-    ``hidden``: source parts that must not be used (:func:`hidden_parts`)."""
+    ``hidden``: source parts that must not be used (:func:`hidden_parts`). ``cache``: a dict kept with the
+    source (``PreparedSource.cache``) where what depends only on the source is kept between targets (the
+    label map with left/right overlaps split, region flags, the distance transforms of :func:`hole_texture`).
+    """
     h, w = size
+    cache = {} if cache is None else cache
     xy = base_coords(h, w)[0]
     boxes = label_boxes(source_labels) if boxes is None else boxes
-    if view_flips(source, target):  # feed each target part from the source part on its image side
+    mirrored_source = view_flips(source, target)
+    if mirrored_source:  # feed each target part from the source part on its image side
         source = mirrored(source)
         lut = torch.arange(NUM_PART_LABELS)
         for name, other in MIRROR_PART.items():
@@ -161,26 +182,39 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         boxes = {int(lut[k]): v for k, v in boxes.items()}
         hidden = frozenset(MIRROR_PART[n] for n in hidden)
     depth_order = side_view_depth_order(target, depth_order)
-    transforms = {k: v for k, v in fit_part_transforms(source, target).items() if k not in hidden}
+    fitted = fit_part_transforms(source, target)
+    transforms = {k: v for k, v in fitted.items() if k not in hidden}
+    # Parts the source cannot supply but whose texture can still be told (a hidden far-side limb, a limb the
+    # source shows too short): maps used only to fill their holes (hole_texture), never as real content.
+    guesses = {**{k: v for k, v in fitted.items() if k in hidden}, **foreshortened_limb_transforms(source, target)}
     t_geom = part_geometry(target)
     s_geom = part_geometry(source)
     hs, ws = source_labels.shape
+    key = ("mirrored" if mirrored_source else "plain",)
+    if key + ("codes",) not in cache:
+        split = _split_opposite_overlaps(source_labels, s_geom)
+        cache[key + ("labels",)] = split
+        cache[key + ("codes",)] = _region_codes(split, s_geom)
+    source_labels = cache[key + ("labels",)]
+    codes = cache[key + ("codes",)]
+    t_scale = body_scale(target)
+    ratio = body_scale(source) / t_scale if t_scale > 0 else 1.0
 
     flow_coords = torch.zeros(2, h, w)
     person = torch.zeros(h, w)
     owner = torch.zeros(h, w, dtype=torch.long)
     taken = torch.zeros(h, w, dtype=torch.bool)
     hole = torch.zeros(h, w, dtype=torch.bool)
-    proposed = torch.zeros(h, w, dtype=torch.bool)  # a hole's flow: the front-most part's proposal
+    hole_owner = torch.zeros(h, w, dtype=torch.long)  # a hole's flow: the front-most part's proposal
     for name in reversed(depth_order):
         if name not in t_geom:
             continue
         geom = t_geom[name]
+        label_k = PART_BY_NAME[name].label
         core_box = (*(geom.points.min(0) - geom.radius), *(geom.points.max(0) + geom.radius))
         m = transforms.get(name)
         win_boxes = [core_box]
         if m is not None:
-            label_k = PART_BY_NAME[name].label
             src_boxes = [boxes.get(label_k)]
             for other, joint in _neighbours(name):
                 if other in s_geom:
@@ -196,10 +230,19 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         core = _core(geom, core_box, rows, cols, xy)
         free = ~taken[rows, cols]
         if m is None:  # the target shows this part, the source cannot supply it
-            hole[rows, cols] |= core & free
+            new_hole = core & free
+            g = guesses.get(name)
+            if g is not None:
+                propose = new_hole & (hole_owner[rows, cols] == 0)
+                r = _end_at_body_scale(g, _affine(g, pxy), name, target, pxy, ratio)
+                flow_coords[:, rows, cols] = torch.where(propose, r, flow_coords[:, rows, cols])
+                hole_owner[rows, cols].masked_fill_(propose, label_k)
+            hole[rows, cols] |= new_hole
             continue
-        r = _affine(m, pxy)
-        label = _sample(source_labels, r, "nearest").round().long()
+        r0 = _affine(m, pxy)
+        r = _end_at_body_scale(m, r0, name, target, pxy, ratio)
+        code = _sample(codes, r, "nearest").round().long()
+        label = code & _LABEL_BITS
         inside = (r[0] >= -0.5) & (r[0] <= ws - 0.5) & (r[1] >= -0.5) & (r[1] <= hs - 0.5)
         ok = label == label_k
         for other, joint in _neighbours(name):
@@ -207,26 +250,232 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
                 jx, jy = source.body[joint, :2]
                 near = torch.hypot(r[0] - float(jx), r[1] - float(jy)) < JOINT_REACH * s_geom[other].radius
                 ok |= (label == PART_BY_NAME[other].label) & near
+        theirs = _on_opposite_limb(name, label, code)
         keep = ok & inside & free
         parent = PART_PARENT.get(name)
         if parent is not None and parent[0] in transforms:
             c = _blend_at_joint(transforms[parent[0]], m, geom, pxy)
+            if r is not r0:  # the same hand / foot correction as the own map
+                c = c + (r - r0)
         else:
             c = r
         fc = flow_coords[:, rows, cols]
-        new_hole = core & ~ok & ((label > 0) | ~inside) & free
-        propose = new_hole & ~proposed[rows, cols]
+        new_hole = core & ~ok & ~theirs & ((label > 0) | ~inside) & free
+        propose = new_hole & (hole_owner[rows, cols] == 0)
         flow_coords[:, rows, cols] = torch.where(keep | propose, c, fc)
-        proposed[rows, cols] |= propose
-        person[rows, cols] = torch.where(keep, _sample(source_mask, r, "bilinear"), person[rows, cols])
+        hole_owner[rows, cols].masked_fill_(propose, label_k)
+        alpha = _sample(source_mask, r, "bilinear")
+        person[rows, cols] = torch.where(keep, alpha, person[rows, cols])
         owner[rows, cols] = torch.where(keep, torch.tensor(label_k), owner[rows, cols])
         hole[rows, cols] |= new_hole
         taken[rows, cols] |= keep
     hole &= ~taken
     if taken.any():
         _close_gaps(flow_coords, person, owner, taken, hole, source_labels, source_mask)
+        _add_soft_edge(flow_coords, person, owner, taken, hole, transforms, t_geom, target, ratio, codes,
+                       source_mask)
+    if hole.any():
+        hole &= _not_speck(hole, taken)
+    hole_owner.masked_fill_(~hole, 0)
+    depth = {PART_BY_NAME[n].label: MIRROR_DEPTH * g.radius for n, g in s_geom.items()}
+    # A limb whose label covers little of its nominal region (a wrist found at the shoulder) has no texture
+    # worth continuing: a few edge pixels, often the backdrop's colour. Its holes take the smooth fill.
+    if key + ("counts",) not in cache:
+        cache[key + ("counts",)] = torch.bincount(source_labels.flatten(), minlength=NUM_PART_LABELS).tolist()
+    counts = cache[key + ("counts",)]
+    for n, g in s_geom.items():
+        if g.kind == "segment":
+            area = np.pi * g.radius ** 2 + 2 * g.radius * float(np.linalg.norm(g.points[1] - g.points[0]))
+            if counts[PART_BY_NAME[n].label] < HIDDEN_VISIBLE * area:
+                depth.pop(PART_BY_NAME[n].label, None)
+    textured = hole_texture(flow_coords, hole_owner, source_labels, boxes, depth, cache, key)
     person = torch.where(hole, torch.ones_like(person), person)
-    return PartFlow(flow_coords, person, hole, owner)
+    return PartFlow(flow_coords, person, hole, owner, textured, hole_owner)
+
+
+# Left and right limbs of the same kind (both legs, both arms): where their regions overlap in the source the
+# depth order's choice is arbitrary (legs side by side, neither hides the other), so the nearer bone decides.
+_OPPOSITE = {}
+for _side, _other in (("right_", "left_"), ("left_", "right_")):
+    for _limbs in (("thigh", "shin"), ("upper_arm", "forearm")):
+        for _a in _limbs:
+            _OPPOSITE[_side + _a] = tuple(_other + _b for _b in _limbs)
+
+
+def _split_opposite_overlaps(labels: torch.Tensor, s_geom) -> torch.Tensor:
+    """``labels`` with the pixels inside the regions of both a left and a right limb (:data:`_OPPOSITE`) given
+    to the limb whose bone is nearer (in radii), instead of to the front-most in the depth order: for two legs
+    side by side that choice is arbitrary, and it left the back leg with holes where its region overlaps the
+    front one. Worked out only over each pair's overlapping region boxes."""
+    out = None
+    hs, ws = labels.shape
+    for a, others in _OPPOSITE.items():
+        if a not in s_geom or not a.startswith("right_"):
+            continue
+        ga, la = s_geom[a], PART_BY_NAME[a].label
+        for b in others:
+            if b not in s_geom:
+                continue
+            gb, lb = s_geom[b], PART_BY_NAME[b].label
+            lo = np.maximum(ga.points.min(0) - ga.radius, gb.points.min(0) - gb.radius)
+            hi = np.minimum(ga.points.max(0) + ga.radius, gb.points.max(0) + gb.radius)
+            x0, y0 = max(int(np.floor(lo[0])), 0), max(int(np.floor(lo[1])), 0)
+            x1, y1 = min(int(np.ceil(hi[0])) + 1, ws), min(int(np.ceil(hi[1])) + 1, hs)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            sub = (out if out is not None else labels)[y0:y1, x0:x1]
+            on = (sub == la) | (sub == lb)
+            if not bool(on.any()):
+                continue
+            xy = base_coords(y1 - y0, x1 - x0)[0] + torch.tensor([float(x0), float(y0)])[:, None, None]
+            da, db = normalised_distance(ga, xy), normalised_distance(gb, xy)
+            both = on & (da < 1) & (db < 1)
+            if bool(both.any()):
+                if out is None:
+                    out = labels.clone()
+                out[y0:y1, x0:x1] = torch.where(both, torch.where(da <= db, torch.tensor(la), torch.tensor(lb)), sub)
+    return labels if out is None else out
+
+
+_LABEL_BITS = 15  # region codes: the part label in the low 4 bits, then one flag per limb (_region_codes)
+_LIMB_BIT = {name: 4 + i for i, name in enumerate(sorted(_OPPOSITE))}
+
+
+def _region_codes(labels: torch.Tensor, s_geom) -> torch.Tensor:
+    """Per source pixel, its label plus, in bit ``_LIMB_BIT[limb]``, whether it lies inside that limb's region
+    (normalised distance < 1), for the pixels labelled as the opposite side's same limb: one nearest-sample
+    of this map in :func:`part_flow` gives both the label and :func:`_on_opposite_limb`'s test."""
+    codes = labels.clone()
+    hs, ws = labels.shape
+    for name, bit in _LIMB_BIT.items():
+        if name not in s_geom:
+            continue
+        g = s_geom[name]
+        x0, y0 = max(int(np.floor(g.points[:, 0].min() - g.radius)), 0), max(int(np.floor(g.points[:, 1].min() - g.radius)), 0)
+        x1 = min(int(np.ceil(g.points[:, 0].max() + g.radius)) + 1, ws)
+        y1 = min(int(np.ceil(g.points[:, 1].max() + g.radius)) + 1, hs)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        sub = labels[y0:y1, x0:x1]
+        on = torch.zeros(sub.shape, dtype=torch.bool)
+        for o in _OPPOSITE[name]:
+            on |= sub == PART_BY_NAME[o].label
+        if not bool(on.any()):
+            continue
+        xy = base_coords(y1 - y0, x1 - x0)[0] + torch.tensor([float(x0), float(y0)])[:, None, None]
+        inside = on & (normalised_distance(g, xy) < 1)
+        codes[y0:y1, x0:x1] |= inside.long() << bit
+    return codes.float()
+
+
+def _on_opposite_limb(name: str, label: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Proposals inside the part's own source region that land on the opposite side's same limb (after
+    :func:`_split_opposite_overlaps`, so nearer to that limb's bone): the other leg (arm) itself, not content
+    of this one that it hides, so no hole (the part's nominal region is wider than the limb there).
+    ``code``: the sampled :func:`_region_codes`."""
+    if name not in _LIMB_BIT:
+        return torch.zeros(label.shape, dtype=torch.bool)
+    return ((code >> _LIMB_BIT[name]) & 1).bool()
+
+
+def _end_at_body_scale(m: np.ndarray, r: torch.Tensor, name: str, target: Person, pxy: torch.Tensor,
+                       ratio: float) -> torch.Tensor:
+    """``r`` (the limb map ``m`` at ``pxy``) with the hand / foot past the end joint (``PART_EXTENSION``) moved
+    along the bone by the body-scale ``ratio`` instead of the bone's own stretch: a foreshortened shin (a knee
+    bent towards the camera) would otherwise stretch its foot by the same factor, off the source's foot, onto
+    the floor or out of the image (a flat disc to fill). Continuous at the joint."""
+    if name not in PART_EXTENSION:
+        return r
+    a, b = PART_BY_NAME[name].segment
+    t_a, t_b = target.body[a, :2].astype(float), target.body[b, :2].astype(float)
+    lt = float(np.linalg.norm(t_b - t_a))
+    if lt < 1e-6:
+        return r
+    u = (t_b - t_a) / lt
+    v = m[:, :2] @ u  # where the map sends the bone direction: along-bone stretch times the source direction
+    along = float(np.linalg.norm(v))
+    if along < 1e-6 or abs(ratio / along - 1) < 1e-6:
+        return r
+    past = ((pxy[0] - float(t_b[0])) * float(u[0]) + (pxy[1] - float(t_b[1])) * float(u[1])).clamp_min(0)
+    k = ratio / along - 1
+    return torch.stack((r[0] + k * float(v[0]) * past, r[1] + k * float(v[1]) * past))
+
+
+def _nearest_own(lab: np.ndarray, k: int, cache: dict | None, key: tuple):
+    """For label ``k``: per source pixel the index (from 1) of the nearest pixel inside the label's region (its
+    pixels at least 2 px from its edge, where the edge mixes in the backdrop's colour, when there are such),
+    and those pixels' x and y; None when the label has no pixel. Kept in ``cache`` (once per source)."""
+    if cache is not None and key + ("nearest", k) in cache:
+        return cache[key + ("nearest", k)]
+    own = lab == k
+    out = None
+    if own.any():
+        inner = cv2.erode(own.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        if inner.any():
+            own = inner
+        _, index = cv2.distanceTransformWithLabels((~own).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE,
+                                                   labelType=cv2.DIST_LABEL_PIXEL)
+        oy, ox = np.nonzero(own)  # index i (from 1) is the i-th own pixel in row-major order
+        out = (index, ox, oy)
+    if cache is not None:
+        cache[key + ("nearest", k)] = out
+    return out
+
+
+def hole_texture(coords: torch.Tensor, hole_owner: torch.Tensor, labels: torch.Tensor,
+                 boxes: dict[int, tuple[float, float, float, float]], depth: dict[int, float],
+                 cache: dict | None = None, key: tuple = ()) -> torch.Tensor:
+    """Point every hole (``hole_owner`` > 0, the label of the part the hole belongs to) whose proposal
+    ``coords`` lands off its own part in the source at texture of that part, in place; returns the holes so
+    pointed (bool ``(H, W)``).
+
+    Chosen: the proposal mirrored (at most ``depth[label]`` px deep) about the nearest source pixel carrying
+    the part's own label, at least 2 px inside its region (an exact distance transform with nearest-pixel
+    indices on the source's label map, one per label, kept in ``cache`` under ``key`` so it is computed once
+    per source), or that pixel itself where the mirror image falls off the part. Labels without a ``depth``,
+    and proposals farther than ``TEXTURE_REACH`` part radii from their part's pixels, are left to the smooth
+    fill. A torso seen behind an arm continues the torso's own
+    cloth next to the arm, as a reflection (like symmetric padding), not as one flat colour (what a smooth
+    fill of the surrounding colours gives: flat discs and bars) nor as streaks (what the nearest pixel alone
+    gives, constant along each line to the boundary). The holes stay content to generate: this only makes
+    the placeholder a plausible start for a later inpainting stage. A part with no labelled pixel at all is
+    left to the smooth fill."""
+    textured = torch.zeros(hole_owner.shape, dtype=torch.bool)
+    if not bool((hole_owner > 0).any()):
+        return textured
+    lab = labels.numpy()
+    hs, ws = lab.shape
+    all_ys, all_xs = torch.nonzero(hole_owner, as_tuple=True)
+    all_k = hole_owner[all_ys, all_xs]
+    for k in np.unique(all_k.numpy()).tolist():
+        if k not in boxes or k not in depth:  # (no depth: the caller found no texture worth continuing)
+            continue
+        sel = all_k == k
+        ys, xs = all_ys[sel], all_xs[sel]
+        p = coords[:, ys, xs].numpy().astype(np.float64)
+        px, py = np.clip(p[0], 0, ws - 1), np.clip(p[1], 0, hs - 1)
+        nearest = _nearest_own(lab, k, cache, key)
+        if nearest is None:
+            continue
+        index, ox, oy = nearest
+        i = index[np.rint(py).astype(int), np.rint(px).astype(int)] - 1
+        qx, qy = ox[i], oy[i]
+        # A proposal far from every pixel of its part (a guessed map pointing off the limb) has no texture
+        # of its own nearby: left to the smooth fill.
+        near = np.hypot(qx - px, qy - py) <= TEXTURE_REACH * depth[k] / MIRROR_DEPTH
+        ys, xs, px, py, qx, qy = ys[near], xs[near], px[near], py[near], qx[near], qy[near]
+        # Mirrored no deeper than ``depth`` into the part: deeper lies other material (a bodysuit inside a coat).
+        dx, dy = qx - px, qy - py
+        f = np.minimum(1.0, depth.get(k, np.inf) / np.maximum(np.hypot(dx, dy), 1e-6))
+        mx, my = qx + f * dx, qy + f * dy
+        mxi, myi = np.rint(mx).astype(int), np.rint(my).astype(int)
+        on = (mxi >= 0) & (mxi < ws) & (myi >= 0) & (myi < hs)
+        on[on] = lab[myi[on], mxi[on]] == k
+        tx, ty = np.where(on, mx, qx), np.where(on, my, qy)
+        coords[0, ys, xs] = torch.from_numpy(tx.astype(np.float32))
+        coords[1, ys, xs] = torch.from_numpy(ty.astype(np.float32))
+        textured[ys, xs] = True
+    return textured
 
 
 def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, k: int = GAP):
@@ -263,6 +512,73 @@ def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, 
     person[ys, xs] = _sample(source_mask, mean[:, None, :], "bilinear")[0]
     owner[ys, xs] = label[fill]
     taken[ys, xs] = True
+
+
+def _not_speck(hole: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
+    """False at hole pixels with fewer than 3 of their 8 neighbours in the person (kept or hole): single
+    pixels where a part's core proposal happened to land on another label among pixels nobody keeps. Shown
+    with their part's texture they would be specks on the background; they are background."""
+    rows, cols = (torch.nonzero(hole.any(d)).flatten() for d in (1, 0))
+    r0, r1 = max(int(rows[0]) - 1, 0), int(rows[-1]) + 2
+    c0, c1 = max(int(cols[0]) - 1, 0), int(cols[-1]) + 2
+    body = (hole | taken)[r0:r1, c0:c1].numpy().astype(np.float32)
+    n = cv2.boxFilter(body, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT) - body
+    out = torch.ones(hole.shape, dtype=torch.bool)
+    out[r0:r1, c0:c1] = torch.from_numpy(n >= 3)
+    return out
+
+
+FRINGE = 2  # px: how far past the kept pixels a part's soft silhouette edge reaches (_add_soft_edge)
+_NAME_OF_LABEL = {p.label: p.name for p in PART_BY_NAME.values()}
+
+
+def _add_soft_edge(coords, person, owner, taken, hole, transforms, t_geom, target, ratio, codes, source_mask):
+    """Give, in place, the pixels within ``FRINGE`` px of the kept ones that no part keeps the soft edge of a
+    neighbouring kept part (the highest label among them): where that part's map lands on the source's
+    background (label 0) but on the soft edge of the person mask, the pixel takes that part's flow and the
+    mask's soft value as alpha. The nearest-label keep test cuts the mask's anti-aliased edge off as a hard
+    step at 0.5; a magnified part then shows the source's pixel grid as stair-steps along its edge (about
+    1 px at 1.6x). Only pixels no part keeps are used, so an arm's soft edge never hides the torso behind
+    it. One dilation for all parts; the maps are evaluated at the (few) edge pixels only."""
+    rows = torch.nonzero(taken.any(1)).flatten()
+    cols = torch.nonzero(taken.any(0)).flatten()
+    h, w = taken.shape
+    r0, r1 = max(int(rows[0]) - FRINGE, 0), min(int(rows[-1]) + FRINGE + 1, h)
+    c0, c1 = max(int(cols[0]) - FRINGE, 0), min(int(cols[-1]) + FRINGE + 1, w)
+    t = taken[r0:r1, c0:c1].numpy()
+    k = 2 * FRINGE + 1
+    near = cv2.dilate(owner[r0:r1, c0:c1].numpy().astype(np.uint8) * t, np.ones((k, k), np.uint8))
+    ys, xs = np.nonzero((near > 0) & ~t & ~hole[r0:r1, c0:c1].numpy())
+    if not len(ys):
+        return
+    part_of = near[ys, xs]
+    hs, ws = codes.shape
+    groups, maps = [], []
+    for label_k in np.unique(part_of).tolist():
+        name = _NAME_OF_LABEL.get(label_k)
+        m = transforms.get(name)
+        if m is None or name not in t_geom:
+            continue
+        sel = part_of == label_k
+        py, px = ys[sel] + r0, xs[sel] + c0
+        pts = torch.from_numpy(np.stack([px, py]).astype(np.float32))[:, None, :]
+        # The part's own map, not its blend into the parent's at the joint: a one- or two-pixel soft edge
+        # differs by a fraction of a pixel there, and the blend costs more than the rest of this pass.
+        maps.append(_end_at_body_scale(m, _affine(m, pts), name, target, pts, ratio))
+        groups.append((label_k, py, px))
+    if not maps:
+        return
+    r = torch.cat(maps, dim=2)  # all parts' edge pixels sampled at once
+    label = _sample(codes, r, "nearest").round().long()[0] & _LABEL_BITS
+    alpha = _sample(source_mask, r, "bilinear")[0]
+    inside = ((r[0] >= -0.5) & (r[0] <= ws - 0.5) & (r[1] >= -0.5) & (r[1] <= hs - 0.5))[0]
+    ok = (label == 0) & inside & (alpha > 0)
+    py = torch.from_numpy(np.concatenate([g[1] for g in groups]))
+    px = torch.from_numpy(np.concatenate([g[2] for g in groups]))
+    lab = torch.from_numpy(np.concatenate([np.full(len(g[1]), g[0]) for g in groups]))
+    coords[:, py[ok], px[ok]] = r[:, 0, ok]
+    person[py[ok], px[ok]] = alpha[ok]
+    owner[py[ok], px[ok]] = lab[ok]
 
 
 def _affine(m: np.ndarray, xy: torch.Tensor) -> torch.Tensor:
