@@ -99,6 +99,10 @@ def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
     if fg is None:  # "skeleton", or GrabCut could not run: the part regions, grown by colour
         fg = (cv2.resize(skeleton, small, interpolation=cv2.INTER_AREA) > 0.5).astype(np.uint8)
         _, added = _grow_by_colour(img, fg, near, reach)
+        # Slivers one small pixel thin along the part regions are their own edge, resampled (the small copy's
+        # pixels straddle it), not clothes the regions missed: kept, they would roughen the exact edge.
+        solid = cv2.morphologyEx(added.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        added = added.astype(bool) & (cv2.dilate(solid, np.ones((3, 3), np.uint8)) > 0)
         if not added.any():
             return skeleton
         # A full-resolution pixel more than the small copy's edge: the part regions' edge is exact, and the
