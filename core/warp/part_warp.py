@@ -401,13 +401,21 @@ def _end_at_body_scale(m: np.ndarray, r: torch.Tensor, name: str, target: Person
     return torch.stack((r[0] + k * float(v[0]) * past, r[1] + k * float(v[1]) * past))
 
 
-def _nearest_own(lab: np.ndarray, k: int, cache: dict | None, key: tuple):
-    """For label ``k``: per source pixel the index (from 1) of the nearest pixel inside the label's region (its
+def _nearest_own(lab: np.ndarray, k: int, cache: dict | None, key: tuple, box, reach: float):
+    """For label ``k``: on a window of the source (the label's ``box`` grown by ``reach`` px, beyond which no
+    proposal takes texture), per pixel the index (from 1) of the nearest pixel inside the label's region (its
     pixels at least 2 px from its edge, where the edge mixes in the backdrop's colour, when there are such),
-    and those pixels' x and y; None when the label has no pixel. Kept in ``cache`` (once per source)."""
-    if cache is not None and key + ("nearest", k) in cache:
-        return cache[key + ("nearest", k)]
-    own = lab == k
+    those pixels' x and y, and the window (r0, c0, r1, c1); None when the label has no pixel. Kept in
+    ``cache`` (once per source). The window keeps the distance transform to the part's size: on the whole
+    canvas one per label cost more than the rest of the warp's hole handling."""
+    m = int(np.ceil(reach)) + 3
+    hs, ws = lab.shape
+    r0, r1 = max(int(np.floor(box[1])) - m, 0), min(int(np.ceil(box[3])) + m + 1, hs)
+    c0, c1 = max(int(np.floor(box[0])) - m, 0), min(int(np.ceil(box[2])) + m + 1, ws)
+    ck = key + ("nearest", k, r0, c0, r1, c1)
+    if cache is not None and ck in cache:
+        return cache[ck]
+    own = lab[r0:r1, c0:c1] == k
     out = None
     if own.any():
         inner = cv2.erode(own.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
@@ -416,9 +424,9 @@ def _nearest_own(lab: np.ndarray, k: int, cache: dict | None, key: tuple):
         _, index = cv2.distanceTransformWithLabels((~own).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE,
                                                    labelType=cv2.DIST_LABEL_PIXEL)
         oy, ox = np.nonzero(own)  # index i (from 1) is the i-th own pixel in row-major order
-        out = (index, ox, oy)
+        out = (index, ox + c0, oy + r0, (r0, c0, r1, c1))
     if cache is not None:
-        cache[key + ("nearest", k)] = out
+        cache[ck] = out
     return out
 
 
@@ -454,15 +462,19 @@ def hole_texture(coords: torch.Tensor, hole_owner: torch.Tensor, labels: torch.T
         ys, xs = all_ys[sel], all_xs[sel]
         p = coords[:, ys, xs].numpy().astype(np.float64)
         px, py = np.clip(p[0], 0, ws - 1), np.clip(p[1], 0, hs - 1)
-        nearest = _nearest_own(lab, k, cache, key)
+        reach = TEXTURE_REACH * depth[k] / MIRROR_DEPTH
+        nearest = _nearest_own(lab, k, cache, key, boxes[k], reach)
         if nearest is None:
             continue
-        index, ox, oy = nearest
-        i = index[np.rint(py).astype(int), np.rint(px).astype(int)] - 1
+        index, ox, oy, (r0, c0, r1, c1) = nearest
+        ix, iy = np.rint(px).astype(int), np.rint(py).astype(int)
+        inside = (iy >= r0) & (iy < r1) & (ix >= c0) & (ix < c1)  # outside the window: beyond the reach
+        i = np.zeros(len(ix), np.int64)
+        i[inside] = index[iy[inside] - r0, ix[inside] - c0] - 1
         qx, qy = ox[i], oy[i]
         # A proposal far from every pixel of its part (a guessed map pointing off the limb) has no texture
         # of its own nearby: left to the smooth fill.
-        near = np.hypot(qx - px, qy - py) <= TEXTURE_REACH * depth[k] / MIRROR_DEPTH
+        near = inside & (np.hypot(qx - px, qy - py) <= reach)
         ys, xs, px, py, qx, qy = ys[near], xs[near], px[near], py[near], qx[near], qy[near]
         # Mirrored no deeper than ``depth`` into the part: deeper lies other material (a bodysuit inside a coat).
         dx, dy = qx - px, qy - py
