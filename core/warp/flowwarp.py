@@ -266,7 +266,7 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
     pf = part_flow(source.person, source.labels, source.mask, target, size, options.depth_order, source.boxes,
                    source.hidden, source.cache)
     body = (pf.person > 0) | pf.hole
-    if not body.any():  # else a picture with the person erased, silently
+    if not bool(body.numpy().any()):  # else a picture with the person erased, silently
         raise ValueError(f"{what}: no body part of the person could be placed on the {size[1]}x{size[0]} canvas "
                          f"(it needs both ends of a limb, the torso's or a face joint, on or near the canvas, "
                          f"that the source pose also has)")
@@ -299,8 +299,14 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
                                                   align_corners=False)[0]
     flat = hole if textured is None else hole & ~textured
     known = (~unknown & (alpha > 0.5)).float()
-    if flat.any():  # fill within the person's box (plus a margin): the fill only needs nearby colours
-        rows, cols = _box_slices(flat | (known > 0), margin=8)
+    if bool(flat.numpy().any()):
+        # Filled within the box of the flat holes, grown by their own size (at least FILL_MARGIN px): the fill
+        # only needs the colours around them, and most holes are textured (whole-person boxes cost ~10 ms).
+        rows, cols = _box_slices(flat, margin=0)
+        grow = max(FILL_MARGIN, rows.stop - rows.start, cols.stop - cols.start)
+        rows, cols = _box_slices(flat, margin=grow)
+        if not bool(known[rows, cols].numpy().any()):  # no colour nearby: the whole person's box
+            rows, cols = _box_slices(flat | (known > 0), margin=8)
         filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill)[0]
         person_img[:, rows, cols] = torch.where(flat[rows, cols], filled, person_img[:, rows, cols])
     # Content to generate: holes in the person, and background the source person hid that the moved
@@ -311,6 +317,9 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
     visibility = (~generate).float()
     d = source.device
     return FlowWarpResult(image.clamp(0, 1).to(d), flow[0].to(d), visibility.to(d), alpha.to(d), target_pose)
+
+
+FILL_MARGIN = 16  # px of context around the flat holes for their smooth fill (_composite)
 
 
 def _box_slices(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:

@@ -266,15 +266,15 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         hole_owner[rows, cols].masked_fill_(propose, label_k)
         alpha = _sample(source_mask, r, "bilinear")
         person[rows, cols] = torch.where(keep, alpha, person[rows, cols])
-        owner[rows, cols] = torch.where(keep, torch.tensor(label_k), owner[rows, cols])
+        owner[rows, cols].masked_fill_(keep, label_k)
         hole[rows, cols] |= new_hole
         taken[rows, cols] |= keep
     hole &= ~taken
-    if taken.any():
+    if bool(taken.numpy().any()):  # (numpy's any() on a bool tensor's memory: torch's is many times slower)
         _close_gaps(flow_coords, person, owner, taken, hole, source_labels, source_mask)
         _add_soft_edge(flow_coords, person, owner, taken, hole, transforms, t_geom, target, ratio, codes,
                        source_mask)
-    if hole.any():
+    if bool(hole.numpy().any()):
         hole &= _not_speck(hole, taken)
     hole_owner.masked_fill_(~hole, 0)
     depth = {PART_BY_NAME[n].label: MIRROR_DEPTH * g.radius for n, g in s_geom.items()}
@@ -449,7 +449,7 @@ def hole_texture(coords: torch.Tensor, hole_owner: torch.Tensor, labels: torch.T
     the placeholder a plausible start for a later inpainting stage. A part with no labelled pixel at all is
     left to the smooth fill."""
     textured = torch.zeros(hole_owner.shape, dtype=torch.bool)
-    if not bool((hole_owner > 0).any()):
+    if not bool((hole_owner > 0).numpy().any()):
         return textured
     lab = labels.numpy()
     hs, ws = lab.shape
@@ -503,7 +503,7 @@ def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, 
     t = taken[win].numpy().astype(np.uint8)
     kernel = np.ones((k, k), np.uint8)
     gap = torch.from_numpy(cv2.morphologyEx(t, cv2.MORPH_CLOSE, kernel) > 0) & ~taken[win] & ~hole[win]
-    if not gap.any():
+    if not bool(gap.numpy().any()):
         return
     # Average the displacement, not the position: a pixel among neighbours that do not move stays put.
     # Only the (few) gap pixels are sampled.
