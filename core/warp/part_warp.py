@@ -495,8 +495,8 @@ def _close_gaps(coords, person, owner, taken, hole, source_labels, source_mask, 
     loose clothes (a coat panel between thigh and torso) each keeps only the pixels landing on its own
     label, which leaves comb-like teeth along the seam. A gap pixel (inside the ``k x k`` closing of the
     kept pixels) takes the mean displacement of its kept neighbours when that lands on the person."""
-    rows = torch.nonzero(taken.any(1)).flatten()
-    cols = torch.nonzero(taken.any(0)).flatten()
+    t_np = taken.numpy()  # (numpy's any() on a bool tensor's memory: torch's is many times slower)
+    rows, cols = np.flatnonzero(t_np.any(1)), np.flatnonzero(t_np.any(0))
     r0, r1 = max(int(rows[0]) - k, 0), int(rows[-1]) + k + 1
     c0, c1 = max(int(cols[0]) - k, 0), int(cols[-1]) + k + 1
     win = (slice(r0, r1), slice(c0, c1))
@@ -530,7 +530,7 @@ def _not_speck(hole: torch.Tensor, taken: torch.Tensor) -> torch.Tensor:
     """False at hole pixels with fewer than 3 of their 8 neighbours in the person (kept or hole): single
     pixels where a part's core proposal happened to land on another label among pixels nobody keeps. Shown
     with their part's texture they would be specks on the background; they are background."""
-    rows, cols = (torch.nonzero(hole.any(d)).flatten() for d in (1, 0))
+    rows, cols = (np.flatnonzero(hole.numpy().any(d)) for d in (1, 0))
     r0, r1 = max(int(rows[0]) - 1, 0), int(rows[-1]) + 2
     c0, c1 = max(int(cols[0]) - 1, 0), int(cols[-1]) + 2
     body = (hole | taken)[r0:r1, c0:c1].numpy().astype(np.float32)
@@ -552,8 +552,8 @@ def _add_soft_edge(coords, person, owner, taken, hole, transforms, t_geom, targe
     step at 0.5; a magnified part then shows the source's pixel grid as stair-steps along its edge (about
     1 px at 1.6x). Only pixels no part keeps are used, so an arm's soft edge never hides the torso behind
     it. One dilation for all parts; the maps are evaluated at the (few) edge pixels only."""
-    rows = torch.nonzero(taken.any(1)).flatten()
-    cols = torch.nonzero(taken.any(0)).flatten()
+    t_np = taken.numpy()  # (numpy's any() on a bool tensor's memory: torch's is many times slower)
+    rows, cols = np.flatnonzero(t_np.any(1)), np.flatnonzero(t_np.any(0))
     h, w = taken.shape
     r0, r1 = max(int(rows[0]) - FRINGE, 0), min(int(rows[-1]) + FRINGE + 1, h)
     c0, c1 = max(int(cols[0]) - FRINGE, 0), min(int(cols[-1]) + FRINGE + 1, w)
