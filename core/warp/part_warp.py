@@ -192,9 +192,10 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     hs, ws = source_labels.shape
     key = ("mirrored" if mirrored_source else "plain",)
     if key + ("codes",) not in cache:
-        split = _split_opposite_overlaps(source_labels, s_geom)
+        limb_fields = _limb_fields(s_geom, source_labels.shape)
+        split = _split_opposite_overlaps(source_labels, s_geom, limb_fields)
         cache[key + ("labels",)] = split
-        cache[key + ("codes",)] = _region_codes(split, s_geom)
+        cache[key + ("codes",)] = _region_codes(split, limb_fields)
     source_labels = cache[key + ("labels",)]
     codes = cache[key + ("codes",)]
     t_scale = body_scale(target)
@@ -302,35 +303,57 @@ for _side, _other in (("right_", "left_"), ("left_", "right_")):
             _OPPOSITE[_side + _a] = tuple(_other + _b for _b in _limbs)
 
 
-def _split_opposite_overlaps(labels: torch.Tensor, s_geom) -> torch.Tensor:
+def _limb_fields(s_geom, shape: tuple[int, int]) -> dict[str, tuple[int, int, torch.Tensor]]:
+    """Normalised distance of every limb of :data:`_OPPOSITE` on its region's box of the source (``x0``,
+    ``y0``, field): computed once for :func:`_split_opposite_overlaps` and :func:`_region_codes` (the overlap
+    of two limbs' boxes lies inside both, and each pixel's value does not depend on the box)."""
+    hs, ws = shape
+    out = {}
+    for name in _OPPOSITE:
+        if name not in s_geom:
+            continue
+        g = s_geom[name]
+        x0, y0 = max(int(np.floor(g.points[:, 0].min() - g.radius)), 0), max(int(np.floor(g.points[:, 1].min() - g.radius)), 0)
+        x1 = min(int(np.ceil(g.points[:, 0].max() + g.radius)) + 1, ws)
+        y1 = min(int(np.ceil(g.points[:, 1].max() + g.radius)) + 1, hs)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        xy = base_coords(y1 - y0, x1 - x0)[0] + torch.tensor([float(x0), float(y0)])[:, None, None]
+        out[name] = (x0, y0, normalised_distance(g, xy))
+    return out
+
+
+def _field_on(fields, name: str, x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
+    fx, fy, f = fields[name]
+    return f[y0 - fy:y1 - fy, x0 - fx:x1 - fx]
+
+
+def _split_opposite_overlaps(labels: torch.Tensor, s_geom, fields) -> torch.Tensor:
     """``labels`` with the pixels inside the regions of both a left and a right limb (:data:`_OPPOSITE`) given
     to the limb whose bone is nearer (in radii), instead of to the front-most in the depth order: for two legs
     side by side that choice is arbitrary, and it left the back leg with holes where its region overlaps the
-    front one. Worked out only over each pair's overlapping region boxes."""
+    front one. Worked out only over each pair's overlapping region boxes; ``fields``: :func:`_limb_fields`."""
     out = None
-    hs, ws = labels.shape
     for a, others in _OPPOSITE.items():
-        if a not in s_geom or not a.startswith("right_"):
+        if a not in fields or not a.startswith("right_"):
             continue
-        ga, la = s_geom[a], PART_BY_NAME[a].label
+        la = PART_BY_NAME[a].label
         for b in others:
-            if b not in s_geom:
+            if b not in fields:
                 continue
-            gb, lb = s_geom[b], PART_BY_NAME[b].label
-            lo = np.maximum(ga.points.min(0) - ga.radius, gb.points.min(0) - gb.radius)
-            hi = np.minimum(ga.points.max(0) + ga.radius, gb.points.max(0) + gb.radius)
-            x0, y0 = max(int(np.floor(lo[0])), 0), max(int(np.floor(lo[1])), 0)
-            x1, y1 = min(int(np.ceil(hi[0])) + 1, ws), min(int(np.ceil(hi[1])) + 1, hs)
+            lb = PART_BY_NAME[b].label
+            (ax, ay, fa), (bx, by, fb) = fields[a], fields[b]
+            x0, y0 = max(ax, bx), max(ay, by)  # the boxes' overlap (see _limb_fields)
+            x1, y1 = min(ax + fa.shape[1], bx + fb.shape[1]), min(ay + fa.shape[0], by + fb.shape[0])
             if x0 >= x1 or y0 >= y1:
                 continue
             sub = (out if out is not None else labels)[y0:y1, x0:x1]
             on = (sub == la) | (sub == lb)
-            if not bool(on.any()):
+            if not bool(on.numpy().any()):
                 continue
-            xy = base_coords(y1 - y0, x1 - x0)[0] + torch.tensor([float(x0), float(y0)])[:, None, None]
-            da, db = normalised_distance(ga, xy), normalised_distance(gb, xy)
+            da, db = _field_on(fields, a, x0, y0, x1, y1), _field_on(fields, b, x0, y0, x1, y1)
             both = on & (da < 1) & (db < 1)
-            if bool(both.any()):
+            if bool(both.numpy().any()):
                 if out is None:
                     out = labels.clone()
                 out[y0:y1, x0:x1] = torch.where(both, torch.where(da <= db, torch.tensor(la), torch.tensor(lb)), sub)
@@ -341,29 +364,24 @@ _LABEL_BITS = 15  # region codes: the part label in the low 4 bits, then one fla
 _LIMB_BIT = {name: 4 + i for i, name in enumerate(sorted(_OPPOSITE))}
 
 
-def _region_codes(labels: torch.Tensor, s_geom) -> torch.Tensor:
+def _region_codes(labels: torch.Tensor, fields) -> torch.Tensor:
     """Per source pixel, its label plus, in bit ``_LIMB_BIT[limb]``, whether it lies inside that limb's region
     (normalised distance < 1), for the pixels labelled as the opposite side's same limb: one nearest-sample
-    of this map in :func:`part_flow` gives both the label and :func:`_on_opposite_limb`'s test."""
+    of this map in :func:`part_flow` gives both the label and :func:`_on_opposite_limb`'s test. ``fields``:
+    :func:`_limb_fields`."""
     codes = labels.clone()
-    hs, ws = labels.shape
     for name, bit in _LIMB_BIT.items():
-        if name not in s_geom:
+        if name not in fields:
             continue
-        g = s_geom[name]
-        x0, y0 = max(int(np.floor(g.points[:, 0].min() - g.radius)), 0), max(int(np.floor(g.points[:, 1].min() - g.radius)), 0)
-        x1 = min(int(np.ceil(g.points[:, 0].max() + g.radius)) + 1, ws)
-        y1 = min(int(np.ceil(g.points[:, 1].max() + g.radius)) + 1, hs)
-        if x0 >= x1 or y0 >= y1:
-            continue
+        x0, y0, f = fields[name]
+        y1, x1 = y0 + f.shape[0], x0 + f.shape[1]
         sub = labels[y0:y1, x0:x1]
         on = torch.zeros(sub.shape, dtype=torch.bool)
         for o in _OPPOSITE[name]:
             on |= sub == PART_BY_NAME[o].label
-        if not bool(on.any()):
+        if not bool(on.numpy().any()):
             continue
-        xy = base_coords(y1 - y0, x1 - x0)[0] + torch.tensor([float(x0), float(y0)])[:, None, None]
-        inside = on & (normalised_distance(g, xy) < 1)
+        inside = on & (f < 1)
         codes[y0:y1, x0:x1] |= inside.long() << bit
     return codes.float()
 
