@@ -304,7 +304,9 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
         # only needs the colours around them, and most holes are textured (whole-person boxes cost ~10 ms).
         rows, cols = _box_slices(flat, margin=0)
         grow = max(FILL_MARGIN, rows.stop - rows.start, cols.stop - cols.start)
-        rows, cols = _box_slices(flat, margin=grow)
+        h, w = flat.shape
+        rows = slice(max(rows.start - grow, 0), min(rows.stop + grow, h))
+        cols = slice(max(cols.start - grow, 0), min(cols.stop + grow, w))
         if not bool(known[rows, cols].numpy().any()):  # no colour nearby: the whole person's box
             rows, cols = _box_slices(flat | (known > 0), margin=8)
         filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill)[0]
@@ -332,21 +334,17 @@ def _box_slices(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:
 
 
 def _support_box(alpha: torch.Tensor, hole: torch.Tensor) -> tuple[slice, slice] | None:
-    """Rows and columns of the box of the nonzero ``alpha`` and the ``hole`` pixels, grown by the one pixel
-    :func:`_feather` spreads alpha by; None when both are empty. Float maxima and numpy's any(): on CPU many
-    times faster than torch's comparisons reduced with any()."""
-    a = alpha.abs()
-    holes = hole.cpu().numpy()
-    rows = (a.amax(1) > 0).cpu().numpy() | holes.any(1)
-    cols = (a.amax(0) > 0).cpu().numpy() | holes.any(0)
-    if not rows.any():
+    """The box (:func:`_box_slices`) of the nonzero ``alpha`` and the ``hole`` pixels, grown by the one pixel
+    :func:`_feather` spreads alpha by; None when both are empty, the whole canvas when the box covers most of
+    it (not worth the cutting)."""
+    support = (alpha > 0) | hole
+    if not bool(support.cpu().numpy().any()):
         return None
-    (r0, r1), (c0, c1) = np.flatnonzero(rows)[[0, -1]], np.flatnonzero(cols)[[0, -1]]
-    (h, w), r0, c0 = alpha.shape, max(int(r0) - 1, 0), max(int(c0) - 1, 0)
-    r1, c1 = min(int(r1) + 2, h), min(int(c1) + 2, w)
-    if (r1 - r0) * (c1 - c0) > 0.8 * h * w:  # not worth the cutting: the whole canvas
+    rows, cols = _box_slices(support, margin=1)
+    h, w = alpha.shape
+    if (rows.stop - rows.start) * (cols.stop - cols.start) > 0.8 * h * w:
         return slice(None), slice(None)
-    return slice(r0, r1), slice(c0, c1)
+    return rows, cols
 
 
 def _feather(alpha: torch.Tensor, box: tuple[slice, slice] | None = None) -> torch.Tensor:
