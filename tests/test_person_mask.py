@@ -98,3 +98,26 @@ def test_far_person_pixels_take_the_nearest_labelled_pixels_part():
     labels = seg.part_label_map({"torso": torso, "right_shin": shin}, mask).tolist()[0]
     t, s = PART_BY_NAME["torso"].label, PART_BY_NAME["right_shin"].label
     assert labels == [t, t, s, s, s, s, 0, t]
+
+
+def test_dark_hair_beside_black_photo_margins_is_the_person():
+    """samples/model_red_background: short black hair on a dark red backdrop, in a photo with black pillar-box
+    margins. GrabCut's backdrop model now learns from the backdrop around the person only; before, the black
+    margins made black read as backdrop and none of the hair was the person (it stayed behind as background
+    when the head moved). The red backdrop around the head stays background."""
+    from pathlib import Path
+
+    from posetransfer.core.images import load_image
+    from posetransfer.core.pose.formats import read_openpose_json
+
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    image = load_image(str(samples / "model_red_background.png"))
+    person = read_openpose_json(str(samples / "model_red_background.pose.json"))[0].person(0)
+    mask = seg.person_mask(image, person)
+    head = np.zeros(image.shape[:2], bool)
+    head[5:45, 170:235] = True  # above the eyes (y 45) and around the head
+    hair = head & (image.max(-1) < 0.12)
+    red = head & (image[..., 0] > 0.25) & (image[..., 1] < 0.05)
+    assert hair.sum() > 300 and red.sum() > 1000
+    assert (mask[hair] > 0.5).mean() > 0.85  # 0.0 before
+    assert (mask[red] > 0.5).mean() < 0.01

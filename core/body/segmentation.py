@@ -33,6 +33,7 @@ GRABCUT_ITERATIONS = 2  # 4 gave the same masks on the samples (IoU >= 0.998) at
 LOOSE = 2.0  # person pixels farther than this (in part radii) from every bone move with the torso or a leg
 CORE = 1.0  # normalised distance below which a pixel is inside a part's nominal region
 REACH_LOOSE = 0.6  # GrabCut may find person up to this many body scales beyond 3 part radii
+BACKDROP_BAND = 0.3  # body scales of sure background around the zone that GrabCut's backdrop model learns from
 MIN_SURE_BACKGROUND = 0.3  # the wider zone is used only where it leaves this fraction as sure background
 COLOUR_GAP = 0.15  # RGB distance (0..1) from the predicted background that makes a pixel stand out
 PERSON_RATIO = 2.0  # ... when its distance to the predicted person colour is below this times that distance
@@ -137,9 +138,21 @@ def _grabcut(img: np.ndarray, near: np.ndarray, person: Person, scale: float) ->
     seeds[near < SURE] = cv2.GC_FGD
     if not (seeds == cv2.GC_BGD).any() or not ((seeds == cv2.GC_PR_BGD) | (seeds == cv2.GC_BGD)).any():
         return None
+    # The backdrop's colour model comes from a band of sure background around the zone, not from the whole
+    # photo: far pixels (black pillar-box margins, a second scene) are not what the person stands against,
+    # and one of their colours matching the person (black hair, black margins) would cut it away.
+    band = max(4, int(round(BACKDROP_BAND * body_scale(person) * scale)))
+    rows, cols = np.flatnonzero(zone.any(1)), np.flatnonzero(zone.any(0))
+    h, w = seeds.shape
+    box = (slice(max(rows[0] - band, 0), min(rows[-1] + band + 1, h)),
+           slice(max(cols[0] - band, 0), min(cols[-1] + band + 1, w)))
+    crop = np.ascontiguousarray(seeds[box])
+    if not (crop == cv2.GC_BGD).any():
+        crop, box = seeds, (slice(None), slice(None))
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    if not _seeded_grabcut(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), seeds, bgd, fgd):
+    if not _seeded_grabcut(cv2.cvtColor(np.ascontiguousarray(img[box]), cv2.COLOR_RGB2BGR), crop, bgd, fgd):
         return None  # degenerate colour models (e.g. a flat image)
+    seeds[box] = crop
     fg = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
     return cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
 
