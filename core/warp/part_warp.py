@@ -9,7 +9,9 @@ For every target pixel:
 1. Each part the target pose determines proposes a source position for every pixel through its affine
    map.
    Near the joint it shares with its parent part, a child's map is blended into the parent's over one limb
-   radius (angle and stretch blended separately), so elbows, knees, shoulders and hips bend without tearing.
+   radius (angle and stretch blended separately), so elbows, knees, shoulders and hips bend without tearing;
+   where the blend falls off the source person and the part's own map does not (beside a sharply bent knee),
+   the own map is used, so the backdrop is never drawn as the limb.
 2. Parts are tried front to back (``depth_order``, reversed). A part keeps the pixel when its proposed
    source position lies on the SAME part of the source person (or on the neighbouring part, close to the
    joint they share), judged on the source's part-label map with the part's own (unblended) map, so the
@@ -254,10 +256,16 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         theirs = _on_opposite_limb(name, label, code)
         keep = ok & inside & free
         parent = PART_PARENT.get(name)
+        alpha = _sample(source_mask, r, "bilinear")
         if parent is not None and parent[0] in transforms:
             c = _blend_at_joint(transforms[parent[0]], m, geom, pxy)
             if r is not r0:  # the same hand / foot correction as the own map
                 c = c + (r - r0)
+            # Where the blend leaves the source person (the backdrop beside a bent knee or elbow) while the
+            # own map is on it, the own map's position is shown: else the backdrop would be drawn as the
+            # person, and counted as real person content.
+            off = keep & (_sample(source_mask, c, "bilinear") < 0.5) & (alpha >= 0.5)
+            c = torch.where(off, r, c)
         else:
             c = r
         fc = flow_coords[:, rows, cols]
@@ -265,7 +273,6 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
         propose = new_hole & (hole_owner[rows, cols] == 0)
         flow_coords[:, rows, cols] = torch.where(keep | propose, c, fc)
         hole_owner[rows, cols].masked_fill_(propose, label_k)
-        alpha = _sample(source_mask, r, "bilinear")
         person[rows, cols] = torch.where(keep, alpha, person[rows, cols])
         owner[rows, cols].masked_fill_(keep, label_k)
         hole[rows, cols] |= new_hole
