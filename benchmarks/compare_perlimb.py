@@ -20,6 +20,7 @@ Run with the project's venv (a few seconds)::
 
     python benchmarks/compare_perlimb.py            # table: group, pairs, SSIM and L1 of both methods
     python benchmarks/compare_perlimb.py --save DIR # also writes source | target | baseline | FlowWarp panels
+    python benchmarks/compare_perlimb.py --height 64  # every view resized to 64 px high first (pedestrian crops)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp  # noqa: 
 from posetransfer.core.images import load_image  # noqa: E402
 from posetransfer.core.pose.keypoints import JOINT_INDEX  # noqa: E402
 from posetransfer.core.pose.formats import read_openpose_json  # noqa: E402
+from posetransfer.core.pose.geometry import resize  # noqa: E402
 
 DATA = ROOT / "samples" / "turnaround"
 LIMBS = [("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"), ("left_shoulder", "left_elbow"),
@@ -139,13 +141,20 @@ def per_limb_warp(image: np.ndarray, source, target, size: tuple[int, int]) -> n
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--save", type=Path, help="write a panel per pair into this folder")
+    ap.add_argument("--height", type=int, help="resize every view (photo and keypoints) to this canvas height "
+                    "first, e.g. 100 or 64 to match small pedestrian crops")
     args = ap.parse_args(argv)
     facing = json.loads((DATA / "facing.json").read_text())
     views = {}
     for name in facing:
         pose = read_openpose_json(DATA / f"{name}.pose.json")[0]
         if pose.people and pose.people[0].present.sum() >= 8:
-            views[name] = (load_image(DATA / f"{name}.png"), pose)
+            image = load_image(DATA / f"{name}.png")
+            if args.height:
+                h, w = image.shape[:2]
+                width = max(8, round(w * args.height / h))
+                image, pose = resize(image, pose, width, args.height, interpolation="area")
+            views[name] = (image, pose)
     rows = {"same-facing": [], "turn": []}
     for s, t in itertools.permutations(views, 2):
         (s_img, s_pose), (t_img, t_pose) = views[s], views[t]
