@@ -309,7 +309,10 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
         cols = slice(max(cols.start - grow, 0), min(cols.stop + grow, w))
         if not bool(known[rows, cols].numpy().any()):  # no colour nearby: the whole person's box
             rows, cols = _box_slices(flat | (known > 0), margin=8)
-        filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill)[0]
+        # Only the flat holes are read: the finest level of the fill is worked out on their box alone.
+        needed = _box_slices(flat[rows, cols], margin=0)
+        filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill,
+                            needed)[0]
         person_img[:, rows, cols] = torch.where(flat[rows, cols], filled, person_img[:, rows, cols])
     # Content to generate: holes in the person, and background the source person hid that the moved
     # person does not cover. Binary, as inpainting stages expect.
