@@ -200,7 +200,9 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     hs, ws = source_labels.shape
     key = ("mirrored" if mirrored_source else "plain",)
     if key + ("codes",) not in cache:
-        limb_fields = _limb_fields(s_geom, source_labels.shape)
+        limb_fields = cache.pop(key + ("limb_fields",), None)  # (prepare_cache's)
+        if limb_fields is None:
+            limb_fields = _limb_fields(s_geom, source_labels.shape)
         split = _split_opposite_overlaps(source_labels, s_geom, limb_fields)
         cache[key + ("labels",)] = split
         cache[key + ("codes",)] = _region_codes(split, limb_fields)
@@ -334,6 +336,13 @@ def _limb_fields(s_geom, shape: tuple[int, int]) -> dict[str, tuple[int, int, to
             continue
         out[name] = (x0, y0, grid_normalised_distance(g, slice(y0, y1), slice(x0, x1)))
     return out
+
+
+def prepare_cache(source: Person, shape: tuple[int, int], cache: dict) -> None:
+    """Put in ``cache`` (:func:`part_flow`'s, kept with the source) ahead of the first warp what needs neither
+    a target nor the source's labels: the unmirrored source's :func:`_limb_fields` (prepare_source works
+    them out while GrabCut runs)."""
+    cache[("plain", "limb_fields")] = _limb_fields(part_geometry(source), shape)
 
 
 def _field_on(fields, name: str, x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
