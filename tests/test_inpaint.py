@@ -71,3 +71,23 @@ def _check_box_fills():
                 inpaint._extent(k.amin(dim=-2).flatten(0, -2).amin(0) < 1)
             assert (box[0][1] - box[0][0]) * (box[1][1] - box[1][0]) <= 0.8 * h * w or k is not known
             assert torch.equal(pyramid_fill(image, k), _reference_fill(image, k)), ((h, w), (y0, y1, x0, x1))
+
+
+def test_fill_worked_out_only_where_needed_gives_the_same_values_there():
+    """``needed`` (the pixels the caller reads, e.g. _composite's flat holes) narrows the finest level on one
+    thread: inside it the values are the full fill's to the bit; holes outside are left unfilled."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(3)
+        for h, w in ((120, 90), (301, 257)):
+            image = torch.rand(1, 3, h, w, generator=g)
+            known = torch.ones(1, 1, h, w)
+            known[..., 10:h - 20, 5:w - 30] = 0
+            needed = (slice(40, 61), slice(17, 50))
+            full, part = pyramid_fill(image, known), pyramid_fill(image, known, needed)
+            assert torch.equal(part[..., needed[0], needed[1]], full[..., needed[0], needed[1]]), (h, w)
+            assert torch.equal(part[..., :5, :], full[..., :5, :])  # known pixels outside kept
+            assert bool((part[..., 12, 8] == 0).all()) and bool((full[..., 12, 8] != 0).any())  # not filled there
+    finally:
+        torch.set_num_threads(threads)

@@ -142,3 +142,35 @@ def test_sharply_bent_knees_and_elbows_never_show_the_backdrop_as_the_person():
         real_person = (r.person.numpy() > 0.99) & (r.visibility.numpy() > 0.5)
         assert real_person.sum() > 12000
         assert (real_person & backdrop[src[1], src[0]]).sum() == 0, (thigh, bend)
+
+
+def test_the_callers_meanwhile_work_runs_once_while_grabcut_runs_and_changes_no_mask(monkeypatch):
+    """person_mask's ``meanwhile`` (prepare_source's mask-free work) runs exactly once, while GrabCut runs in
+    its thread for "grabcut" (the cut waits here until it has started: they overlap on a second core), also
+    for "skeleton" (no GrabCut), and the mask is the one made without it."""
+    import threading
+
+    image, pose, _ = _striped_figure()
+    person = pose.person(0)
+    grabcut, started, overlapped = cv2.grabCut, threading.Event(), []
+
+    def waiting_grabcut(*args):
+        overlapped.append(started.wait(10))  # False (after 10 s) when meanwhile runs only after the cut
+        return grabcut(*args)
+
+    for method in ("grabcut", "skeleton"):
+        calls = []
+
+        def meanwhile():
+            calls.append(method)
+            started.set()
+
+        plain = seg.person_mask(image, person, method)
+        started.clear()
+        overlapped.clear()
+        monkeypatch.setattr(cv2, "grabCut", waiting_grabcut)
+        mask = seg.person_mask(image, person, method, meanwhile=meanwhile)
+        monkeypatch.setattr(cv2, "grabCut", grabcut)
+        assert calls == [method]
+        assert overlapped == ([True] if method == "grabcut" else [])
+        assert np.array_equal(mask, plain), method

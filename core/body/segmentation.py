@@ -69,35 +69,53 @@ def part_distance_fields(person: Person, size: tuple[int, int]) -> dict[str, tor
 
 
 def person_mask(image: np.ndarray, person: Person, method: str = "grabcut",
-                fields: dict[str, torch.Tensor] | None = None) -> np.ndarray:
-    """Soft person mask ``(H, W)`` float32 in 0..1 for ``image`` ``(H, W, 3)`` float 0..1 (see module doc)."""
+                fields: dict[str, torch.Tensor] | None = None, meanwhile=None) -> np.ndarray:
+    """Soft person mask ``(H, W)`` float32 in 0..1 for ``image`` ``(H, W, 3)`` float 0..1 (see module doc).
+    ``meanwhile``: a callable of the caller's that needs no mask, called once (before this returns) while
+    GrabCut runs in its thread (cv2 releases the GIL there), so the two overlap on a second core."""
     if method not in SEGMENTATION_METHODS:
         raise ValueError(f"segmentation: expected one of {SEGMENTATION_METHODS}, got {method!r}")
+    pending = [meanwhile] if meanwhile is not None else []
+
+    def run_meanwhile():
+        while pending:
+            pending.pop()()
+
+    mask = _person_mask(image, person, method, fields, run_meanwhile)
+    run_meanwhile()  # (when GrabCut did not run)
+    return mask
+
+
+def _person_mask(image, person, method, fields, meanwhile) -> np.ndarray:
     h, w = image.shape[:2]
     fields = fields if fields is not None else part_distance_fields(person, (h, w))
     if not fields:
         return np.zeros((h, w), np.float32)
     radii = {name: g.radius for name, g in part_geometry(person).items()}
-    # Union of the part regions, with a one-pixel anti-aliased edge. Running minimum / maximum, in place:
-    # the same values as amin / amax over stacked fields without the stacked copies.
-    nearest, skeleton = None, None
-    for n, f in fields.items():
-        region = (1 - f).mul_(radii[n]).add_(0.5).clamp_(0, 1)
-        if nearest is None:
-            nearest, skeleton = f.clone(), region
-        else:
-            torch.minimum(nearest, f, out=nearest)
-            torch.maximum(skeleton, region, out=skeleton)
+    # Running minimum, in place: the same values as amin over stacked fields without the stacked copy.
+    nearest = None
+    for f in fields.values():
+        nearest = f.clone() if nearest is None else torch.minimum(nearest, f, out=nearest)
     nearest = nearest.numpy()
-    skeleton = skeleton.numpy().astype(np.float32)
+
+    def skeleton_of() -> np.ndarray:
+        """Union of the part regions, with a one-pixel anti-aliased edge (running maximum, in place); only
+        the skeleton method and a failed GrabCut need it."""
+        skeleton = None
+        for n, f in fields.items():
+            region = (1 - f).mul_(radii[n]).add_(0.5).clamp_(0, 1)
+            skeleton = region if skeleton is None else torch.maximum(skeleton, region, out=skeleton)
+        return skeleton.numpy().astype(np.float32)
+
     # Both methods work on a copy at most GRABCUT_SIDE pixels wide (the colour steps need no more).
     scale = min(1.0, GRABCUT_SIDE / max(h, w))
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
     img = cv2.resize(np.clip(image * 255, 0, 255).astype(np.uint8), small, interpolation=cv2.INTER_AREA)
     near = cv2.resize(nearest, small, interpolation=cv2.INTER_LINEAR)
-    fg = _grabcut(img, near, person, scale) if method == "grabcut" else None
+    fg = _grabcut(img, near, person, scale, meanwhile) if method == "grabcut" else None
     reach = GROW_REACH * body_scale(person) * scale
     if fg is None:  # "skeleton", or GrabCut could not run: the part regions, grown by colour
+        skeleton = skeleton_of()
         fg = (cv2.resize(skeleton, small, interpolation=cv2.INTER_AREA) > 0.5).astype(np.uint8)
         _, added = _grow_by_colour(img, fg, near, reach)
         # Slivers one small pixel thin along the part regions are their own edge, resampled (the small copy's
@@ -122,9 +140,11 @@ def _upsample(binary: np.ndarray, size: tuple[int, int], scale: float) -> np.nda
     return np.clip(cv2.GaussianBlur(mask, (0, 0), max(0.6, 0.5 / scale)), 0, 1)
 
 
-def _grabcut(img: np.ndarray, near: np.ndarray, person: Person, scale: float) -> np.ndarray | None:
+def _grabcut(img: np.ndarray, near: np.ndarray, person: Person, scale: float, meanwhile=None
+             ) -> np.ndarray | None:
     """GrabCut's person (uint8 0/1) on the small copy ``img`` (RGB uint8), seeded by the normalised distance
-    ``near`` to the nearest part; None when it cannot run (no background seed, degenerate colour models)."""
+    ``near`` to the nearest part; None when it cannot run (no background seed, degenerate colour models).
+    ``meanwhile``: called while GrabCut runs (see :func:`person_mask`)."""
     seeds = np.full(near.shape, cv2.GC_BGD, np.uint8)
     # Loose clothes (coat tails, wide skirts) reach far from every bone: "probably background", not sure
     # background, up to a further REACH_LOOSE body scales around the 3-radii zone.
@@ -150,18 +170,20 @@ def _grabcut(img: np.ndarray, near: np.ndarray, person: Person, scale: float) ->
     if not (crop == cv2.GC_BGD).any():
         crop, box = seeds, (slice(None), slice(None))
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    if not _seeded_grabcut(cv2.cvtColor(np.ascontiguousarray(img[box]), cv2.COLOR_RGB2BGR), crop, bgd, fgd):
+    if not _seeded_grabcut(cv2.cvtColor(np.ascontiguousarray(img[box]), cv2.COLOR_RGB2BGR), crop, bgd, fgd,
+                           meanwhile):
         return None  # degenerate colour models (e.g. a flat image)
     seeds[box] = crop
     fg = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)
     return cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
 
 
-def _seeded_grabcut(bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np.ndarray) -> bool:
+def _seeded_grabcut(bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np.ndarray, meanwhile=None) -> bool:
     """cv2.grabCut (in place on ``seeds``) with its k-means start seeded, so the same photo gives the same mask,
     without touching the caller's OpenCV RNG: OpenCV's RNG (``cv::theRNG``) is per thread, and Python's cv2
     cannot read or restore it, so the seeding and the cut run in a short-lived thread of their own (the
-    ComfyUI process's RNG is left as it was). False when GrabCut fails (degenerate colour models)."""
+    ComfyUI process's RNG is left as it was). ``meanwhile`` (optional) runs on this thread while the cut
+    runs. False when GrabCut fails (degenerate colour models)."""
     failed = []
 
     def cut():
@@ -173,7 +195,11 @@ def _seeded_grabcut(bgr: np.ndarray, seeds: np.ndarray, bgd: np.ndarray, fgd: np
 
     worker = threading.Thread(target=cut, name="posetransfer-grabcut")
     worker.start()
-    worker.join()
+    try:
+        if meanwhile is not None:
+            meanwhile()
+    finally:
+        worker.join()
     return not failed
 
 

@@ -33,7 +33,7 @@ from ..flow import base_coords, coords_to_flow, coords_to_grid, flow_to_color, w
 from ..pose.geometry import fit_source_pose
 from .hole_fill import INPAINT_METHODS, fill_holes
 from ..pose.keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
-from .part_warp import hidden_parts, label_boxes, part_flow
+from .part_warp import hidden_parts, label_boxes, part_flow, prepare_cache
 from ..body.parts import DEFAULT_DEPTH_ORDER
 from ..pose.retarget import ANCHORS, retarget_pose
 from ..body.segmentation import SEGMENTATION_METHODS, part_distance_fields, part_label_map, person_mask
@@ -191,8 +191,14 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
     if not fields:
         raise ValueError(f"{what} pose: too few joints to locate any body part (need e.g. neck and a hip, "
                          f"or both ends of a limb)")
-    mask = torch.from_numpy(person_mask(image, person, options.segmentation, fields))
-    img = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    cache, made = {}, {}
+
+    def meanwhile():  # what needs no mask, worked out while GrabCut runs in its own thread
+        made["img"] = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+        prepare_cache(person, (h, w), cache)
+
+    mask = torch.from_numpy(person_mask(image, person, options.segmentation, fields, meanwhile))
+    img = made["img"]
     labels = part_label_map(fields, mask, side_view_depth_order(person, options.depth_order))
     if options.background == "inpaint":
         # Fill from colours well away from the silhouette (segmentation edges are not exact), but keep the
@@ -211,7 +217,7 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
         background = img.clone() if value is None else torch.full_like(img, value)
         real = torch.ones(h, w)
     return PreparedSource(img, pose, person, mask, labels, background, real, label_boxes(labels),
-                          hidden_parts(person, labels), device)
+                          hidden_parts(person, labels), device, cache)
 
 
 def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
@@ -309,7 +315,10 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
         cols = slice(max(cols.start - grow, 0), min(cols.stop + grow, w))
         if not bool(known[rows, cols].numpy().any()):  # no colour nearby: the whole person's box
             rows, cols = _box_slices(flat | (known > 0), margin=8)
-        filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill)[0]
+        # Only the flat holes are read: the finest level of the fill is worked out on their box alone.
+        needed = _box_slices(flat[rows, cols], margin=0)
+        filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill,
+                            needed)[0]
         person_img[:, rows, cols] = torch.where(flat[rows, cols], filled, person_img[:, rows, cols])
     # Content to generate: holes in the person, and background the source person hid that the moved
     # person does not cover. Binary, as inpainting stages expect.

@@ -11,12 +11,15 @@ INPAINT_METHODS = ("pyramid", "telea")
 WINDOW_PIXELS = 256 * 256  # below this the finest level is not worth cutting to the box of the holes
 
 
-def pyramid_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+def pyramid_fill(image: torch.Tensor, known: torch.Tensor,
+                 needed: tuple[slice, slice] | None = None) -> torch.Tensor:
     """Fill where ``known`` is 0 with a smooth extension of the known pixels (pull-push).
 
     ``image`` ``(B, C, H, W)``, ``known`` ``(B, 1, H, W)`` weights in 0..1. Known pixels are kept (soft
     weights blend). Each coarser level averages the known pixels (weighted); holes take the upsampled
     coarser value, so a hole gets the colours around it, smoothly. Linear in the pixel count.
+    ``needed``: the rows and columns (slices) of the only pixels the caller reads; on one thread the finest
+    level is then worked out only there (their values unchanged), and the holes outside are left unfilled.
     """
     # The tests on the weights are float minima / maxima: on CPU many times faster than comparisons
     # reduced with any() / all(), with the same answers for weights without NaN (NaN takes the old tests).
@@ -52,9 +55,14 @@ def pyramid_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     s = levels[0][0]
     h, w = s.shape[-2:]
     rows, cols = (0, h), (0, w)
-    if finite and h * w >= WINDOW_PIXELS and torch.get_num_threads() == 1:
+    if finite and (h * w >= WINDOW_PIXELS or needed is not None) and torch.get_num_threads() == 1:
         rows = _extent(known.amin(dim=-1).flatten(0, -2).amin(0) < 1)
         cols = _extent(known.amin(dim=-2).flatten(0, -2).amin(0) < 1)
+        if needed is not None:
+            inner = [(max(lo, r.indices(n)[0]), min(hi, r.indices(n)[1]))
+                     for (lo, hi), r, n in zip((rows, cols), needed, (h, w))]
+            if all(lo < hi for lo, hi in inner):  # (else no hole is read: any box serves)
+                rows, cols = inner
     if (rows[1] - rows[0]) * (cols[1] - cols[0]) > 0.8 * h * w:  # not worth the cutting
         rows, cols = (0, h), (0, w)
     up = _upsample_box(filled, rows, cols, (h, w))
@@ -120,10 +128,12 @@ def telea_fill(image: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarr
     return out.astype(np.float32) / 255
 
 
-def fill_holes(image: torch.Tensor, hole: torch.Tensor, method: str = "pyramid") -> torch.Tensor:
-    """Fill ``hole`` (``(B, 1, H, W)``, 1 = fill) in ``image`` ``(B, C, H, W)`` with ``method``."""
+def fill_holes(image: torch.Tensor, hole: torch.Tensor, method: str = "pyramid",
+               needed: tuple[slice, slice] | None = None) -> torch.Tensor:
+    """Fill ``hole`` (``(B, 1, H, W)``, 1 = fill) in ``image`` ``(B, C, H, W)`` with ``method``. ``needed``: see
+    :func:`pyramid_fill` (the pixels read; the other holes may stay unfilled)."""
     if method == "pyramid":
-        return pyramid_fill(image, 1 - hole)
+        return pyramid_fill(image, 1 - hole, needed)
     if method == "telea":
         out = [torch.from_numpy(telea_fill(im.permute(1, 2, 0).cpu().numpy(), h[0].cpu().numpy())).permute(2, 0, 1)
                for im, h in zip(image, hole)]

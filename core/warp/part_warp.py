@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 from ..flow import base_coords, coords_to_grid
 from ..pose.keypoints import Person
-from ..body.part_fields import normalised_distance, part_geometry, segment_distance
+from ..body.part_fields import grid_normalised_distance, part_geometry
 from ..body.part_transforms import fit_part_transforms, foreshortened_limb_transforms
 from ..body.parts import (DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_EXTENSION, PART_PARENT,
                           PART_RADIUS, body_scale)
@@ -110,11 +110,17 @@ def label_boxes(labels: torch.Tensor) -> dict[int, tuple[float, float, float, fl
     return out
 
 
-def _preimage_box(matrix: np.ndarray, box) -> tuple[float, float, float, float]:
-    """Bounding box of the target pixels an affine (target -> source) sends into a source ``box``."""
+def _inverse(matrix: np.ndarray) -> np.ndarray:
+    """The (2, 3) inverse of an affine (2, 3)."""
+    return np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+
+
+def _preimage_box(matrix: np.ndarray, box, inv: np.ndarray | None = None) -> tuple[float, float, float, float]:
+    """Bounding box of the target pixels an affine (target -> source) sends into a source ``box``; ``inv``:
+    its :func:`_inverse`, when known."""
     x0, y0, x1, y1 = box
     corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], float)
-    inv = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    inv = _inverse(matrix) if inv is None else inv
     pts = corners @ inv[:, :2].T + inv[:, 2]
     return pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()
 
@@ -194,7 +200,9 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     hs, ws = source_labels.shape
     key = ("mirrored" if mirrored_source else "plain",)
     if key + ("codes",) not in cache:
-        limb_fields = _limb_fields(s_geom, source_labels.shape)
+        limb_fields = cache.pop(key + ("limb_fields",), None)  # (prepare_cache's)
+        if limb_fields is None:
+            limb_fields = _limb_fields(s_geom, source_labels.shape)
         split = _split_opposite_overlaps(source_labels, s_geom, limb_fields)
         cache[key + ("labels",)] = split
         cache[key + ("codes",)] = _region_codes(split, limb_fields)
@@ -224,13 +232,14 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
                     reach = JOINT_REACH * s_geom[other].radius
                     jx, jy = source.body[joint, :2]
                     src_boxes.append((jx - reach, jy - reach, jx + reach, jy + reach))
-            win_boxes += [_preimage_box(m, b) for b in src_boxes if b is not None]
+            inv = _inverse(m)  # once for all the part's boxes
+            win_boxes += [_preimage_box(m, b, inv) for b in src_boxes if b is not None]
         win = _window(win_boxes, h, w)
         if win is None:
             continue
         rows, cols = win
         pxy = xy[:, rows, cols]
-        core = _core(geom, core_box, rows, cols, xy)
+        core = _core(geom, core_box, rows, cols)
         free = ~taken[rows, cols]
         if m is None:  # the target shows this part, the source cannot supply it
             new_hole = core & free
@@ -325,9 +334,15 @@ def _limb_fields(s_geom, shape: tuple[int, int]) -> dict[str, tuple[int, int, to
         y1 = min(int(np.ceil(g.points[:, 1].max() + g.radius)) + 1, hs)
         if x0 >= x1 or y0 >= y1:
             continue
-        xy = base_coords(y1 - y0, x1 - x0)[0] + torch.tensor([float(x0), float(y0)])[:, None, None]
-        out[name] = (x0, y0, normalised_distance(g, xy))
+        out[name] = (x0, y0, grid_normalised_distance(g, slice(y0, y1), slice(x0, x1)))
     return out
+
+
+def prepare_cache(source: Person, shape: tuple[int, int], cache: dict) -> None:
+    """Put in ``cache`` (:func:`part_flow`'s, kept with the source) ahead of the first warp what needs neither
+    a target nor the source's labels: the unmirrored source's :func:`_limb_fields` (prepare_source works
+    them out while GrabCut runs)."""
+    cache[("plain", "limb_fields")] = _limb_fields(part_geometry(source), shape)
 
 
 def _field_on(fields, name: str, x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
@@ -625,15 +640,16 @@ def _affine(m: np.ndarray, xy: torch.Tensor) -> torch.Tensor:
                         float(m[1, 0]) * x + float(m[1, 1]) * y + float(m[1, 2])))
 
 
-def _core(geom, box, rows: slice, cols: slice, xy: torch.Tensor) -> torch.Tensor:
-    """``normalised_distance < 1`` on the window ``rows, cols``, computed only inside the part's own
-    ``box`` (it is False outside it)."""
+def _core(geom, box, rows: slice, cols: slice) -> torch.Tensor:
+    """``normalised_distance < 1`` on the pixel grid's window ``rows, cols``, computed only inside the part's
+    own ``box`` (it is False outside it), with the per-row and per-column terms once
+    (:func:`~..body.part_fields.grid_normalised_distance`: the same values)."""
     core = torch.zeros(rows.stop - rows.start, cols.stop - cols.start, dtype=torch.bool)
     y0, y1 = max(int(np.floor(box[1])), rows.start), min(int(np.ceil(box[3])) + 1, rows.stop)
     x0, x1 = max(int(np.floor(box[0])), cols.start), min(int(np.ceil(box[2])) + 1, cols.stop)
     if y0 < y1 and x0 < x1:
         core[y0 - rows.start:y1 - rows.start, x0 - cols.start:x1 - cols.start] = \
-            normalised_distance(geom, xy[:, y0:y1, x0:x1]) < 1.0
+            grid_normalised_distance(geom, slice(y0, y1), slice(x0, x1)) < 1.0
     return core
 
 
@@ -662,11 +678,12 @@ def _blend_at_joint(parent: np.ndarray, child: np.ndarray, geom, xy: torch.Tenso
     q_p, q_c = parent[:, :2] @ a + parent[:, 2], child[:, :2] @ a + child[:, 2]  # where each sends the joint
     ang = ang_p + wgt * dang
     cos, sin = torch.cos(ang), torch.sin(ang)
-    s = [[(1 - wgt) * float(s_p[i, j]) + wgt * float(s_c[i, j]) for j in range(2)] for i in range(2)]
+    rest = 1 - wgt  # (once: the same values as 1 - wgt in every term)
+    s = [[rest * float(s_p[i, j]) + wgt * float(s_c[i, j]) for j in range(2)] for i in range(2)]
     sx = s[0][0] * dx + s[0][1] * dy  # stretch, then rotate
     sy = s[1][0] * dx + s[1][1] * dy
-    qx = (1 - wgt) * float(q_p[0]) + wgt * float(q_c[0])
-    qy = (1 - wgt) * float(q_p[1]) + wgt * float(q_c[1])
+    qx = rest * float(q_p[0]) + wgt * float(q_c[0])
+    qy = rest * float(q_p[1]) + wgt * float(q_c[1])
     return torch.stack((qx + cos * sx - sin * sy, qy + sin * sx + cos * sy))
 
 
