@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from compare_perlimb import masked_ssim, per_limb_warp  # noqa: E402
 from posetransfer.core.body.segmentation import person_mask  # noqa: E402
 from posetransfer.core.body.views import is_side_view, view_flips  # noqa: E402
+from posetransfer.core.images import load_image  # noqa: E402
 from posetransfer.core.pose.formats import read_openpose_json  # noqa: E402
 from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp  # noqa: E402
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     views = {}
     for path in sorted(DATA.glob("*.png")):
-        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+        image = load_image(path)
         pose = read_openpose_json(path.with_suffix(".pose.json"))[0]
         views[path.stem] = (image, pose, person_mask(image, pose.people[0]) > 0.5)
     rows: dict[tuple[str, str], list] = {}
