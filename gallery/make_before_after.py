@@ -1,7 +1,10 @@
-"""Compose gallery/demo_before_after.jpg and gallery/turnaround_before_after.jpg from two runs of FlowWarp.
+"""Compose gallery/demo_before_after.jpg, turnaround_before_after.jpg and video_before_after.jpg from two runs
+of FlowWarp.
 
-Each run is a folder holding ``demo/`` (``posetransfer demo --out RUN/demo``) and ``turnaround/``
-(``python benchmarks/compare_perlimb.py --save RUN/turnaround``), made by the code before and after a change::
+Each run is a folder holding ``demo/`` (``posetransfer demo --out RUN/demo``), ``turnaround/``
+(``python benchmarks/compare_perlimb.py --save RUN/turnaround``) and ``video/``
+(``python benchmarks/compare_video.py --save RUN/video``), made by the code before and after a change
+(``--only NAME`` writes just one picture, from just its subfolder)::
 
     git worktree add --detach /tmp/before <commit>; mkdir -p /tmp/pkg && ln -sfn /tmp/before /tmp/pkg/posetransfer
     PYTHONPATH=/tmp/pkg python -m posetransfer demo --out /tmp/run_before/demo
@@ -13,7 +16,8 @@ Each run is a folder holding ``demo/`` (``posetransfer demo --out RUN/demo``) an
 demo_before_after: one row per demo case of :data:`DEMO_CASES`; columns result and mask (white = to generate)
 before, then after. turnaround_before_after: one row per pair of :data:`TURN_PAIRS`; columns source, real
 target view, the quick per-limb warp, FlowWarp before, FlowWarp after (compare_perlimb's panels are source |
-target | per-limb | FlowWarp side by side).
+target | per-limb | FlowWarp side by side). video_before_after: the same for the pairs of :data:`VIDEO_PAIRS`
+(compare_video's panels).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ DEMO_CASES = ("fashion_standing_to_jumper_retargeted", "fashion_standing_to_jump
               "fashion_standing_to_model_red_background", "model_red_background_to_jumper_retargeted")
 TURN_PAIRS = ("turn_front_to_turn_side1", "turn_front_to_turn_back", "turn_side1_to_turn_back",
               "turn_back_to_turn_side1", "turn_side2_to_turn_hero", "pix_front_to_pix_side1")
+VIDEO_PAIRS = ("street_f44_to_street_f11", "street_f44_to_street_f22", "street_f44_to_street_f33")
 CELL = 220       # demo cells are scaled to this width and height
 TURN_CELL = 100  # turnaround cells: this wide
+VIDEO_CELL = 175  # video cells: this wide (the frames' own width)
 HEADER = 24
 
 
@@ -62,16 +68,26 @@ def demo_grid(before: Path, after: Path, label_before: str, label_after: str) ->
     return np.vstack([_header(labels, CELL), *rows])
 
 
-def turnaround_grid(before: Path, after: Path, label_before: str, label_after: str) -> np.ndarray:
+def panel_grid(before: Path, after: Path, label_before: str, label_after: str, folder: str = "turnaround",
+               pairs: tuple[str, ...] = TURN_PAIRS, cell: int = TURN_CELL) -> np.ndarray:
+    """One row per pair: the before run's four panel cells (source | target | per-limb | FlowWarp) and the
+    after run's FlowWarp cell, from the compare scripts' ``--save`` panels in ``RUN/folder``."""
     rows = []
-    for pair in TURN_PAIRS:
-        old, new = _read(before / "turnaround" / f"{pair}.png"), _read(after / "turnaround" / f"{pair}.png")
+    for pair in pairs:
+        old, new = _read(before / folder / f"{pair}.png"), _read(after / folder / f"{pair}.png")
         w = old.shape[1] // 4  # source | target | per-limb | FlowWarp
         cells = [old[:, i * w:(i + 1) * w] for i in range(4)] + [new[:, 3 * w:4 * w]]
-        h = round(cells[0].shape[0] * TURN_CELL / w)
-        rows.append(np.hstack([cv2.resize(c, (TURN_CELL, h), interpolation=cv2.INTER_AREA) for c in cells]))
+        h = round(cells[0].shape[0] * cell / w)
+        rows.append(np.hstack([cv2.resize(c, (cell, h), interpolation=cv2.INTER_AREA) for c in cells]))
     labels = ["source", "target", "per-limb", label_before, label_after]
-    return np.vstack([_header(labels, TURN_CELL), *rows])
+    return np.vstack([_header(labels, cell), *rows])
+
+
+def video_grid(before: Path, after: Path, label_before: str, label_after: str) -> np.ndarray:
+    return panel_grid(before, after, label_before, label_after, "video", VIDEO_PAIRS, VIDEO_CELL)
+
+
+GRIDS = {"demo_before_after": demo_grid, "turnaround_before_after": panel_grid, "video_before_after": video_grid}
 
 
 def main(argv=None) -> None:
@@ -80,12 +96,13 @@ def main(argv=None) -> None:
     ap.add_argument("--after", type=Path, required=True, help="run folder of the code after")
     ap.add_argument("--label-before", default="before", help="column label of the run before (e.g. its commit)")
     ap.add_argument("--label-after", default="after", help="column label of the run after")
-    ap.add_argument("--out", type=Path, default=ROOT, help="folder for the two .jpg files")
+    ap.add_argument("--out", type=Path, default=ROOT, help="folder for the .jpg files")
+    ap.add_argument("--only", choices=sorted(GRIDS), nargs="+", default=sorted(GRIDS),
+                    help="write only these pictures (each needs its run subfolder: demo/, turnaround/, video/)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    grids = {"demo_before_after": demo_grid, "turnaround_before_after": turnaround_grid}
-    for name, grid in grids.items():
-        image = grid(args.before, args.after, args.label_before, args.label_after)
+    for name in args.only:
+        image = GRIDS[name](args.before, args.after, args.label_before, args.label_after)
         cv2.imwrite(str(args.out / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         print(args.out / f"{name}.jpg")
 

@@ -18,16 +18,19 @@ def _script():
 
 
 def _run(folder: Path, script, value: int) -> None:
-    """A run folder whose every picture is one grey ``value``; turnaround panels hold 4 tiles of 40 x 70."""
+    """A run folder whose every picture is one grey ``value``; turnaround and video panels hold 4 tiles of
+    40 x 70."""
     (folder / "demo").mkdir(parents=True)
     (folder / "turnaround").mkdir()
+    (folder / "video").mkdir()
     for case in script.DEMO_CASES:
         for suffix in ("", "_mask"):
             cv2.imwrite(str(folder / "demo" / f"{case}{suffix}.png"), np.full((50, 60, 3), value, np.uint8))
-    for pair in script.TURN_PAIRS:
-        panel = np.concatenate([np.full((70, 40, 3), 10 * (i + 1), np.uint8) for i in range(4)], axis=1)
-        panel[:, 120:] = value  # the FlowWarp tile
-        cv2.imwrite(str(folder / "turnaround" / f"{pair}.png"), panel)
+    for sub, pairs in (("turnaround", script.TURN_PAIRS), ("video", script.VIDEO_PAIRS)):
+        for pair in pairs:
+            panel = np.concatenate([np.full((70, 40, 3), 10 * (i + 1), np.uint8) for i in range(4)], axis=1)
+            panel[:, 120:] = value  # the FlowWarp tile
+            cv2.imwrite(str(folder / sub / f"{pair}.png"), panel)
 
 
 def test_grids_put_before_and_after_side_by_side(tmp_path):
@@ -40,12 +43,25 @@ def test_grids_put_before_and_after_side_by_side(tmp_path):
     assert demo.shape == (header + cell * len(script.DEMO_CASES), 4 * cell, 3)
     body = demo[header:]
     assert abs(body[:, :2 * cell].mean() - 60) < 3 and abs(body[:, 2 * cell:].mean() - 200) < 3
-    turn = cv2.imread(str(tmp_path / "turnaround_before_after.jpg")).astype(float)[header:]
-    w = script.TURN_CELL
-    assert turn.shape[1] == 5 * w
-    # source | target | per-limb from the run before, then FlowWarp before, FlowWarp after.
-    for i, value in enumerate((10, 20, 30, 60, 200)):
-        assert abs(turn[:, i * w + 5:(i + 1) * w - 5].mean() - value) < 4, i
+    for name, w, pairs in (("turnaround", script.TURN_CELL, script.TURN_PAIRS),
+                           ("video", script.VIDEO_CELL, script.VIDEO_PAIRS)):
+        turn = cv2.imread(str(tmp_path / f"{name}_before_after.jpg")).astype(float)[header:]
+        assert turn.shape[:2] == (len(pairs) * round(70 * w / 40), 5 * w), name
+        # source | target | per-limb from the run before, then FlowWarp before, FlowWarp after.
+        for i, value in enumerate((10, 20, 30, 60, 200)):
+            assert abs(turn[:, i * w + 5:(i + 1) * w - 5].mean() - value) < 4, (name, i)
+
+
+def test_only_writes_the_pictures_asked_for_from_their_folder_alone(tmp_path):
+    script = _script()
+    for run, value in (("before", 60), ("after", 200)):
+        _run(tmp_path / run, script, value)
+        for sub in ("demo", "turnaround"):  # only video/ is there
+            for f in (tmp_path / run / sub).iterdir():
+                f.unlink()
+    script.main(["--before", str(tmp_path / "before"), "--after", str(tmp_path / "after"), "--out",
+                 str(tmp_path / "out"), "--only", "video_before_after"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["video_before_after.jpg"]
 
 
 def test_missing_run_files_name_the_file(tmp_path):

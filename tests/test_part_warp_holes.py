@@ -211,3 +211,31 @@ def test_a_magnified_rotated_straight_edge_stays_straight(scale, degrees):
     resid = off - np.polyval(np.polyfit(x, off, 1), x)
     assert resid.std() < 0.12 and np.abs(resid).max() < 0.6, (resid.std(), np.abs(resid).max())
     assert abs(off.mean()) < 0.15  # and it lies where the scaled edge is
+
+
+def test_limb_the_source_lacks_takes_its_placeholder_from_the_mirror_limb():
+    """The source pose lacks the right knee (a detector miss), so the source cannot supply the right thigh
+    or shin: in the target they are holes to generate (still), but their placeholder is the left leg's
+    texture (its colour and stripes), as trousers or sleeves are on both sides, not a smooth fill of the
+    colours around them. Before (4f024cc): a smooth fill, none of it within reach of the left leg's colour
+    (on real video: a light grey leg beside the dark trousers)."""
+    image, pose, colours = _striped_figure()
+    source = pose.copy()
+    source.people[0].body[J["right_knee"]] = 0
+    target = pose  # the right leg swung out, off the source's legs (else the left leg's map shows it)
+    for j in ("right_knee", "right_ankle"):
+        target = _rotate_joint(target, J[j], J["right_hip"], 35)
+    r = flow_warp([image], [source], [target], FlowWarpOptions(retarget=False, segmentation="skeleton",
+                                                                background="white"))[0]
+    yy = np.mgrid[:256, :256][0]
+    leg = (_only(target, "right_thigh") | _only(target, "right_shin")) & (yy > 170)  # clear of the hip
+    gen = r.generate_mask.numpy() > 0.5
+    assert leg.sum() > 500
+    assert gen[leg].mean() > 0.85  # content to generate, whatever the placeholder (the rest: the hip's blend)
+    out = hwc(r.image)[leg & gen]
+    near = np.zeros(len(out), dtype=bool)
+    for name in ("left_thigh", "left_shin"):
+        c = colours[PART_BY_NAME[name].label]
+        t = np.clip(out @ c / (c @ c), 0.8, 1.0)
+        near |= np.abs(out - t[:, None] * c).max(-1) < 0.05
+    assert near.mean() > 0.8, near.mean()

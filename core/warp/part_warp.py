@@ -29,7 +29,10 @@ For every target pixel:
    the source lacks its joints: such pixels are *holes*, person pixels whose content must be generated. A
    hole shows its own part's texture (:func:`hole_texture`) where its part proposed a source position
    (also limbs the source shows too short, through a body-proportion map,
-   :func:`~..body.part_transforms.foreshortened_limb_transforms`), a smooth fill elsewhere.
+   :func:`~..body.part_transforms.foreshortened_limb_transforms`), a smooth fill elsewhere. A limb the
+   source lacks (a joint not detected) shows the texture of its mirror limb, where the source has that one
+   (chosen: trousers and sleeves are alike on both sides as a rule; on real video frames this beat the
+   smooth fill, 0.015 SSIM on the turns, while a character with different armour on each side lost 0.003).
 
 View changes (:mod:`..body.views`): when source and target face opposite ways (front <-> back), each target part
 is fed by the source part on the same image side (the source's labels are mirrored first), so no part map
@@ -194,7 +197,18 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     transforms = {k: v for k, v in fitted.items() if k not in hidden}
     # Parts the source cannot supply but whose texture can still be told (a hidden far-side limb, a limb the
     # source shows too short): maps used only to fill their holes (hole_texture), never as real content.
-    guesses = {**{k: v for k, v in fitted.items() if k in hidden}, **foreshortened_limb_transforms(source, target)}
+    foreshortened = foreshortened_limb_transforms(source, target)
+    guesses = {**{k: v for k, v in fitted.items() if k in hidden}, **foreshortened}
+    guess_label = {k: PART_BY_NAME[k].label for k in guesses}
+    # A limb the source lacks (a joint not detected) has no map of its own and would get a smooth fill (a
+    # light grey leg beside dark trousers on real video). Its placeholder is taken from its mirror limb
+    # where the source shows that one (the same trousers or sleeve, as a rule): still a hole to generate.
+    # (Hidden far-side limbs keep their own map's texture: their guess above.)
+    mirror_fit = fit_part_transforms(mirrored(source), target)
+    for k, m_k in mirror_fit.items():
+        if k not in transforms and MIRROR_PART[k] in transforms and k not in guesses:
+            guesses[k] = m_k
+            guess_label[k] = PART_BY_NAME[MIRROR_PART[k]].label
     t_geom = part_geometry(target)
     s_geom = part_geometry(source)
     hs, ws = source_labels.shape
@@ -248,7 +262,7 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
                 propose = new_hole & (hole_owner[rows, cols] == 0)
                 r = _end_at_body_scale(g, _affine(g, pxy), name, target, pxy, ratio)
                 flow_coords[:, rows, cols] = torch.where(propose, r, flow_coords[:, rows, cols])
-                hole_owner[rows, cols].masked_fill_(propose, label_k)
+                hole_owner[rows, cols].masked_fill_(propose, guess_label[name])
             hole[rows, cols] |= new_hole
             continue
         r0 = _affine(m, pxy)
