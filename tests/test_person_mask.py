@@ -174,3 +174,51 @@ def test_the_callers_meanwhile_work_runs_once_while_grabcut_runs_and_changes_no_
         assert calls == [method]
         assert overlapped == ([True] if method == "grabcut" else [])
         assert np.array_equal(mask, plain), method
+
+
+def _night_figure(size=256):
+    """The striped figure's pose, dressed all in near-black, on a dark night backdrop with faint noise."""
+    image, pose, _ = _striped_figure(size)
+    labels = render_part_labels(pose)
+    rng = np.random.RandomState(1)
+    night = np.float32([0.06, 0.06, 0.1]) + rng.uniform(-0.02, 0.02, (size, size, 3)).astype(np.float32)
+    dark = np.where(((np.arange(size) // 4) % 2 == 0)[:, None, None], 0.1, 0.14).astype(np.float32)
+    return np.where((labels > 0)[..., None], dark, night), pose, labels
+
+
+def test_lit_signs_touching_a_dark_person_are_not_the_person():
+    """A person in black on a night street with neon signs: one sign stands right against the arm and the
+    torso, the same neon shows elsewhere in the street. The neon stands out from the dark backdrop (the
+    colour growth took such signs) and GrabCut's person model learns it from the ring around the bones
+    (samples/video/street_f11: signs beside her became 'person' and were moved with her). The person never
+    wears it at the bones: it is backdrop. The person herself stays whole."""
+    image, pose, labels = _night_figure()
+    neon = np.zeros(labels.shape, bool)
+    neon[50:200, 70:84] = True  # against the right arm, from the shoulder down
+    neon[50:200, 178:192] = True  # against the left arm
+    neon[30:230, 8:20] = True  # the same neon farther along the street
+    neon &= labels == 0
+    image[neon] = (1.0, 0.35, 0.75)
+    mask = seg.person_mask(image, pose.people[0])
+    beside = neon.copy()
+    beside[:, :40] = False
+    assert beside.sum() > 2500
+    assert (mask[beside] > 0.5).mean() < 0.05
+    assert (mask[labels > 0] > 0.5).mean() > 0.97
+
+
+def test_hair_of_a_colour_the_backdrop_shows_only_elsewhere_stays_the_person():
+    """Brown hair around the head, beyond the head's nominal region, and a brown object across the photo
+    (samples/astronaut: her hair and the shuttle's tank). Only the backdrop right around a pixel says
+    whether its colour is the backdrop's: the hair stays the person."""
+    image, pose, labels = _night_figure()
+    image[labels == 0] = (0.75, 0.75, 0.78)  # a light grey wall
+    yy, xx = np.mgrid[:256, :256]
+    hair = ((xx - 128) ** 2 / 30.0 ** 2 + (yy - 30) ** 2 / 26.0 ** 2 < 1) & (labels == 0)
+    image[hair] = (0.45, 0.3, 0.15)
+    tank = (xx >= 220) & (yy >= 150) & (labels == 0)
+    image[tank] = (0.45, 0.3, 0.15)
+    mask = seg.person_mask(image, pose.people[0])
+    assert hair.sum() > 800
+    assert (mask[hair] > 0.5).mean() > 0.85
+    assert (mask[tank] > 0.5).mean() < 0.01

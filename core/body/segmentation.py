@@ -11,7 +11,9 @@ around the person that stand out from the backdrop and touch the person join it 
 tails far from every bone), at most ``GROW_MAX`` of the person's area; and pixels GrabCut took outside every
 part's nominal region that have the backdrop's colour (in shadow or not) leave it. ``"skeleton"`` gets the
 growth too (it is what misses loose clothes most; without it their colours would stay standing in the
-background where the person was); it never loses any of its part regions.
+background where the person was); it never loses any of its part regions. GrabCut's mask then takes a
+palette step (:func:`_drop_backdrop_palette`): its loose pixels of a colour the backdrop shows and the
+person does not wear within its parts' regions leave it (lit signs and graffiti beside the person).
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ SHADOW_MIN = 0.5  # a saturated backdrop darkened to this fraction (its shadow),
 SATURATED = 0.5  # a backdrop this saturated is told from the person by colour even inside a part's region
 GROW_REACH = 0.6  # the colour growth looks for missed clothes up to this many body scales around the person
 GROW_MAX = 0.25  # ... and adds nothing when it would add more than this fraction of the person's area
+PALETTE_LEVELS = 8  # colour histogram bins per RGB channel for the palette test (_drop_backdrop_palette)
+PALETTE_GLOBAL_RATIO = 3.0  # a loose pixel goes when its colour's share of the backdrop is over this times
+PALETTE_RATIO = 2.0  # ... its share of the person's palette, or this times in the backdrop around it ...
+PALETTE_CELL = 0.2  # ... within the 3x3 cells around it of this many body scales
 SURE = 0.35  # normalised distance below which a pixel is the person whatever the colours say (GrabCut seed)
 
 
@@ -128,6 +134,7 @@ def _person_mask(image, person, method, fields, meanwhile) -> np.ndarray:
         # added clothes' colours must not stay outside it where the person was.
         return np.maximum(skeleton, cv2.dilate(_upsample(added, (w, h), scale), np.ones((3, 3), np.uint8)))
     fg, _ = _grow_by_colour(img, fg, near, reach)
+    fg = _drop_backdrop_palette(img, fg, near, max(2, int(round(PALETTE_CELL * body_scale(person) * scale))))
     # Only the sure seeds are forced: the ring between them and the part's nominal region (CORE) is
     # person or background as the colours say, so background between the legs or beside a thin arm is
     # never taken for the person (it would be moved with the limb and counted as real person content).
@@ -263,6 +270,62 @@ def _grow_by_colour(img: np.ndarray, fg: np.ndarray, near: np.ndarray, reach: fl
     if added.sum() > GROW_MAX * person.sum():
         return person.astype(np.uint8), none
     return (person | added).astype(np.uint8), added.astype(np.uint8)
+
+
+def _drop_backdrop_palette(img: np.ndarray, fg: np.ndarray, near: np.ndarray, cell: int) -> np.ndarray:
+    """``fg`` (uint8 0/1 on the small copy ``img``, RGB uint8) less its loose pixels (outside every part's
+    nominal region, ``near >= CORE``) of a colour the backdrop shows and the person does not.
+
+    On a busy backdrop (neon signs, graffiti) GrabCut's person colour model learns some backdrop colours from
+    the "probably person" ring, and the colour growth adds lit signs next to a dark person: they stand out
+    from the smooth backdrop prediction. Neither compares with what the person is seen to wear: the
+    person's palette is a colour histogram (``PALETTE_LEVELS`` bins per channel, half a count per bin) of
+    ``fg`` within the parts' nominal regions. A loose pixel goes when its colour's share of the backdrop is
+    over ``PALETTE_GLOBAL_RATIO`` times its share of that palette, the backdrop being the pixels not in
+    ``fg`` within ``REACH`` part radii (not far margins: black pillar-box bars are not what the person
+    stands against), or over ``PALETTE_RATIO`` times it in the backdrop right around the pixel (the 3x3
+    cells of ``cell`` px around the pixel's cell). Only the second test is local: a colour the backdrop shows only elsewhere (a brown tank
+    across the photo, the colour of the hair) says little about a pixel here, so it must be far rarer on
+    the person to go. Loose clothes (coat tails, a skirt, hair beyond the head's region) show the colours
+    of the clothes and hair within the parts' regions and stay. What is then cut off from every part's
+    nominal region goes too (a sign left hanging by a thin strip). (A naive Bayes test: chosen for being
+    cheap, a few histograms.)"""
+    sure = (near < CORE) & (fg > 0)
+    backdrop = fg == 0
+    loose = (fg > 0) & (near >= CORE)
+    if sure.sum() < 16 or not backdrop.any() or not loose.any():
+        return fg
+    q = img.astype(np.int32) * PALETTE_LEVELS // 256
+    bins = (q[..., 0] * PALETTE_LEVELS + q[..., 1]) * PALETTE_LEVELS + q[..., 2]
+    n = PALETTE_LEVELS ** 3
+    on_person = np.bincount(bins[sure], minlength=n) + 0.5
+    share_person = on_person / on_person.sum()
+    near_backdrop = backdrop & (near < REACH)
+    on_backdrop = np.bincount(bins[near_backdrop], minlength=n) + 0.5
+    drop = loose & (on_backdrop / on_backdrop.sum() > PALETTE_GLOBAL_RATIO * share_person)[bins]
+    # The local backdrop: a histogram per cell, summed with its 8 neighbours, of the colours the loose pixels
+    # still show (all others in one last bin, for the cells' totals).
+    ys, xs = np.nonzero(loose & ~drop)
+    shown = np.unique(bins[ys, xs])
+    lut = np.full(n, len(shown))
+    lut[shown] = np.arange(len(shown))
+    h, w = fg.shape
+    gy, gx = -(-h // cell), -(-w // cell)
+    m = len(shown) + 1
+    cells = (np.arange(h)[:, None] // cell) * gx + np.arange(w)[None, :] // cell
+    counts = np.bincount((cells * m + lut[bins])[backdrop], minlength=gy * gx * m).reshape(gy, gx, m)
+    padded = np.pad(counts, ((1, 1), (1, 1), (0, 0)))
+    local = sum(padded[i:i + gy, j:j + gx] for i in range(3) for j in range(3))
+    total = np.maximum(local.sum(-1), 1)
+    cy, cx, b = ys // cell, xs // cell, bins[ys, xs]
+    local_like = local[cy, cx, lut[b]] > PALETTE_RATIO * share_person[b] * total[cy, cx]
+    drop[ys[local_like], xs[local_like]] = True
+    person = (fg > 0) & ~drop
+    # A single dropped pixel amid the person (a strand of hair's highlight) is noise, not backdrop.
+    person |= drop & (cv2.boxFilter(person.astype(np.float32), -1, (3, 3), normalize=False) >= 8)
+    _, comp = cv2.connectedComponents(person.astype(np.uint8), connectivity=4)
+    anchored = np.unique(comp[person & (near < CORE)])
+    return np.isin(comp, anchored[anchored > 0]).astype(np.uint8)
 
 
 def _backdrop_distance(colour: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
