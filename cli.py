@@ -446,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inpaint: remove the source person from the background; keep: leave the photo; "
                         f"black/white: plain background (default: {fw.background})")
     t.add_argument("--fill", default=fw.fill, choices=INPAINT_METHODS,
-                   help=f"how holes are filled (default: {fw.fill})")
+                   help="how the area the source person leaves is filled: mirror (the backdrop beside it "
+                        f"mirrored in), pyramid (smooth) or telea (default: {fw.fill})")
     t.add_argument("--source-person", type=int, default=fw.source_person, metavar="I",
                    help="person index in the source pose")
     t.add_argument("--target-person", type=int, default=fw.target_person, metavar="I",

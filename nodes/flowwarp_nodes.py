@@ -120,10 +120,13 @@ class PoseTransferFlowWarp:
                                "plain background."}),
                 "fill": (list(INPAINT_METHODS), {
                     "default": DEFAULTS.fill,
-                    "tooltip": "How gaps are filled before any diffusion: pyramid: smooth colours blended in from "
-                               "around the gap (fast, soft). telea: OpenCV inpainting that continues nearby edges "
-                               "a little (slower on big areas). Either is a placeholder: generate_mask marks these "
-                               "areas for a proper inpainting pass."}),
+                    "tooltip": "How the area the source person leaves is filled before any diffusion: mirror: the "
+                               "backdrop beside it mirrored in, so a street or wall keeps its grain (a seam can show "
+                               "in the middle). pyramid: smooth colours blended in from around the gap (fast, soft; "
+                               "a flat patch on busy backdrops). telea: OpenCV inpainting that continues nearby "
+                               "edges a little (slower on big areas). Holes inside the person that no part's "
+                               "texture covers are filled smoothly (pyramid) with mirror. Each is a placeholder: "
+                               "generate_mask marks these areas for a proper inpainting pass."}),
                 "retarget": ("BOOLEAN", {
                     "default": DEFAULTS.retarget,
                     "tooltip": "On: first give the target pose the photographed person's body proportions (bone "

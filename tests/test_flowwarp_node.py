@@ -84,7 +84,7 @@ def test_declaration_and_defaults():
                               "fill", "retarget", "anchor", "source_person", "target_person"]
     defaults = {name: spec[1].get("default") for name, spec in required.items()}
     assert defaults["method"] == "parts" and defaults["segmentation"] == "grabcut"
-    assert defaults["background"] == "inpaint" and defaults["fill"] == "pyramid"
+    assert defaults["background"] == "inpaint" and defaults["fill"] == "mirror"
     assert defaults["retarget"] is True and defaults["anchor"] == "source"
     for name in ("method", "segmentation", "background", "fill", "anchor"):
         assert defaults[name] in required[name][0], name

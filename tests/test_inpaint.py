@@ -91,3 +91,73 @@ def test_fill_worked_out_only_where_needed_gives_the_same_values_there():
             assert bool((part[..., 12, 8] == 0).all()) and bool((full[..., 12, 8] != 0).any())  # not filled there
     finally:
         torch.set_num_threads(threads)
+
+
+def _reference_mirror(image, known):
+    """mirror_fill written plainly, pixel by pixel: along the row the mirror across the nearer end of the run
+    whose mirror is known, else the same along the column, else None (left to the smooth fill)."""
+    h, w = known.shape
+    out = {}
+
+    def mirror(line, i, n):
+        lo = i
+        while lo >= 0 and not line[lo]:
+            lo -= 1
+        hi = i
+        while hi < n and not line[hi]:
+            hi += 1
+        options = []
+        if lo >= 0 and 0 <= 2 * lo + 1 - i < n and line[2 * lo + 1 - i]:
+            options.append((i - lo, 2 * lo + 1 - i))
+        if hi < n and 0 <= 2 * hi - 1 - i < n and line[2 * hi - 1 - i]:
+            options.append((hi - i + 0.5, 2 * hi - 1 - i))  # ties go to the left end
+        return min(options)[1] if options else None
+
+    for y in range(h):
+        for x in range(w):
+            if known[y, x]:
+                continue
+            c = mirror(known[y], x, w)
+            if c is not None:
+                out[y, x] = image[:, y, c]
+                continue
+            r = mirror(known[:, x], y, h)
+            out[y, x] = None if r is None else image[:, r, x]
+    return out
+
+
+def test_mirror_fill_takes_the_pixels_beside_each_hole_mirrored_across_its_nearer_edge():
+    # Hand-computed: a row 0..9 with a hole at columns 3..6 takes 2, 1 | 8, 7 (each half from its own side).
+    row = torch.arange(10.0).view(1, 1, 1, 10)
+    known = torch.ones(1, 1, 1, 10)
+    known[..., 3:7] = 0
+    assert inpaint.mirror_fill(row, known)[0, 0, 0].tolist() == [0, 1, 2, 2, 1, 8, 7, 7, 8, 9]
+    # Against the plain reference on random holes (rows, columns, and what is left to the smooth fill).
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 3, 23, 31, generator=g)
+    known = (torch.rand(1, 1, 23, 31, generator=g) > 0.3).float()
+    known[..., 4:9, :] = 0  # whole rows: the columns must fill them
+    known[..., 15:, 20:] = 0  # a block reaching two edges
+    out = inpaint.mirror_fill(image, known)
+    ref = _reference_mirror(image[0], known[0, 0].bool().numpy())
+    assert sum(v is not None for v in ref.values()) > 150
+    for (y, x), v in ref.items():
+        if v is not None:
+            assert torch.equal(out[0, :, y, x], v), (y, x)
+    assert torch.equal(out[known.expand_as(out) > 0.5], image[known.expand_as(image) > 0.5])
+    assert bool(torch.isfinite(out).all())
+
+
+def test_mirror_fill_keeps_a_backdrops_texture_where_the_pyramid_fill_is_flat():
+    """A striped wall with a person-sized hole: the mirror fill carries the stripes' contrast through it
+    (their spread within the hole as on the wall), the smooth fill leaves a nearly flat patch."""
+    h, w = 96, 80
+    stripes = ((torch.arange(w) // 3) % 2).float().view(1, 1, 1, w).expand(1, 3, h, w) * 0.8 + 0.1
+    known = torch.ones(1, 1, h, w)
+    known[..., 20:80, 30:55] = 0
+    hole = known[0, 0] < 0.5
+    mirror = inpaint.fill_holes(stripes, 1 - known, "mirror")[0, 0][hole]
+    smooth = inpaint.fill_holes(stripes, 1 - known, "pyramid")[0, 0][hole]
+    assert abs(float(mirror.std()) - float(stripes[0, 0].std())) < 0.05
+    assert float(smooth.std()) < 0.15
+    assert float(((mirror - 0.1).abs() < 1e-6).float().mean()) > 0.4  # the stripes' own values, not blends

@@ -5,7 +5,8 @@
 the source background:
 
 * ``background="inpaint"`` removes the source person (its mask dilated) and fills the area it leaves
-  (``fill`` method), so the person does not appear twice; ``"keep"`` leaves the source photo as it is
+  (``fill`` method; ``"mirror"``, the default, continues the backdrop's own texture into it, see
+  :func:`.hole_fill.mirror_fill`), so the person does not appear twice; ``"keep"`` leaves the source photo as it is
   behind the moved person; ``"black"`` / ``"white"`` give a cut-out on a plain background.
 * The output canvas is the target pose's. When it differs from the source image's, the background is
   scaled uniformly to cover it (centred, cropped).
@@ -92,7 +93,9 @@ class FlowWarpOptions:
     """FlowWarp's settings, the same in Python, the CLI and the node (frozen: one instance serves as the shared
     default).
 
-    ``method``: :data:`METHODS`. ``retarget`` is on by default: the usual call moves a person into someone
+    ``method``: :data:`METHODS`. ``fill``: how the area the source person leaves is filled (and the person's
+    holes that no part's texture covers; with ``"mirror"``, a backdrop fill, those take ``"pyramid"``).
+    ``retarget`` is on by default: the usual call moves a person into someone
     else's pose (an artist's arbitrary target, another body, another canvas); without retargeting the
     person would take that body's bone lengths and its place on its canvas. Turn it off for dataset pose pairs
     (the target is the ground-truth pose of the same person, on the same canvas, and the result is scored
@@ -103,7 +106,7 @@ class FlowWarpOptions:
     method: str = "parts"
     segmentation: str = "grabcut"
     background: str = "inpaint"
-    fill: str = "pyramid"
+    fill: str = "mirror"
     retarget: bool = True
     anchor: str = "source"
     source_person: int = 0
@@ -316,8 +319,10 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
         if not bool(known[rows, cols].numpy().any()):  # no colour nearby: the whole person's box
             rows, cols = _box_slices(flat | (known > 0), margin=8)
         # Only the flat holes are read: the finest level of the fill is worked out on their box alone.
+        # The mirror fill is for backdrops: across a limb's hole it would mirror another part's pixels.
+        hole_fill = "pyramid" if options.fill == "mirror" else options.fill
         needed = _box_slices(flat[rows, cols], margin=0)
-        filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], options.fill,
+        filled = fill_holes(person_img[None, :, rows, cols], (1 - known[rows, cols])[None, None], hole_fill,
                             needed)[0]
         person_img[:, rows, cols] = torch.where(flat[rows, cols], filled, person_img[:, rows, cols])
     # Content to generate: holes in the person, and background the source person hid that the moved
