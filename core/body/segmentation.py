@@ -284,12 +284,12 @@ def _drop_backdrop_palette(img: np.ndarray, fg: np.ndarray, near: np.ndarray, ce
     over ``PALETTE_GLOBAL_RATIO`` times its share of that palette, the backdrop being the pixels not in
     ``fg`` within ``REACH`` part radii (not far margins: black pillar-box bars are not what the person
     stands against), or over ``PALETTE_RATIO`` times it in the backdrop right around the pixel (the 3x3
-    cells of ``cell`` px around the pixel's cell). Only the second test is local: a colour the backdrop shows only elsewhere (a brown tank
-    across the photo, the colour of the hair) says little about a pixel here, so it must be far rarer on
-    the person to go. Loose clothes (coat tails, a skirt, hair beyond the head's region) show the colours
-    of the clothes and hair within the parts' regions and stay. What is then cut off from every part's
-    nominal region goes too (a sign left hanging by a thin strip). (A naive Bayes test: chosen for being
-    cheap, a few histograms.)"""
+    cells of ``cell`` px around the pixel's cell). Only the second test is local: a colour the backdrop
+    shows only elsewhere (a brown tank across the photo, the colour of the hair) says little about a pixel
+    here, so it must be far rarer on the person to go. Loose clothes (coat tails, a skirt, hair beyond the
+    head's region) show the colours of the clothes and hair within the parts' regions and stay. What is
+    then cut off from every part's nominal region goes too (a sign left hanging by a thin strip). (A naive
+    Bayes test: chosen for being cheap, a few histograms.)"""
     sure = (near < CORE) & (fg > 0)
     backdrop = fg == 0
     loose = (fg > 0) & (near >= CORE)

@@ -132,17 +132,17 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     grain and brightness, where a smooth fill averages them into a flat patch (on a night street with lit
     signs, a grey silhouette where the person stood). The seam down the middle of a wide hole shows;
     chosen over patch-based synthesis for being a few array lookups. ``image`` ``(B, C, H, W)``."""
-    out = image.clone()
+    out = image.detach().cpu().numpy().copy()  # numpy's flat gathers are several times faster here
     for i, k in enumerate((known[:, 0] > 0.5).cpu().numpy()):
         if k.all() or not k.any():
             continue
-        src, dst = out[i], image[i]
+        flat = out[i].reshape(out.shape[1], -1)  # a view: (C, H * W)
+        w = k.shape[1]
         # Along rows (only those with holes), then along the columns of what is left, then smooth.
         rows = np.flatnonzero(~k.all(1))
         cols, ok = _mirror_sources(k[rows])
         y, x = np.nonzero(ok)
-        src[:, torch.from_numpy(rows[y]), torch.from_numpy(x)] = dst[:, torch.from_numpy(rows[y]),
-                                                                      torch.from_numpy(cols[y, x])]
+        flat[:, rows[y] * w + x] = flat[:, rows[y] * w + cols[y, x]]
         rest = ~k
         rest[rows] &= ~ok
         if not rest.any():
@@ -151,14 +151,13 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         from_rows, ok_t = _mirror_sources(np.ascontiguousarray(k[:, columns].T))
         ok_t &= rest[:, columns].T
         x, y = np.nonzero(ok_t)
-        src[:, torch.from_numpy(y), torch.from_numpy(columns[x])] = dst[:, torch.from_numpy(from_rows[x, y]),
-                                                                        torch.from_numpy(columns[x])]
+        flat[:, y * w + columns[x]] = flat[:, from_rows[x, y] * w + columns[x]]
         rest[y, columns[x]] = False
         if rest.any():
-            filled = pyramid_fill(out[i:i + 1], torch.from_numpy((~rest).astype(np.float32))[None, None].to(image))
-            r = torch.from_numpy(rest)
-            src[:, r] = filled[0][:, r]
-    return out
+            known_now = torch.from_numpy((~rest).astype(np.float32))[None, None]
+            filled = pyramid_fill(torch.from_numpy(out[i:i + 1]), known_now)
+            out[i][:, rest] = filled[0].numpy()[:, rest]
+    return torch.from_numpy(out).to(image)
 
 
 def _mirror_sources(known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
