@@ -448,3 +448,27 @@ def test_coat_the_mask_misses_does_not_stay_at_the_old_place():
     assert (pinkish & old_place).sum() < 0.01 * old_place.sum()
     was_coat = (np.linalg.norm(image - pink, axis=-1) < 0.05) & old_place
     assert r.visibility.numpy()[was_coat].mean() < 0.01
+
+
+def test_the_area_the_person_leaves_continues_a_striped_backdrop_by_default():
+    """background='inpaint' with the default fill ('mirror'): the person moves 60 px right; where she stood,
+    vertical stripes of the backdrop continue through the area (their contrast, the stripes' own values),
+    where fill='pyramid' leaves a flat patch. That area is made up: generate mask 1 there."""
+    image, pose, _ = _striped_figure()
+    labels = render_part_labels(pose)
+    stripes = np.where(((np.arange(256) // 3) % 2 == 0)[None, :, None], 0.15, 0.75).astype(np.float32)
+    image = np.where((labels > 0)[..., None], image, np.broadcast_to(stripes, image.shape)).astype(np.float32)
+    target = pose.copy()
+    target.people[0].body[:, 0] += np.where(target.people[0].body[:, 2] > 0, 60, 0)
+    options = FlowWarpOptions(retarget=False)
+    assert options.fill == "mirror"
+    result = flow_warp([image], [pose], [target], options)[0]
+    smooth = flow_warp([image], [pose], [target], FlowWarpOptions(retarget=False, fill="pyramid"))[0]
+    left = np.zeros(labels.shape, bool)
+    left[70:200, 110:140] = True  # the source torso's place, left of the moved person
+    left &= result.person.numpy() < 0.01
+    assert left.sum() > 1500
+    out, flat = hwc(result.image)[left].mean(-1), hwc(smooth.image)[left].mean(-1)
+    assert out.std() > 0.2 and flat.std() < 0.1
+    assert (np.isclose(out, 0.15, atol=0.01) | np.isclose(out, 0.75, atol=0.01)).mean() > 0.9
+    assert (result.generate_mask.numpy()[left] > 0.5).all()
