@@ -222,3 +222,38 @@ def test_hair_of_a_colour_the_backdrop_shows_only_elsewhere_stays_the_person():
     assert hair.sum() > 800
     assert (mask[hair] > 0.5).mean() > 0.85
     assert (mask[tank] > 0.5).mean() < 0.01
+
+
+def test_a_close_up_portrait_is_cut_out_by_colour_not_by_the_skeleton():
+    """A head-and-shoulders portrait filling the frame: no pixel lies 3 part radii from every part, so
+    GrabCut had no sure background and the skeleton's blobs were the mask (samples/grace_hopper: sky beside
+    the head, flag below the shoulder, the cap's crown missing). Its zone now shrinks until some sure
+    background is left, and the colours decide: the hair and the jacket are the person, the sky is not."""
+    from posetransfer.core.pose.keypoints import Person, Pose
+
+    h, w = 170, 130
+    xy = {"nose": (65, 62), "neck": (65, 112), "right_shoulder": (27, 122), "left_shoulder": (103, 122),
+          "right_hip": (43, 236), "left_hip": (87, 236), "right_eye": (57, 54), "left_eye": (73, 54),
+          "right_ear": (48, 60), "left_ear": (82, 60)}
+    person = Person.from_xy([xy.get(n) for n in (
+        "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
+        "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+        "right_eye", "left_eye", "right_ear", "left_ear")])
+    rng = np.random.RandomState(2)
+    image = np.float32([0.25, 0.45, 0.85]) + rng.uniform(-0.03, 0.03, (h, w, 3)).astype(np.float32)  # sky
+    yy, xx = np.mgrid[:h, :w]
+    jacket = (yy > 112) & (np.abs(xx - 65) < 30 + (yy - 112) * 0.9)
+    hair = ((xx - 65) ** 2 / 34.0 ** 2 + (yy - 50) ** 2 / 40.0 ** 2 < 1)
+    face = ((xx - 65) ** 2 / 19.0 ** 2 + (yy - 66) ** 2 / 26.0 ** 2 < 1)
+    neck = (np.abs(xx - 65) < 10) & (yy > 80) & (yy <= 118)
+    image[hair] = (0.75, 0.72, 0.68)  # grey hair
+    image[jacket] = (0.08, 0.08, 0.16)
+    image[face | neck] = (0.85, 0.65, 0.55)
+    sky = ~(hair | jacket | face | neck)
+    near = torch.stack(list(seg.part_distance_fields(person, (h, w)).values())).amin(0)
+    assert float(near.max()) < 3  # a close-up: no pixel lies 3 part radii from every part
+    mask = seg.person_mask(image, Pose([person], w, h).person(0)) > 0.5
+    assert sky.sum() > 5000
+    assert mask[hair & ~face].mean() > 0.9
+    assert mask[jacket].mean() > 0.95
+    assert mask[sky].mean() < 0.05

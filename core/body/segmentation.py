@@ -37,6 +37,8 @@ CORE = 1.0  # normalised distance below which a pixel is inside a part's nominal
 REACH_LOOSE = 0.6  # GrabCut may find person up to this many body scales beyond 3 part radii
 BACKDROP_BAND = 0.3  # body scales of sure background around the zone that GrabCut's backdrop model learns from
 MIN_SURE_BACKGROUND = 0.3  # the wider zone is used only where it leaves this fraction as sure background
+ZONE_REACHES = (3.0, 2.2, 1.6)  # part radii of GrabCut's zone, tried in turn until it leaves ...
+MIN_CLOSE_UP_BACKGROUND = 0.05  # ... this fraction of the photo as sure background
 COLOUR_GAP = 0.15  # RGB distance (0..1) from the predicted background that makes a pixel stand out
 PERSON_RATIO = 2.0  # ... when its distance to the predicted person colour is below this times that distance
 BACKDROP_GAP = 0.12  # ... and closer than this to it makes a loose person pixel background after all
@@ -156,7 +158,12 @@ def _grabcut(img: np.ndarray, near: np.ndarray, person: Person, scale: float, me
     # Loose clothes (coat tails, wide skirts) reach far from every bone: "probably background", not sure
     # background, up to a further REACH_LOOSE body scales around the 3-radii zone.
     k = 2 * int(round(REACH_LOOSE * body_scale(person) * scale)) + 1
-    zone = near < 3.0
+    # A close-up (a portrait filling the frame) has no pixel 3 radii from every part: the zone then shrinks
+    # until it leaves some sure background, instead of GrabCut not running (the skeleton's mask was used).
+    for reach in ZONE_REACHES:
+        zone = near < reach
+        if (~zone).mean() >= MIN_CLOSE_UP_BACKGROUND:
+            break
     wide = cv2.dilate(zone.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
     if (~wide).mean() >= MIN_SURE_BACKGROUND:  # GrabCut needs enough sure background for its colour model
         zone = wide
