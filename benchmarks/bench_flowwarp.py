@@ -57,7 +57,8 @@ DEFAULT_SIZES = "256x176,512x352,1024x704"
 TARGET_SIZE = (512, 352)
 TARGET_MS = 100.0
 NOISY = 1.25  # median / min above this flags a row as disturbed by other load
-VARIANTS = (("grabcut", "pyramid"), ("skeleton", "pyramid"), ("grabcut", "telea"), ("skeleton", "telea"))
+VARIANTS = (("grabcut", "mirror"), ("skeleton", "mirror"), ("grabcut", "pyramid"), ("grabcut", "telea"),
+            ("skeleton", "telea"))
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -240,7 +241,7 @@ def run_one(args) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # Driver
 
-def spawn(args, size, batch, mode, segmentation="grabcut", fill="pyramid") -> dict:
+def spawn(args, size, batch, mode, segmentation="grabcut", fill="mirror") -> dict:
     """Run one configuration in a fresh process."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", f"{size[0]}x{size[1]}", str(batch), mode,
            "--repeats", str(args.repeats), "--segmentation", segmentation, "--fill", fill]
@@ -445,7 +446,7 @@ def main(argv=None):
     p.add_argument("--profile", nargs="?", const="512x352", type=parse_size, metavar="HxW",
                    help="cProfile flow_warp at HxW (default 512x352), batch 1, instead of the tables")
     p.add_argument("--segmentation", default="grabcut", help=argparse.SUPPRESS)
-    p.add_argument("--fill", default="pyramid", help=argparse.SUPPRESS)
+    p.add_argument("--fill", default="mirror", help=argparse.SUPPRESS)
     p.add_argument("--one", nargs=3, metavar=("HxW", "BATCH", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 1:
