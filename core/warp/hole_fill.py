@@ -154,10 +154,21 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         flat[:, y * w + columns[x]] = flat[:, from_rows[x, y] * w + columns[x]]
         rest[y, columns[x]] = False
         if rest.any():
-            known_now = torch.from_numpy((~rest).astype(np.float32))[None, None]
-            filled = pyramid_fill(torch.from_numpy(out[i:i + 1]), known_now)
-            out[i][:, rest] = filled[0].numpy()[:, rest]
+            # Smoothly, within the box of what is left grown by its own size (it needs only the colours
+            # around it; usually a few pixels where both mirrors run off the image).
+            ys, xs = np.nonzero(rest)
+            h = k.shape[0]
+            grow = max(MIRROR_MARGIN, int(ys.max() - ys.min()), int(xs.max() - xs.min()))
+            box = (slice(max(int(ys.min()) - grow, 0), min(int(ys.max()) + grow + 1, h)),
+                   slice(max(int(xs.min()) - grow, 0), min(int(xs.max()) + grow + 1, w)))
+            known_now = torch.from_numpy((~rest[box]).astype(np.float32))[None, None]
+            filled = pyramid_fill(torch.from_numpy(np.ascontiguousarray(out[i:i + 1, :, box[0], box[1]])), known_now)
+            region = out[i][:, box[0], box[1]]
+            region[:, rest[box]] = filled[0].numpy()[:, rest[box]]
     return torch.from_numpy(out).to(image)
+
+
+MIRROR_MARGIN = 16  # px of context at least around what the mirrors leave, for its smooth fill
 
 
 def _mirror_sources(known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
