@@ -125,39 +125,42 @@ def _half(x: torch.Tensor) -> torch.Tensor:
 def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Fill where ``known`` (``(B, 1, H, W)``, > 0.5 = known) is not with the known pixels beside the hole,
     mirrored across its edge: along each row, a hole pixel takes the pixel as far beyond the nearer end of
-    its run (left or right) as it lies inside; pixels whose mirror on both sides is out of the image or in
-    another hole take the same along their column; the rest (:func:`pyramid_fill`) a smooth fill.
+    its run (left or right) as it lies inside, the two mirrors cross-faded over ``MIRROR_SEAM`` px where
+    they meet; pixels whose mirror on both sides is out of the image or in another hole take the same along
+    their column; the rest a smooth fill (:func:`pyramid_fill`, within their box grown by their size).
 
     A textured placeholder: a street, a wall, a floor or a pattern continues through the hole with its own
     grain and brightness, where a smooth fill averages them into a flat patch (on a night street with lit
-    signs, a grey silhouette where the person stood). The seam down the middle of a wide hole shows;
-    chosen over patch-based synthesis for being a few array lookups. ``image`` ``(B, C, H, W)``."""
+    signs, a grey silhouette where the person stood). Where the two mirrors meet in a wide hole a seam
+    still shows; chosen over patch-based synthesis for being a few array lookups. ``image``
+    ``(B, C, H, W)``."""
     out = image.detach().cpu().numpy().copy()  # numpy's flat gathers are several times faster here
     for i, k in enumerate((known[:, 0] > 0.5).cpu().numpy()):
         if k.all() or not k.any():
             continue
         flat = out[i].reshape(out.shape[1], -1)  # a view: (C, H * W)
-        w = k.shape[1]
+        h, w = k.shape
         # Along rows (only those with holes), then along the columns of what is left, then smooth.
         rows = np.flatnonzero(~k.all(1))
-        cols, ok = _mirror_sources(k[rows])
+        left, right, weight, ok = _mirror_sources(k[rows])
         y, x = np.nonzero(ok)
-        flat[:, rows[y] * w + x] = flat[:, rows[y] * w + cols[y, x]]
+        r, wt = rows[y] * w, weight[y, x]
+        flat[:, r + x] = (1 - wt) * flat[:, r + left[y, x]] + wt * flat[:, r + right[y, x]]
         rest = ~k
         rest[rows] &= ~ok
         if not rest.any():
             continue
         columns = np.flatnonzero(rest.any(0))
-        from_rows, ok_t = _mirror_sources(np.ascontiguousarray(k[:, columns].T))
-        ok_t &= rest[:, columns].T
-        x, y = np.nonzero(ok_t)
-        flat[:, y * w + columns[x]] = flat[:, from_rows[x, y] * w + columns[x]]
-        rest[y, columns[x]] = False
+        up, down, weight, ok = _mirror_sources(np.ascontiguousarray(k[:, columns].T))
+        ok &= rest[:, columns].T
+        x, y = np.nonzero(ok)
+        c, wt = columns[x], weight[x, y]
+        flat[:, y * w + c] = (1 - wt) * flat[:, up[x, y] * w + c] + wt * flat[:, down[x, y] * w + c]
+        rest[y, c] = False
         if rest.any():
             # Smoothly, within the box of what is left grown by its own size (it needs only the colours
             # around it; usually a few pixels where both mirrors run off the image).
             ys, xs = np.nonzero(rest)
-            h = k.shape[0]
             grow = max(MIRROR_MARGIN, int(ys.max() - ys.min()), int(xs.max() - xs.min()))
             box = (slice(max(int(ys.min()) - grow, 0), min(int(ys.max()) + grow + 1, h)),
                    slice(max(int(xs.min()) - grow, 0), min(int(xs.max()) + grow + 1, w)))
@@ -169,11 +172,15 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 
 
 MIRROR_MARGIN = 16  # px of context at least around what the mirrors leave, for its smooth fill
+MIRROR_SEAM = 3  # px on each side of the middle of a hole run over which its two mirrors cross-fade
 
 
-def _mirror_sources(known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Along each row of ``known`` ``(H, W)`` bool: the column of every hole pixel's mirror across the nearer
-    end of its run whose mirror is known, and whether one is (False off the holes)."""
+def _mirror_sources(known: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Along each row of ``known`` ``(H, W)`` bool, for every hole pixel: the columns of its mirrors across
+    the left and the right end of its run, the weight (0..1) of the right one, and whether it has a known
+    mirror at all (False off the holes). The nearer end's mirror is taken when it is known, the other's
+    otherwise; where both are known, within ``MIRROR_SEAM`` px of the run's middle, the weight goes
+    linearly from the left's to the right's."""
     h, w = known.shape
     x = np.arange(w, dtype=np.int32)
     left = np.maximum.accumulate(np.where(known, x, -1).astype(np.int32), axis=1)  # last known at or before
@@ -183,8 +190,12 @@ def _mirror_sources(known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ok_left &= np.take_along_axis(known, np.clip(from_left, 0, w - 1), 1)
     ok_right = (right < w) & (from_right < w)
     ok_right &= np.take_along_axis(known, np.clip(from_right, 0, w - 1), 1)
-    use_left = ok_left & (~ok_right | (x - left <= right - x))
-    return np.where(use_left, from_left, from_right), ~known & (use_left | ok_right)
+    # Signed distance past the run's middle, in px: negative in its left half.
+    past_middle = (x - left) - (right - x)
+    both = 0.5 + past_middle / (4.0 * MIRROR_SEAM + 2)
+    weight = np.where(ok_left & ok_right, np.clip(both, 0, 1), np.where(ok_left, 0.0, 1.0)).astype(np.float32)
+    return (np.clip(from_left, 0, w - 1), np.clip(from_right, 0, w - 1), weight,
+            ~known & (ok_left | ok_right))
 
 
 def telea_fill(image: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarray:
