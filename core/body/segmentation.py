@@ -297,15 +297,15 @@ def _drop_backdrop_palette(img: np.ndarray, fg: np.ndarray, near: np.ndarray, ce
     head's region) show the colours of the clothes and hair within the parts' regions and stay. What is
     then cut off from every part's nominal region goes too (a sign left hanging by a thin strip). (A naive
     Bayes test: chosen for being cheap, a few histograms.)"""
-    sure = (near < CORE) & (fg > 0)
+    inside = (near < CORE) & (fg > 0)  # the person within the parts' nominal regions: its palette
     backdrop = fg == 0
     loose = (fg > 0) & (near >= CORE)
-    if sure.sum() < 16 or not backdrop.any() or not loose.any():
+    if inside.sum() < 16 or not backdrop.any() or not loose.any():
         return fg
     q = img.astype(np.int32) * PALETTE_LEVELS // 256
     bins = (q[..., 0] * PALETTE_LEVELS + q[..., 1]) * PALETTE_LEVELS + q[..., 2]
     n = PALETTE_LEVELS ** 3
-    on_person = np.bincount(bins[sure], minlength=n) + 0.5
+    on_person = np.bincount(bins[inside], minlength=n) + 0.5
     share_person = on_person / on_person.sum()
     near_backdrop = backdrop & (near < REACH)
     on_backdrop = np.bincount(bins[near_backdrop], minlength=n) + 0.5

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..flow import base_coords, coords_to_flow, coords_to_grid, flow_to_color, warp
 from ..pose.geometry import fit_source_pose
-from .hole_fill import INPAINT_METHODS, fill_holes
+from .hole_fill import INPAINT_METHODS, context_box, fill_holes
 from ..pose.keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
 from .part_warp import hidden_parts, label_boxes, part_flow, prepare_cache
 from ..body.parts import DEFAULT_DEPTH_ORDER
@@ -309,13 +309,9 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
     flat = hole if textured is None else hole & ~textured
     known = (~unknown & (alpha > 0.5)).float()
     if bool(flat.numpy().any()):
-        # Filled within the box of the flat holes, grown by their own size (at least FILL_MARGIN px): the fill
-        # only needs the colours around them, and most holes are textured (whole-person boxes cost ~10 ms).
-        rows, cols = _box_slices(flat, margin=0)
-        grow = max(FILL_MARGIN, rows.stop - rows.start, cols.stop - cols.start)
-        h, w = flat.shape
-        rows = slice(max(rows.start - grow, 0), min(rows.stop + grow, h))
-        cols = slice(max(cols.start - grow, 0), min(cols.stop + grow, w))
+        # Filled within the box of the flat holes grown by their own size (context_box): the fill only needs
+        # the colours around them, and most holes are textured (whole-person boxes cost ~10 ms).
+        rows, cols = context_box(flat.numpy())
         if not bool(known[rows, cols].numpy().any()):  # no colour nearby: the whole person's box
             rows, cols = _box_slices(flat | (known > 0), margin=8)
         # Only the flat holes are read: the finest level of the fill is worked out on their box alone.
@@ -335,7 +331,6 @@ def _composite(source: PreparedSource, coords: torch.Tensor, alpha: torch.Tensor
     return FlowWarpResult(image.clamp(0, 1).to(d), flow[0].to(d), visibility.to(d), alpha.to(d), target_pose)
 
 
-FILL_MARGIN = 16  # px of context around the flat holes for their smooth fill (_composite)
 
 
 def _box_slices(mask: torch.Tensor, margin: int) -> tuple[slice, slice]:

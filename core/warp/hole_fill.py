@@ -12,6 +12,20 @@ INPAINT_METHODS = ("pyramid", "mirror", "telea")
 WINDOW_PIXELS = 256 * 256  # below this the finest level is not worth cutting to the box of the holes
 
 
+FILL_MARGIN = 16  # px of context at least around a hole for its smooth fill on a crop (context_box)
+
+
+def context_box(mask: np.ndarray, margin: int = FILL_MARGIN) -> tuple[slice, slice]:
+    """Rows and columns of the bounding box of ``mask`` (``(H, W)`` bool, not empty) grown on every side by
+    its own height and width, at least ``margin`` px, within the image: the context a smooth fill of those
+    pixels needs (the colours around them), so it can run on that crop instead of the whole image."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    h, w = mask.shape
+    grow = max(margin, int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1)
+    return (slice(max(int(rows[0]) - grow, 0), min(int(rows[-1]) + 1 + grow, h)),
+            slice(max(int(cols[0]) - grow, 0), min(int(cols[-1]) + 1 + grow, w)))
+
+
 def pyramid_fill(image: torch.Tensor, known: torch.Tensor,
                  needed: tuple[slice, slice] | None = None) -> torch.Tensor:
     """Fill where ``known`` is 0 with a smooth extension of the known pixels (pull-push).
@@ -127,7 +141,7 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     mirrored across its edge: along each row, a hole pixel takes the pixel as far beyond the nearer end of
     its run (left or right) as it lies inside, the two mirrors cross-faded over ``MIRROR_SEAM`` px where
     they meet; pixels whose mirror on both sides is out of the image or in another hole take the same along
-    their column; the rest a smooth fill (:func:`pyramid_fill`, within their box grown by their size).
+    their column; the rest a smooth fill (:func:`pyramid_fill`, on the crop :func:`context_box`).
 
     A textured placeholder: a street, a wall, a floor or a pattern continues through the hole with its own
     grain and brightness, where a smooth fill averages them into a flat patch (on a night street with lit
@@ -139,7 +153,7 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         if k.all() or not k.any():
             continue
         flat = out[i].reshape(out.shape[1], -1)  # a view: (C, H * W)
-        h, w = k.shape
+        w = k.shape[1]
         # Along rows (only those with holes), then along the columns of what is left, then smooth.
         rows = np.flatnonzero(~k.all(1))
         left, right, weight, ok = _mirror_sources(k[rows])
@@ -158,12 +172,8 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         flat[:, y * w + c] = (1 - wt) * flat[:, up[x, y] * w + c] + wt * flat[:, down[x, y] * w + c]
         rest[y, c] = False
         if rest.any():
-            # Smoothly, within the box of what is left grown by its own size (it needs only the colours
-            # around it; usually a few pixels where both mirrors run off the image).
-            ys, xs = np.nonzero(rest)
-            grow = max(MIRROR_MARGIN, int(ys.max() - ys.min()), int(xs.max() - xs.min()))
-            box = (slice(max(int(ys.min()) - grow, 0), min(int(ys.max()) + grow + 1, h)),
-                   slice(max(int(xs.min()) - grow, 0), min(int(xs.max()) + grow + 1, w)))
+            # Smoothly, on the crop of its context (usually a few pixels where both mirrors leave the image).
+            box = context_box(rest)
             known_now = torch.from_numpy((~rest[box]).astype(np.float32))[None, None]
             filled = pyramid_fill(torch.from_numpy(np.ascontiguousarray(out[i:i + 1, :, box[0], box[1]])), known_now)
             region = out[i][:, box[0], box[1]]
@@ -171,7 +181,6 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).to(image)
 
 
-MIRROR_MARGIN = 16  # px of context at least around what the mirrors leave, for its smooth fill
 MIRROR_SEAM = 3  # px on each side of the middle of a hole run over which its two mirrors cross-fade
 
 

@@ -204,11 +204,13 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     # light grey leg beside dark trousers on real video). Its placeholder is taken from its mirror limb
     # where the source shows that one (the same trousers or sleeve, as a rule): still a hole to generate.
     # (Hidden far-side limbs keep their own map's texture: their guess above.)
-    mirror_fit = fit_part_transforms(mirrored(source), target)
-    for k, m_k in mirror_fit.items():
-        if k not in transforms and MIRROR_PART[k] in transforms and k not in guesses:
-            guesses[k] = m_k
-            guess_label[k] = PART_BY_NAME[MIRROR_PART[k]].label
+    lacking = [k for k, m in MIRROR_PART.items() if k not in fitted and k not in guesses and m in transforms]
+    if lacking:  # (the usual pose has every limb: no second fit)
+        mirror_fit = fit_part_transforms(mirrored(source), target)
+        for k in lacking:
+            if k in mirror_fit:
+                guesses[k] = mirror_fit[k]
+                guess_label[k] = PART_BY_NAME[MIRROR_PART[k]].label
     t_geom = part_geometry(target)
     s_geom = part_geometry(source)
     hs, ws = source_labels.shape
