@@ -154,22 +154,20 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
             continue
         flat = out[i].reshape(out.shape[1], -1)  # a view: (C, H * W)
         w = k.shape[1]
-        # Along rows (only those with holes), then along the columns of what is left, then smooth.
-        rows = np.flatnonzero(~k.all(1))
-        left, right, weight, ok = _mirror_sources(k[rows])
-        y, x = np.nonzero(ok)
-        r, wt = rows[y] * w, weight[y, x]
-        flat[:, r + x] = (1 - wt) * flat[:, r + left[y, x]] + wt * flat[:, r + right[y, x]]
+        # Along rows, then along the columns of what is left, then smooth.
+        y, x, left, right, wt = _mirror_sources(k)
+        r = y * w
+        _blend_into(flat, r + x, r + left, r + right, wt)
         rest = ~k
-        rest[rows] &= ~ok
+        rest[y, x] = False
         if not rest.any():
             continue
         columns = np.flatnonzero(rest.any(0))
-        up, down, weight, ok = _mirror_sources(np.ascontiguousarray(k[:, columns].T))
-        ok &= rest[:, columns].T
-        x, y = np.nonzero(ok)
-        c, wt = columns[x], weight[x, y]
-        flat[:, y * w + c] = (1 - wt) * flat[:, up[x, y] * w + c] + wt * flat[:, down[x, y] * w + c]
+        c, y, up, down, wt = _mirror_sources(np.ascontiguousarray(k[:, columns].T))
+        c = columns[c]
+        keep = rest[y, c]
+        c, y, up, down, wt = c[keep], y[keep], up[keep], down[keep], wt[keep]
+        _blend_into(flat, y * w + c, up * w + c, down * w + c, wt)
         rest[y, c] = False
         if rest.any():
             # Smoothly, on the crop of its context (usually a few pixels where both mirrors leave the image).
@@ -181,30 +179,47 @@ def mirror_fill(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).to(image)
 
 
+def _blend_into(flat: np.ndarray, at: np.ndarray, a: np.ndarray, b: np.ndarray, wt: np.ndarray) -> None:
+    """``flat[:, at] = (1 - wt) * flat[:, a] + wt * flat[:, b]`` for ``flat`` ``(C, N)``, one channel at a
+    time: numpy's 1-D gathers are about 3x faster than the same on the 2-D array (the same values)."""
+    for channel in flat:
+        channel[at] = (1 - wt) * channel.take(a) + wt * channel.take(b)
+
+
 MIRROR_SEAM = 3  # px on each side of the middle of a hole run over which its two mirrors cross-fade
 
 
-def _mirror_sources(known: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Along each row of ``known`` ``(H, W)`` bool, for every hole pixel: the columns of its mirrors across
-    the left and the right end of its run, the weight (0..1) of the right one, and whether it has a known
-    mirror at all (False off the holes). The nearer end's mirror is taken when it is known, the other's
-    otherwise; where both are known, within ``MIRROR_SEAM`` px of the run's middle, the weight goes
-    linearly from the left's to the right's."""
+def _mirror_sources(known: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Along each row of ``known`` ``(H, W)`` bool, the hole pixels that have a known mirror, as flat arrays
+    ``(row, column, left, right, weight)``: the columns of their mirrors across the left and the right end
+    of their run, and the weight (0..1) of the right one. The nearer end's mirror is taken when it is known,
+    the other's otherwise; where both are known, within ``MIRROR_SEAM`` px of the run's middle, the weight
+    goes linearly from the left's to the right's. Worked out per run of holes (a row has a few), so the
+    cost goes with the hole pixels, not the whole rows."""
     h, w = known.shape
-    x = np.arange(w, dtype=np.int32)
-    left = np.maximum.accumulate(np.where(known, x, -1).astype(np.int32), axis=1)  # last known at or before
-    right = np.minimum.accumulate(np.where(known, x, w).astype(np.int32)[:, ::-1], axis=1)[:, ::-1]
+    edges = np.zeros((h, w + 2), np.int8)
+    edges[:, 1:-1] = ~known
+    # In row-major order each run's start (+1) is followed by its end (-1): they pair up. (int32: half the
+    # memory traffic of numpy's int64 indices, and every flat index of an image fits.)
+    ry, rx = (a.astype(np.int32) for a in np.nonzero(np.diff(edges, axis=1)))
+    row, start, stop = ry[0::2], rx[0::2], rx[1::2]  # the run is [start, stop)
+    length = stop - start
+    # Per hole pixel: its row, its column and the known pixels that end its run.
+    y, left, right = np.repeat(row, length), np.repeat(start - 1, length), np.repeat(stop, length)
+    x = np.arange(len(y), dtype=np.int32) - np.repeat(np.cumsum(length, dtype=np.int32) - length - start, length)
     from_left, from_right = 2 * left + 1 - x, 2 * right - 1 - x  # mirrored about the run's two ends
-    ok_left = (left >= 0) & (from_left >= 0)
-    ok_left &= np.take_along_axis(known, np.clip(from_left, 0, w - 1), 1)
-    ok_right = (right < w) & (from_right < w)
-    ok_right &= np.take_along_axis(known, np.clip(from_right, 0, w - 1), 1)
-    # Signed distance past the run's middle, in px: negative in its left half.
-    past_middle = (x - left) - (right - x)
+    from_left.clip(0, w - 1, out=from_left)  # (out of the image: told by left / right below)
+    from_right.clip(0, w - 1, out=from_right)
+    flat, base = known.ravel(), y * w
+    ok_left = (2 * left + 1 >= x) & (left >= 0) & flat.take(base + from_left)
+    ok_right = (2 * right - 1 - x < w) & (right < w) & flat.take(base + from_right)
+    past_middle = (x - left) - (right - x)  # signed distance past the run's middle, in px
     both = 0.5 + past_middle / (4.0 * MIRROR_SEAM + 2)
     weight = np.where(ok_left & ok_right, np.clip(both, 0, 1), np.where(ok_left, 0.0, 1.0)).astype(np.float32)
-    return (np.clip(from_left, 0, w - 1), np.clip(from_right, 0, w - 1), weight,
-            ~known & (ok_left | ok_right))
+    ok = ok_left | ok_right
+    if ok.all():
+        return y, x, from_left, from_right, weight
+    return y[ok], x[ok], from_left[ok], from_right[ok], weight[ok]
 
 
 def telea_fill(image: np.ndarray, hole: np.ndarray, radius: int = 5) -> np.ndarray:
