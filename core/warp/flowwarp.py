@@ -356,24 +356,29 @@ def _support_box(alpha: torch.Tensor, hole: torch.Tensor) -> tuple[slice, slice]
     return rows, cols
 
 
+_FEATHER = np.array([0.25, 0.5, 0.25], np.float32)  # the 3x3 binomial filter, as its two 1-D halves
+
+
 def _feather(alpha: torch.Tensor, box: tuple[slice, slice] | None = None) -> torch.Tensor:
     """Soften the person's edge by about half a pixel (anti-aliasing), keeping the inside at 1. ``box``
     (:func:`_support_box`, computed when not given) holds every pixel the result can be nonzero at: the
-    filter runs only there (its values do not depend on where the window lies), the rest stays 0."""
+    filter runs only there (its values do not depend on where the window lies), the rest stays 0.
+    cv2's separable filter, not F.conv2d: the conv sets up a new kernel for every window size (about 2 ms
+    at 512x352, the filter itself takes 0.05)."""
     box = _support_box(alpha, torch.zeros(alpha.shape, dtype=torch.bool)) if box is None else box
     if box is None:
         return torch.zeros_like(alpha)
-    k = torch.tensor([0.25, 0.5, 0.25])
-    k = (k[:, None] * k[None, :])[None, None]
-    padded = F.pad(alpha[None, None], (1, 1, 1, 1), mode="replicate")
-    if box == (slice(None), slice(None)):
-        a = F.conv2d(padded, k)
-        return torch.maximum(a[0, 0], torch.where(alpha >= 1, alpha, torch.zeros_like(alpha))).clamp(0, 1)
     rows, cols = box
-    out = torch.zeros_like(alpha)
-    a = F.conv2d(padded[..., rows.start:rows.stop + 2, cols.start:cols.stop + 2], k)
     w = alpha[rows, cols]
-    out[rows, cols] = torch.maximum(a[0, 0], torch.where(w >= 1, w, torch.zeros_like(w))).clamp_(0, 1)
+    # The window with the image's pixel around it where there is one (else cv2 repeats the edge, as a
+    # replicate padding of the whole image would): its values do not depend on the window.
+    (h, wd), (r0, r1, _), (c0, c1, _) = alpha.shape, rows.indices(alpha.shape[0]), cols.indices(alpha.shape[1])
+    top, left = min(r0, 1), min(c0, 1)
+    grown = alpha[r0 - top:min(r1 + 1, h), c0 - left:min(c1 + 1, wd)].cpu().numpy()
+    a = cv2.sepFilter2D(np.ascontiguousarray(grown), -1, _FEATHER, _FEATHER, borderType=cv2.BORDER_REPLICATE)
+    a = a[top:top + r1 - r0, left:left + c1 - c0]
+    out = torch.zeros_like(alpha)
+    out[rows, cols] = torch.maximum(torch.from_numpy(a), torch.where(w >= 1, w, torch.zeros_like(w))).clamp_(0, 1)
     return out
 
 
