@@ -18,6 +18,7 @@ Run with the project's venv (a few seconds)::
 
     python benchmarks/compare_video.py            # table per clip and group, then over all pairs
     python benchmarks/compare_video.py --save DIR # also writes source | target | per-limb | FlowWarp panels
+    python benchmarks/compare_video.py --height 128  # every frame resized to 128 px high first (pedestrian size)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from posetransfer.core.body.segmentation import person_mask  # noqa: E402
 from posetransfer.core.body.views import is_side_view, view_flips  # noqa: E402
 from posetransfer.core.images import load_image  # noqa: E402
 from posetransfer.core.pose.formats import read_openpose_json  # noqa: E402
+from posetransfer.core.pose.geometry import resize  # noqa: E402
 from posetransfer.core.warp.flowwarp import FlowWarpOptions, flow_warp  # noqa: E402
 
 DATA = ROOT / "samples" / "video"
@@ -57,11 +59,16 @@ def within_clip_pairs(names):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--save", type=Path, help="write a panel per pair into this folder")
+    ap.add_argument("--height", type=int, help="resize every frame (photo and keypoints) to this canvas height "
+                                                "first, keeping the aspect ratio (e.g. 128: pedestrian-size people)")
     args = ap.parse_args(argv)
     views = {}
     for path in sorted(DATA.glob("*.png")):
         image = load_image(path)
         pose = read_openpose_json(path.with_suffix(".pose.json"))[0]
+        if args.height:
+            h, w = image.shape[:2]
+            image, pose = resize(image, pose, max(8, round(w * args.height / h)), args.height, interpolation="area")
         views[path.stem] = (image, pose, person_mask(image, pose.people[0]) > 0.5)
     rows: dict[tuple[str, str], list] = {}
     for s, t in within_clip_pairs(sorted(views)):
