@@ -1,7 +1,7 @@
 """Benchmark of the training-free FlowWarp (``core.warp.flowwarp``, method "parts") on the CPU.
 
 Prints time and peak-memory tables for several canvas sizes, batch 1 and batch 8, plus the option variants
-(segmentation grabcut / skeleton, fill pyramid / telea). Run from anywhere with the project's venv::
+(segmentation grabcut / skeleton, fill mirror / pyramid / telea). Run from anywhere with the project's venv::
 
     python benchmarks/bench_flowwarp.py                 # plain-text tables (a few minutes on 2 cores)
     python benchmarks/bench_flowwarp.py --markdown      # markdown tables (what benchmarks/RESULTS.md holds)
@@ -11,7 +11,7 @@ Workload (real photos from ``samples/``):
 
 * source: ``fashion_standing.png`` (350x350) with its OpenPose JSON; targets: the poses of ``jumper`` and
   ``model_red_background``, ``retarget=True`` (anchor "source": the source's bone lengths, the target's
-  angles), other options at their defaults (grabcut segmentation, background "inpaint", pyramid fill).
+  angles), other options at their defaults (grabcut segmentation, background "inpaint", mirror fill).
 * every image and pose is brought to each ``H x W`` canvas with ``core.pose.geometry`` keeping the aspect ratio:
   ``resize`` to COVER the canvas (one scale, ``max(H/h, W/w)``) then a centred ``crop``. The samples are
   square with the person in the middle, so only background is cut at the sides and the person fills about
@@ -378,7 +378,7 @@ def drive(args):
             f"({os.cpu_count()} logical cores), Python {platform.python_version()}",
             f"code: {code_version()}",
             f"load average (1/5/15 min) at start: {load_start}, at end: {loadavg()}",
-            "FlowWarp method 'parts', retarget on, segmentation grabcut, background inpaint, fill pyramid; "
+            "FlowWarp method 'parts', retarget on, segmentation grabcut, background inpaint, fill mirror; "
             f"{args.repeats} timed repeats after 1 warm-up; a row whose median > {NOISY} x min, or whose probe "
             f"(fixed torch workload timed before each repeat) > {NOISY} x the run's fastest probe, is re-run up to "
             f"{args.retries} time(s), lowest median kept (runs = attempts); ms/img = wall time of one flow_warp call / batch; "
