@@ -472,3 +472,43 @@ def test_the_area_the_person_leaves_continues_a_striped_backdrop_by_default():
     assert out.std() > 0.2 and flat.std() < 0.1
     assert (np.isclose(out, 0.15, atol=0.01) | np.isclose(out, 0.75, atol=0.01)).mean() > 0.75  # (seam: blends)
     assert (result.generate_mask.numpy()[left] > 0.5).all()
+
+
+def _reference_feather(alpha: np.ndarray) -> np.ndarray:
+    """The edge feather written plainly: the 3x3 binomial filter (1 2 1 / 2 4 2 / 1 2 1, over 16) with the
+    image's edge repeated, at least the pixel's own alpha where it is 1, clamped to 0..1."""
+    h, w = alpha.shape
+    k = np.array([1, 2, 1]) / 4
+    out = np.zeros_like(alpha)
+    for y in range(h):
+        for x in range(w):
+            v = sum(k[i] * k[j] * alpha[min(max(y + i - 1, 0), h - 1), min(max(x + j - 1, 0), w - 1)]
+                    for i in range(3) for j in range(3))
+            out[y, x] = min(max(v, alpha[y, x] if alpha[y, x] >= 1 else 0.0), 1.0)
+    return out
+
+
+def test_edge_feather_is_the_binomial_filter_on_its_window_and_at_the_image_edges():
+    from posetransfer.core.warp import flowwarp
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        h, w = rng.integers(2, 24, 2)
+        alpha = np.zeros((h, w), np.float32)
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        y1, x1 = rng.integers(y0 + 1, h + 1), rng.integers(x0 + 1, w + 1)  # often on the image's edge
+        patch = rng.random((y1 - y0, x1 - x0)).astype(np.float32)
+        alpha[y0:y1, x0:x1] = np.round(patch) if case % 2 else patch
+        if not alpha.any():
+            continue
+        want = _reference_feather(alpha)
+        a = torch.from_numpy(alpha)
+        box = flowwarp._support_box(a, torch.zeros(a.shape, dtype=torch.bool))
+        for b in (box, (slice(None), slice(None)), None):
+            got = flowwarp._feather(a, b).numpy()
+            np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"case {case}, box {b}")
+    # A known answer: a lone full pixel spreads its filter around itself and stays 1.
+    alpha = torch.zeros(5, 5)
+    alpha[2, 2] = 1
+    got = flowwarp._feather(alpha)
+    assert got[2, 2] == 1 and got[1, 2] == pytest.approx(0.125) and got[1, 1] == pytest.approx(0.0625)
+    assert got[0].abs().sum() == 0

@@ -370,13 +370,10 @@ def _feather(alpha: torch.Tensor, box: tuple[slice, slice] | None = None) -> tor
         return torch.zeros_like(alpha)
     rows, cols = box
     w = alpha[rows, cols]
-    # The window with the image's pixel around it where there is one (else cv2 repeats the edge, as a
-    # replicate padding of the whole image would): its values do not depend on the window.
-    (h, wd), (r0, r1, _), (c0, c1, _) = alpha.shape, rows.indices(alpha.shape[0]), cols.indices(alpha.shape[1])
-    top, left = min(r0, 1), min(c0, 1)
-    grown = alpha[r0 - top:min(r1 + 1, h), c0 - left:min(c1 + 1, wd)].cpu().numpy()
-    a = cv2.sepFilter2D(np.ascontiguousarray(grown), -1, _FEATHER, _FEATHER, borderType=cv2.BORDER_REPLICATE)
-    a = a[top:top + r1 - r0, left:left + c1 - c0]
+    # The edge repeated: on the image's edge as the whole image padded; on the window's, its outer pixels
+    # are 0 (the box holds the support grown by a pixel), as the pixels beyond it.
+    a = cv2.sepFilter2D(np.ascontiguousarray(w.cpu().numpy()), -1, _FEATHER, _FEATHER,
+                        borderType=cv2.BORDER_REPLICATE)
     out = torch.zeros_like(alpha)
     out[rows, cols] = torch.maximum(torch.from_numpy(a), torch.where(w >= 1, w, torch.zeros_like(w))).clamp_(0, 1)
     return out
