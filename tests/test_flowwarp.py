@@ -170,9 +170,22 @@ def test_missing_joints_never_crash_and_mark_what_cannot_be_sourced():
     yy, xx = np.mgrid[:256, :256]
     far = forearm & (np.hypot(xx - e[0], yy - e[1]) > 20)
     assert (r.visibility.numpy()[far] == 0).mean() > 0.9
-    # A part only the target lacks is simply not drawn: no hole where the left shin was.
-    shin = render_part_masks(pose)[PART_NAMES.index("left_shin")] > 0
-    assert r.visibility.numpy()[shin].mean() > 0.9
+    # A knee only the target lacks (its hip and ankle are there) is guessed where the source's leg puts it,
+    # here the source's own knee (same hip and ankle): the leg is drawn, a hole to generate (but next to the
+    # hip, which the torso's map reaches), showing the source's leg. (Before, it was not drawn at all: the
+    # backdrop showed where the leg is.)
+    colours = _striped_figure()[2]
+    hip = target.people[0].body[JOINT_INDEX["left_hip"], :2]
+    for name in ("left_thigh", "left_shin"):
+        only = render_part_masks(pose)[PART_NAMES.index(name)] > 0
+        only &= render_part_labels(pose) == PART_BY_NAME[name].label
+        assert (r.person.numpy()[only] >= 1).mean() > 0.9, name
+        away = only & (np.hypot(xx - hip[0], yy - hip[1]) > 30)
+        assert (r.visibility.numpy()[away] == 0).mean() > 0.8, name
+        col = colours[PART_BY_NAME[name].label]
+        out = hwc(r.image)[only]
+        t = np.clip(out @ col / (col @ col), 0.5, 1.0)  # the part's colour or its darker stripe shade
+        assert (np.abs(out - t[:, None] * col).max(-1) < 0.1).mean() > 0.8, name
 
 
 def test_source_without_usable_joints_is_a_clear_error():
@@ -512,3 +525,64 @@ def test_edge_feather_is_the_binomial_filter_on_its_window_and_at_the_image_edge
     got = flowwarp._feather(alpha)
     assert got[2, 2] == 1 and got[1, 2] == pytest.approx(0.125) and got[1, 1] == pytest.approx(0.0625)
     assert got[0].abs().sum() == 0
+
+
+def test_missing_limbs_are_guessed_from_the_source_pose():
+    """Known answers of part_transforms.missing_limb_transforms on the striped figure (its source pose)."""
+    from posetransfer.core.body.part_transforms import GUESSED_CONFIDENCE, missing_limb_transforms
+    _, pose, _ = _striped_figure()
+    source = pose.people[0]
+    s = source.body[:, :2]
+    # 1. A missing wrist: the forearm keeps its angle to the upper arm. The target's upper arm is the source's
+    #    turned 30 degrees about the shoulder (same lengths): the wrist is the source's turned the same way.
+    target = _rotate_joint(_rotate_joint(pose, J_["right_wrist"], J_["right_shoulder"], 30),
+                           J_["right_elbow"], J_["right_shoulder"], 30).people[0]
+    want = target.body[J_["right_wrist"], :2].copy()
+    target.body[J_["right_wrist"], 2] = 0
+    completed, maps = missing_limb_transforms(source, target)
+    np.testing.assert_allclose(completed.body[J_["right_wrist"], :2], want, atol=1e-6)
+    assert completed.body[J_["right_wrist"], 2] == GUESSED_CONFIDENCE and set(maps) == {"right_forearm"}
+    # The map sends the guessed forearm onto the source's: its two joints land on the source's joints.
+    m = maps["right_forearm"]
+    for j in ("right_elbow", "right_wrist"):
+        np.testing.assert_allclose(m[:, :2] @ completed.body[J_[j], :2] + m[:, 2], s[J_[j]], atol=1e-6)
+    assert target.body[J_["right_wrist"], 2] == 0  # the caller's pose is left as it was
+    # 2. A missing knee between a hip and an ankle the target has: where the two bones (the source's
+    #    lengths) meet, bent to the side the source's knee bends to. The source's left knee is bent 8 px
+    #    outwards; with the target's ankle 20 px higher the bones meet further out, on the same side.
+    bent = pose.copy()
+    bent.people[0].body[J_["left_knee"], 0] += 8
+    hip, knee, ankle = (bent.people[0].body[J_[n], :2] for n in ("left_hip", "left_knee", "left_ankle"))
+    target = pose.copy()
+    target.people[0].body[J_["left_ankle"], 1] -= 20
+    target.people[0].body[J_["left_knee"], 2] = 0
+    completed, maps = missing_limb_transforms(bent.people[0], target.people[0])
+    got = completed.body[J_["left_knee"], :2]
+    new_ankle = target.people[0].body[J_["left_ankle"], :2]
+    assert np.linalg.norm(got - hip) == pytest.approx(np.linalg.norm(knee - hip), abs=1e-6)
+    assert np.linalg.norm(new_ankle - got) == pytest.approx(np.linalg.norm(ankle - knee), abs=1e-6)
+    side = lambda a, b, p: np.sign((b - a)[0] * (p - a)[1] - (b - a)[1] * (p - a)[0])  # noqa: E731
+    assert side(hip, new_ankle, got) == side(hip, ankle, knee) != 0
+    assert np.hypot(*(got - (hip + new_ankle) / 2)) > 8  # further out than the source's bend
+    assert set(maps) == {"left_thigh", "left_shin"}
+    # 3. Whole missing arm (elbow and wrist): the upper arm at the source's angle to the torso's axis; the
+    #    target is the source turned 90 degrees about the neck, so the arm is the source's turned too.
+    neck = s[J_["neck"]]
+    turned = pose.map_points(lambda xy: neck + (xy - neck) @ np.array([[0.0, 1.0], [-1.0, 0.0]]))
+    target = turned.people[0]
+    want = target.body[[J_["left_elbow"], J_["left_wrist"]], :2].copy()
+    target.body[[J_["left_elbow"], J_["left_wrist"]], 2] = 0
+    completed, maps = missing_limb_transforms(source, target)
+    np.testing.assert_allclose(completed.body[[J_["left_elbow"], J_["left_wrist"]], :2], want, atol=1e-6)
+    assert set(maps) == {"left_upper_arm", "left_forearm"}
+    # 4. Nothing to guess from: the source lacks the limb too, or the target lacks its shoulder.
+    source2 = pose.copy().people[0]
+    source2.body[J_["left_wrist"], 2] = 0
+    target = pose.copy().people[0]
+    target.body[J_["left_wrist"], 2] = 0
+    assert missing_limb_transforms(source2, target) == (target, {})
+    target.body[[J_["left_shoulder"], J_["left_elbow"]], 2] = 0
+    assert missing_limb_transforms(source, target) == (target, {})
+
+
+J_ = JOINT_INDEX

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from ..flow import base_coords, coords_to_grid
 from ..pose.keypoints import Person
 from ..body.part_fields import grid_normalised_distance, part_geometry
-from ..body.part_transforms import fit_part_transforms, foreshortened_limb_transforms
+from ..body.part_transforms import fit_part_transforms, foreshortened_limb_transforms, missing_limb_transforms
 from ..body.parts import (DEFAULT_DEPTH_ORDER, NUM_PART_LABELS, PART_BY_NAME, PART_EXTENSION, PART_PARENT,
                           PART_RADIUS, body_scale)
 from ..body.views import MIRROR_PART, is_side_view, mirrored, near_side, side_view_depth_order, view_flips
@@ -211,7 +211,13 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
             if k in mirror_fit:
                 guesses[k] = mirror_fit[k]
                 guess_label[k] = PART_BY_NAME[MIRROR_PART[k]].label
-    t_geom = part_geometry(target)
+    # Limbs the target pose lacks (an undetected elbow, wrist, knee or ankle): placed as the source's pose
+    # suggests, holes to generate with their own texture (without them the backdrop shows in their place).
+    completed, missing = missing_limb_transforms(source, target)
+    for k, g in missing.items():
+        guesses[k] = g
+        guess_label[k] = PART_BY_NAME[k].label
+    t_geom = part_geometry(completed)
     s_geom = part_geometry(source)
     hs, ws = source_labels.shape
     key = ("mirrored" if mirrored_source else "plain",)
@@ -262,7 +268,7 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
             g = guesses.get(name)
             if g is not None:
                 propose = new_hole & (hole_owner[rows, cols] == 0)
-                r = _end_at_body_scale(g, _affine(g, pxy), name, target, pxy, ratio)
+                r = _end_at_body_scale(g, _affine(g, pxy), name, completed, pxy, ratio)
                 flow_coords[:, rows, cols] = torch.where(propose, r, flow_coords[:, rows, cols])
                 hole_owner[rows, cols].masked_fill_(propose, guess_label[name])
             hole[rows, cols] |= new_hole
