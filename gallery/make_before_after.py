@@ -33,8 +33,8 @@ DEMO_CASES = ("fashion_standing_to_jumper_retargeted", "fashion_standing_to_jump
               "fashion_standing_to_model_red_background", "model_red_background_to_jumper_retargeted")
 TURN_PAIRS = ("turn_front_to_turn_side1", "turn_front_to_turn_back", "turn_side1_to_turn_back",
               "turn_back_to_turn_side1", "turn_side2_to_turn_hero", "pix_front_to_pix_side1")
-VIDEO_PAIRS = ("street_f11_to_street_f22", "street_f22_to_street_f33", "street_f44_to_street_f22",
-               "kling_f00_to_kling_f22")
+VIDEO_PAIRS = ("street_f22_to_street_f33", "street_f22_to_street_f44", "street_f11_to_street_f44",
+               "kling_f00_to_kling_f11")
 CELL = 220       # demo cells are scaled to this width and height
 TURN_CELL = 100  # turnaround cells: this wide
 VIDEO_CELL = 175  # video cells: this wide (the frames' own width)
