@@ -586,3 +586,67 @@ def test_missing_limbs_are_guessed_from_the_source_pose():
 
 
 J_ = JOINT_INDEX
+
+
+def _small_sample(height=128):
+    """fashion_standing reduced to a pedestrian-crop size (below SUPERSAMPLE_BELOW: worked on at 2x)."""
+    from posetransfer.core.pose.geometry import resize
+    image, pose = sample("fashion_standing")
+    return resize(image, pose[0], height, height, interpolation="area")
+
+
+@pytest.mark.parametrize("segmentation", ["grabcut", "skeleton"])
+def test_small_photo_same_pose_gives_back_the_photo_exactly(segmentation):
+    from posetransfer.core.warp.flowwarp import SUPERSAMPLE_BELOW
+    image, pose = _small_sample()
+    assert max(image.shape[:2]) < SUPERSAMPLE_BELOW
+    r = flow_warp([image], [pose], [pose], FlowWarpOptions(retarget=False, segmentation=segmentation))[0]
+    assert r.image.shape == (3, 128, 128) and r.person.shape == r.visibility.shape == (128, 128)
+    assert r.visibility.min() == 1 and torch.allclose(r.flow, torch.zeros_like(r.flow), atol=1e-4)
+    assert torch.equal(r.image, torch.from_numpy(image).permute(2, 0, 1))  # not a blurred copy
+    assert r.target_pose.width == 128 and np.allclose(r.target_pose.people[0].xy, pose.people[0].xy)
+
+
+def test_small_photo_translated_pose_translates_the_person_in_photo_pixels():
+    """At 2x the person moves 2 * 7 working pixels; brought back: 7 px in the photo's pixels, the flow -7."""
+    image, pose = _small_sample()
+    m = np.array([[1.0, 0, 7], [0, 1, -4]])
+    target = moved(pose, lambda xy: xy @ m[:, :2].T + m[:, 2])
+    opts = FlowWarpOptions(retarget=False, segmentation="skeleton", background="keep")
+    r = flow_warp([image], [pose], [target], opts)[0]
+    # What the 2x work gives: the photo enlarged (bilinear), moved by 14 working px, each 2x2 block averaged.
+    big = cv2.resize(image, (256, 256), interpolation=cv2.INTER_LINEAR)
+    m2 = np.hstack([m[:, :2], 2 * m[:, 2:]])
+    moved_big = cv2.warpAffine(big, m2, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    expect = hwc(F_avg(torch.from_numpy(moved_big).permute(2, 0, 1)))
+    inner = cv2.erode((r.person.numpy() >= 1).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert inner.sum() > 800
+    assert np.abs(hwc(r.image) - expect)[inner].max() < 2e-3
+    np.testing.assert_allclose(r.flow[0].numpy()[inner], -7, atol=1e-3)
+    np.testing.assert_allclose(r.flow[1].numpy()[inner], 4, atol=1e-3)
+
+
+def test_downsampled_result_averages_blocks_and_keeps_only_whole_real_blocks():
+    from posetransfer.core.warp.flowwarp import FlowWarpResult, _downsampled
+    from posetransfer.core.flow import base_coords
+    h, w = 4, 6  # the working canvas, 2x a 2x3 photo
+    image = torch.arange(3 * h * w, dtype=torch.float32).reshape(3, h, w)
+    coords = base_coords(h, w)[0] + torch.tensor([4.0, -2.0])[:, None, None]  # 4 and -2 working px
+    visibility = torch.ones(h, w)
+    visibility[0, 0] = 0  # one made-up pixel in the top-left block
+    r = FlowWarpResult(image, coords - base_coords(h, w)[0], visibility, torch.ones(h, w), None)
+    photo = torch.zeros(3, 2, 3)
+    out = _downsampled(r, 2, Pose([], 3, 2), photo)
+    assert torch.equal(out.image, F_avg(image))
+    np.testing.assert_allclose(out.flow[0].numpy(), 2.0, atol=1e-6)  # photo pixels
+    np.testing.assert_allclose(out.flow[1].numpy(), -1.0, atol=1e-6)
+    assert out.visibility.tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert out.target_pose.width == 3
+    # A block that stayed put and is real is the photo's own pixel.
+    r = FlowWarpResult(image, torch.zeros(2, h, w), visibility, torch.ones(h, w), None)
+    out = _downsampled(r, 2, Pose([], 3, 2), photo)
+    assert torch.equal(out.image[:, 1], photo[:, 1]) and torch.equal(out.image[:, 0, 0], F_avg(image)[:, 0, 0])
+
+
+def F_avg(x):
+    return torch.nn.functional.avg_pool2d(x[None], 2)[0]
