@@ -14,6 +14,9 @@ the source background:
   inside the person that the source hides, and background the source person covered). It is binary:
   ``1 - visibility`` (:attr:`FlowWarpResult.generate_mask`) is the mask a later inpainting or diffusion stage
   should repaint.
+* A photo whose larger side is below ``SUPERSAMPLE_BELOW`` px (a pedestrian crop) is worked on at twice its
+  size (method ``"parts"``); every result comes back at the photo's size (:func:`prepare_source`,
+  :func:`_downsampled`).
 
 Every door (Python, the CLI's ``transfer``, the FlowWarp node) goes through :func:`iter_flow_warp` with one
 :class:`FlowWarpOptions` vocabulary and one set of defaults, and takes the generate mask and the flow picture
