@@ -547,24 +547,28 @@ def test_missing_limbs_are_guessed_from_the_source_pose():
     for j in ("right_elbow", "right_wrist"):
         np.testing.assert_allclose(m[:, :2] @ completed.body[J_[j], :2] + m[:, 2], s[J_[j]], atol=1e-6)
     assert target.body[J_["right_wrist"], 2] == 0  # the caller's pose is left as it was
-    # 2. A missing knee between a hip and an ankle the target has: where the two bones (the source's
-    #    lengths) meet, bent to the side the source's knee bends to. The source's left knee is bent 8 px
-    #    outwards; with the target's ankle 20 px higher the bones meet further out, on the same side.
+    # 2. A missing knee between a hip and an ankle the target has: where the two bones meet (law of cosines),
+    #    bent the way the source's knee bends. Source: the left knee bent 8 px out, to (152, 190). Target:
+    #    the left ankle straight below the hip, 96 px down; the bones are as long as the target's right leg
+    #    (50.04 and 48.04 px), or, without it, as the source's left leg (the body scale is the same).
     bent = pose.copy()
     bent.people[0].body[J_["left_knee"], 0] += 8
-    hip, knee, ankle = (bent.people[0].body[J_[n], :2] for n in ("left_hip", "left_knee", "left_ankle"))
     target = pose.copy()
-    target.people[0].body[J_["left_ankle"], 1] -= 20
+    target.people[0].body[J_["left_ankle"], :2] = (142, 236)
     target.people[0].body[J_["left_knee"], 2] = 0
+
+    def knee_at(l1, l2, d=96.0):
+        along = (d * d + l1 * l1 - l2 * l2) / (2 * d)
+        return np.array([142 + math.sqrt(l1 * l1 - along * along), 140 + along])  # outwards: +x
+
     completed, maps = missing_limb_transforms(bent.people[0], target.people[0])
-    got = completed.body[J_["left_knee"], :2]
-    new_ankle = target.people[0].body[J_["left_ankle"], :2]
-    assert np.linalg.norm(got - hip) == pytest.approx(np.linalg.norm(knee - hip), abs=1e-6)
-    assert np.linalg.norm(new_ankle - got) == pytest.approx(np.linalg.norm(ankle - knee), abs=1e-6)
-    side = lambda a, b, p: np.sign((b - a)[0] * (p - a)[1] - (b - a)[1] * (p - a)[0])  # noqa: E731
-    assert side(hip, new_ankle, got) == side(hip, ankle, knee) != 0
-    assert np.hypot(*(got - (hip + new_ankle) / 2)) > 8  # further out than the source's bend
+    np.testing.assert_allclose(completed.body[J_["left_knee"], :2], knee_at(math.hypot(2, 50), math.hypot(2, 48)),
+                               atol=1e-6)
     assert set(maps) == {"left_thigh", "left_shin"}
+    target.people[0].body[J_["right_knee"], 2] = 0  # no whole right leg to take the lengths from
+    completed, maps = missing_limb_transforms(bent.people[0], target.people[0])
+    np.testing.assert_allclose(completed.body[J_["left_knee"], :2], knee_at(math.hypot(10, 50), math.hypot(6, 48)),
+                               atol=1e-6)
     # 3. Whole missing arm (elbow and wrist): the upper arm at the source's angle to the torso's axis; the
     #    target is the source turned 90 degrees about the neck, so the arm is the source's turned too.
     neck = s[J_["neck"]]
