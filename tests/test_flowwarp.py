@@ -607,8 +607,22 @@ def test_small_photo_same_pose_gives_back_the_photo_exactly(segmentation):
     r = flow_warp([image], [pose], [pose], FlowWarpOptions(retarget=False, segmentation=segmentation))[0]
     assert r.image.shape == (3, 128, 128) and r.person.shape == r.visibility.shape == (128, 128)
     assert r.visibility.min() == 1 and torch.allclose(r.flow, torch.zeros_like(r.flow), atol=1e-4)
-    assert torch.equal(r.image, torch.from_numpy(image).permute(2, 0, 1))  # not a blurred copy
+    on_person = r.person >= 1
+    assert on_person.sum() > 2000
+    # Exactly the photo on the person (not a blurred copy), as at full size to 1e-3.
+    assert torch.equal(r.image[:, on_person], torch.from_numpy(image).permute(2, 0, 1)[:, on_person])
     assert r.target_pose.width == 128 and np.allclose(r.target_pose.people[0].xy, pose.people[0].xy)
+
+
+def test_small_photo_keeps_a_plain_backdrop_plain():
+    """The pixels that stay put are given back as the photo's only where the output shows the photo: a black
+    backdrop stays black (it did not, in the first version of the working scale)."""
+    image, pose = _small_sample()
+    for target in (pose, moved(pose, lambda xy: xy + (9, 0))):
+        r = flow_warp([image], [pose], [target], FlowWarpOptions(retarget=False, segmentation="skeleton",
+                                                                  background="black"))[0]
+        off = r.person.numpy() == 0
+        assert off.sum() > 5000 and hwc(r.image)[off].max() == 0
 
 
 def test_small_photo_translated_pose_translates_the_person_in_photo_pixels():
@@ -640,7 +654,7 @@ def test_downsampled_result_averages_blocks_and_keeps_only_whole_real_blocks():
     visibility[0, 0] = 0  # one made-up pixel in the top-left block
     r = FlowWarpResult(image, coords - base_coords(h, w)[0], visibility, torch.ones(h, w), None)
     photo = torch.zeros(3, 2, 3)
-    out = _downsampled(r, 2, Pose([], 3, 2), photo)
+    out = _downsampled(r, 2, Pose([], 3, 2), photo, image)
     assert torch.equal(out.image, F_avg(image))
     np.testing.assert_allclose(out.flow[0].numpy(), 2.0, atol=1e-6)  # photo pixels
     np.testing.assert_allclose(out.flow[1].numpy(), -1.0, atol=1e-6)
@@ -648,8 +662,14 @@ def test_downsampled_result_averages_blocks_and_keeps_only_whole_real_blocks():
     assert out.target_pose.width == 3
     # A block that stayed put and is real is the photo's own pixel.
     r = FlowWarpResult(image, torch.zeros(2, h, w), visibility, torch.ones(h, w), None)
-    out = _downsampled(r, 2, Pose([], 3, 2), photo)
+    out = _downsampled(r, 2, Pose([], 3, 2), photo, image)
     assert torch.equal(out.image[:, 1], photo[:, 1]) and torch.equal(out.image[:, 0, 0], F_avg(image)[:, 0, 0])
+    # ... only where it shows the enlarged photo unchanged (not a black backdrop, not a fill).
+    shown = image.clone()
+    shown[:, 2:, 4:] = 0
+    r = FlowWarpResult(shown, torch.zeros(2, h, w), torch.ones(h, w), torch.ones(h, w), None)
+    out = _downsampled(r, 2, Pose([], 3, 2), photo, image)
+    assert torch.equal(out.image[:, 1, 2], torch.zeros(3)) and torch.equal(out.image[:, 1, :2], photo[:, 1, :2])
 
 
 def F_avg(x):

@@ -289,7 +289,7 @@ def missing_limb_transforms(source: Person, target: Person) -> tuple[Person, dic
 
     Returns the target with the guessed joints added (confidence ``GUESSED_CONFIDENCE``) and, per limb
     segment that ends at a guessed joint, the map onto the source's own limb. Chosen (the target says
-    nothing of where the limb is), with the source's bone lengths times the body-scale ratio:
+    nothing of where the limb is), with the source's bone lengths times the body-scale ratio unless said:
 
     * a missing elbow or knee between a shoulder and wrist (hip and ankle) the target has: where the two
       bones meet, bent to the side the source's limb bends to (two-bone inverse kinematics; on the line
@@ -310,7 +310,7 @@ def missing_limb_transforms(source: Person, target: Person) -> tuple[Person, dic
     is not guessed. The far side of a target seen from the side is guessed too: its limbs are often there
     but undetected (a dancer's far leg lifted behind her); leaving them out lost 0.008 SSIM on the real
     video's turns (``benchmarks/compare_video.py``) and gained 0.002-0.003 on the armoured turnaround, whose
-    far arm the body hides."""
+    far arm the body hides (measured with the source's lengths for the knee, before the rule above)."""
     s_scale, t_scale = body_scale(source), body_scale(target)
     if s_scale <= 0 or t_scale <= 0:
         return target, {}

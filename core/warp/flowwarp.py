@@ -201,7 +201,7 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
     # the part maps' pixel-sized steps (GrabCut's pixels, 3x3 openings, nearest labels, a 1 px feather) are
     # coarse there next to a limb a few pixels wide. On the real video frames resized to 128 / 64 px high
     # (benchmarks/compare_video.py --height) this took the person-masked SSIM over all pairs from 0.220 to
-    # 0.237 and 0.279 to 0.305. The results are brought back by averaging each 2x2 block (warp_prepared).
+    # 0.233 and 0.279 to 0.299. The results are brought back by averaging each 2x2 block (warp_prepared).
     scale = 2 if max(h, w) < SUPERSAMPLE_BELOW and options.method == "parts" else 1
     photo = None
     if scale > 1:
@@ -249,13 +249,14 @@ def _scaled_pose(pose: Pose, scale: float) -> Pose:
                            round(pose.height * scale))
 
 
-def _downsampled(result: "FlowWarpResult", scale: int, target_pose: Pose, photo: torch.Tensor
-                 ) -> "FlowWarpResult":
+def _downsampled(result: "FlowWarpResult", scale: int, target_pose: Pose, photo: torch.Tensor,
+                 enlarged: torch.Tensor) -> "FlowWarpResult":
     """A result worked out at ``scale`` times the canvas brought back to it: the image and the person mask
     averaged over each ``scale x scale`` block, the flow too (as source positions, then in the photo's
     pixels), a pixel real only where its whole block is (what is partly made up is to generate). A real
-    pixel whose whole block stayed put (flow 0: the same pose, the backdrop on the same canvas) is the
-    ``photo``'s own pixel, not its enlarged-and-averaged copy (a slight blur)."""
+    pixel whose whole block stayed put and shows the ``enlarged`` photo unchanged (the same pose, the
+    backdrop kept on the same canvas; not a black or white backdrop, not a fill) is the ``photo``'s own
+    pixel, not its enlarged-and-averaged copy (a slight blur)."""
     def pool(x):
         return F.avg_pool2d(x[None], scale)[0]
 
@@ -266,8 +267,8 @@ def _downsampled(result: "FlowWarpResult", scale: int, target_pose: Pose, photo:
     visibility = -F.max_pool2d(-result.visibility[None, None], scale)[0, 0]
     image = pool(result.image)
     if photo.shape[-2:] == image.shape[-2:]:
-        moved = F.max_pool2d(result.flow.abs().amax(0)[None, None], scale)[0, 0]
-        still = (moved < 1e-4) & (visibility > 0.5)
+        change = torch.maximum(result.flow.abs().amax(0), (result.image - enlarged.to(result.image)).abs().amax(0))
+        still = (F.max_pool2d(change[None, None], scale)[0, 0] < 1e-4) & (visibility > 0.5)
         image = torch.where(still, photo.to(image), image)
     used = None if result.target_pose is None else _scaled_pose(result.target_pose, 1 / scale)
     return FlowWarpResult(image, flow, visibility, pool(result.person[None])[0],
@@ -294,7 +295,7 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
     """Warp a prepared source into ``target_pose`` (on its canvas, or the source's when retargeting)."""
     if source.scale > 1:  # worked on at the source's working scale, brought back to the target's canvas
         result = _warp_prepared(source, _scaled_pose(target_pose, source.scale), options, estimator, what)
-        return _downsampled(result, source.scale, target_pose, source.photo)
+        return _downsampled(result, source.scale, target_pose, source.photo, source.image)
     return _warp_prepared(source, target_pose, options, estimator, what)
 
 
