@@ -674,3 +674,11 @@ def test_downsampled_result_averages_blocks_and_keeps_only_whole_real_blocks():
 
 def F_avg(x):
     return torch.nn.functional.avg_pool2d(x[None], 2)[0]
+
+
+def test_small_photo_errors_name_the_canvas_the_caller_gave():
+    """Worked on at 2x, a small photo's errors still name its own canvas (128x128, not 256x256)."""
+    image, pose = _small_sample()
+    away = moved(pose, lambda xy: xy + (300, 0))  # beyond the edge, within the range the checks accept
+    with pytest.raises(ValueError, match="placed on the 128x128 canvas"):
+        flow_warp([image], [pose], [away], FlowWarpOptions(retarget=False, segmentation="skeleton"))

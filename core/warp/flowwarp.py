@@ -336,7 +336,8 @@ def _warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpO
                    source.hidden, source.cache)
     body = (pf.person > 0) | pf.hole
     if not bool(body.numpy().any()):  # else a picture with the person erased, silently
-        raise ValueError(f"{what}: no body part of the person could be placed on the {size[1]}x{size[0]} canvas "
+        shown = (size[0] // source.scale, size[1] // source.scale)  # the canvas as the caller gave it
+        raise ValueError(f"{what}: no body part of the person could be placed on the {shown[1]}x{shown[0]} canvas "
                          f"(it needs both ends of a limb, the torso's or a face joint, on or near the canvas, "
                          f"that the source pose also has)")
     coords = torch.where(body, pf.coords, bg_coords)
