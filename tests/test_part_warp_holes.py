@@ -239,3 +239,27 @@ def test_limb_the_source_lacks_takes_its_placeholder_from_the_mirror_limb():
         t = np.clip(out @ c / (c @ c), 0.8, 1.0)
         near |= np.abs(out - t[:, None] * c).max(-1) < 0.05
     assert near.mean() > 0.8, near.mean()
+
+
+def test_a_limb_bone_without_texture_of_its_own_takes_the_other_bones():
+    """An upper arm whose label covers little of its region in the source (here: its pixels taken by the
+    torso, as in a side view) has no texture worth continuing. Its holes take their placeholder from the
+    forearm of the same arm (the same sleeve), not a smooth fill: before, none of them was textured."""
+    from posetransfer.core.warp.part_warp import part_flow
+    from posetransfer.core.body.segmentation import part_distance_fields, part_label_map, person_mask
+    image, pose, colours = _striped_figure()
+    person = pose.people[0]
+    fields = part_distance_fields(person, image.shape[:2])
+    mask = torch.from_numpy(person_mask(image, person, "skeleton", fields))
+    labels = part_label_map(fields, mask)
+    upper, fore = PART_BY_NAME["right_upper_arm"].label, PART_BY_NAME["right_forearm"].label
+    labels[labels == upper] = PART_BY_NAME["torso"].label
+    target = _rotate_joint(_rotate_joint(pose, J["right_wrist"], J["right_shoulder"], 40),
+                           J["right_elbow"], J["right_shoulder"], 40)  # the arm swung out, off the torso
+    pf = part_flow(person, labels, mask, target.people[0], (256, 256))
+    holes = pf.hole & (pf.hole_owner == upper)
+    assert holes.sum() > 100
+    assert pf.textured[holes].float().mean() > 0.8
+    # ... pointing at the forearm's pixels in the source.
+    xy = pf.coords[:, holes].round().long()
+    assert (labels[xy[1].clamp(0, 255), xy[0].clamp(0, 255)] == fore).float().mean() > 0.8

@@ -327,9 +327,22 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
             area = np.pi * g.radius ** 2 + 2 * g.radius * float(np.linalg.norm(g.points[1] - g.points[0]))
             if counts[PART_BY_NAME[n].label] < HIDDEN_VISIBLE * area:
                 depth.pop(PART_BY_NAME[n].label, None)
-    textured = hole_texture(flow_coords, hole_owner, source_labels, boxes, depth, cache, key)
+    # A limb left without texture (its label covers little of its region: an upper arm the torso hides in a
+    # side view) takes its placeholder from the other bone of the same limb where that one has texture (the
+    # same sleeve or trouser leg), rather than a smooth fill (a flat grey bar).
+    texture_owner = hole_owner
+    for upper, lower in _LIMB_PAIRS:
+        for k, other in ((upper, lower), (lower, upper)):
+            if k not in depth and other in depth and bool((hole_owner == k).numpy().any()):
+                texture_owner = texture_owner.clone() if texture_owner is hole_owner else texture_owner
+                texture_owner[hole_owner == k] = other
+    textured = hole_texture(flow_coords, texture_owner, source_labels, boxes, depth, cache, key)
     person = torch.where(hole, torch.ones_like(person), person)
     return PartFlow(flow_coords, person, hole, owner, textured, hole_owner)
+
+
+_LIMB_PAIRS = tuple((PART_BY_NAME[f"{side}_{a}"].label, PART_BY_NAME[f"{side}_{b}"].label)
+                    for side in ("right", "left") for a, b in (("upper_arm", "forearm"), ("thigh", "shin")))
 
 
 # Left and right limbs of the same kind (both legs, both arms): where their regions overlap in the source the
