@@ -42,9 +42,10 @@ the torso; in a side-view source the far side's limbs that the body hides (``hid
 :func:`hidden_parts`) count as missing, so the target shows holes to generate there, not stretched copies
 of the near side.
 
-Missing joints: a limb segment missing a joint in either pose is dropped (a target limb whose source is
-unknown becomes a hole; a source limb the target lacks simply disappears); missing hips are inferred for the
-torso; the head needs one face joint or the neck in both poses.
+Missing joints: a target limb whose source is unknown becomes a hole; a limb the target pose lacks but the
+source shows is guessed from the source's pose and drawn as a hole with its own texture
+(:func:`..body.part_transforms.missing_limb_transforms`); missing hips are inferred for the torso; the head
+needs one face joint or the neck in both poses.
 """
 
 from __future__ import annotations
