@@ -682,3 +682,10 @@ def test_small_photo_errors_name_the_canvas_the_caller_gave():
     away = moved(pose, lambda xy: xy + (300, 0))  # beyond the edge, within the range the checks accept
     with pytest.raises(ValueError, match="placed on the 128x128 canvas"):
         flow_warp([image], [pose], [away], FlowWarpOptions(retarget=False, segmentation="skeleton"))
+
+
+def test_small_photo_onto_a_canvas_too_large_to_double_is_a_clear_error():
+    image, pose = _small_sample()
+    wide = moved(pose, lambda xy: xy, 9000, 128)  # accepted as it is, 18000 px wide once doubled
+    with pytest.raises(ValueError, match=r"worked on at 2x.*canvas 18000x256 is larger than"):
+        flow_warp([image], [pose], [wide], FlowWarpOptions(retarget=False, segmentation="skeleton"))

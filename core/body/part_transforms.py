@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..pose.keypoints import JOINT_INDEX, Person
-from .parts import body_scale
+from ..pose.keypoints import FLIP_PERMUTATION, JOINT_INDEX, Person
+from .parts import BODY_PARTS, body_scale
 
 NECK, RSH, LSH, RHIP, LHIP, NOSE = (JOINT_INDEX[n] for n in
                                     ("neck", "right_shoulder", "left_shoulder", "right_hip", "left_hip", "nose"))
@@ -188,7 +188,6 @@ def _stretch(source: Person, target: Person, a: int, b: int, ratio: float) -> fl
 
 def fit_part_transforms(source: Person, target: Person) -> dict[str, np.ndarray]:
     """Transforms of every part that both poses determine, keyed by part name (see module docstring)."""
-    from .parts import BODY_PARTS
 
     s_scale, t_scale = body_scale(source), body_scale(target)
     if s_scale <= 0 or t_scale <= 0:
@@ -237,8 +236,6 @@ def foreshortened_limb_transforms(source: Person, target: Person) -> dict[str, n
     put the end joint too close (a hanging forearm with the wrist found at the elbow) this lands on the limb;
     where the limb really points at the camera it is a guess. So these maps only say which source pixels the
     hole left for the limb is filled from (the limb's own texture), and the hole stays marked to generate."""
-    from .parts import BODY_PARTS
-
     s_scale, t_scale = body_scale(source), body_scale(target)
     if s_scale <= 0 or t_scale <= 0:
         return {}
@@ -357,7 +354,7 @@ def missing_limb_transforms(source: Person, target: Person) -> tuple[Person, dic
 def _mirror_lengths(person: Person, root: int, mid: int, end: int) -> tuple[float, float] | None:
     """The two bone lengths of the other side's arm or leg of ``person`` (the chain mirroring ``root, mid,
     end``), None unless all three of its joints were detected."""
-    other = [_MIRROR_JOINT[j] for j in (root, mid, end)]
+    other = [FLIP_PERMUTATION[j] for j in (root, mid, end)]
     if not person.present[other].all():
         return None
     xy = person.body[other, :2].astype(float)
@@ -384,13 +381,4 @@ def _two_bone_joint(t_root, t_end, s_root, s_mid, s_end, lengths: tuple[float, f
     return t_root + u * along + side * off * normal
 
 
-_MIRROR_JOINT = {i: JOINT_INDEX[n.replace("right_", "@").replace("left_", "right_").replace("@", "left_")]
-                 for n, i in JOINT_INDEX.items()}
-
-
-def _segment_parts() -> dict[tuple[int, int], str]:
-    from .parts import BODY_PARTS
-    return {tuple(p.segment): p.name for p in BODY_PARTS if p.segment is not None}
-
-
-_SEGMENT_PART = _segment_parts()
+_SEGMENT_PART = {tuple(p.segment): p.name for p in BODY_PARTS if p.segment is not None}

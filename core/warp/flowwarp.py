@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..flow import base_coords, coords_to_flow, coords_to_grid, flow_to_color, warp
-from ..pose.geometry import fit_source_pose
+from ..pose.geometry import fit_source_pose, resize
 from .hole_fill import INPAINT_METHODS, context_box, fill_holes
 from ..pose.keypoints import Person, Pose, check_canvas_size, check_has_pose, check_joints
 from .part_warp import hidden_parts, label_boxes, part_flow, prepare_cache
@@ -206,9 +206,8 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
     photo = None
     if scale > 1:
         photo = torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (pixels that stay put are given back)
-        image = cv2.resize(image, (w * scale, h * scale), interpolation=cv2.INTER_LINEAR)
-        pose = _scaled_pose(pose, scale)
         h, w = h * scale, w * scale
+        image, pose = resize(image, pose, w, h, "bilinear")
     person = uncross_legs(pose.person(options.source_person, f"{what} pose"))
     fields = part_distance_fields(person, (h, w))
     if not fields:
@@ -243,12 +242,6 @@ def prepare_source(image: np.ndarray, pose: Pose, options: FlowWarpOptions = Flo
                           hidden_parts(person, labels), device, cache, scale, photo)
 
 
-def _scaled_pose(pose: Pose, scale: float) -> Pose:
-    """``pose`` on its canvas ``scale`` times larger (pixel centres: x -> (x + 0.5) * scale - 0.5)."""
-    return pose.map_points(lambda xy: (xy + 0.5) * scale - 0.5, round(pose.width * scale),
-                           round(pose.height * scale))
-
-
 def _downsampled(result: "FlowWarpResult", scale: int, target_pose: Pose, photo: torch.Tensor,
                  enlarged: torch.Tensor) -> "FlowWarpResult":
     """A result worked out at ``scale`` times the canvas brought back to it: the image and the person mask
@@ -270,9 +263,8 @@ def _downsampled(result: "FlowWarpResult", scale: int, target_pose: Pose, photo:
         change = torch.maximum(result.flow.abs().amax(0), (result.image - enlarged.to(result.image)).abs().amax(0))
         still = (F.max_pool2d(change[None, None], scale)[0, 0] < 1e-4) & (visibility > 0.5)
         image = torch.where(still, photo.to(image), image)
-    used = None if result.target_pose is None else _scaled_pose(result.target_pose, 1 / scale)
-    return FlowWarpResult(image, flow, visibility, pool(result.person[None])[0],
-                          used if used is not None else target_pose)
+    used = target_pose if result.target_pose is None else resize(None, result.target_pose, w, h)[1]
+    return FlowWarpResult(image, flow, visibility, pool(result.person[None])[0], used)
 
 
 def _cover_coords(target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
@@ -294,7 +286,11 @@ def warp_prepared(source: PreparedSource, target_pose: Pose, options: FlowWarpOp
                   estimator: FlowEstimator | None = None, what: str = "target pose") -> FlowWarpResult:
     """Warp a prepared source into ``target_pose`` (on its canvas, or the source's when retargeting)."""
     if source.scale > 1:  # worked on at the source's working scale, brought back to the target's canvas
-        result = _warp_prepared(source, _scaled_pose(target_pose, source.scale), options, estimator, what)
+        k = source.scale
+        width, height = target_pose.width * k, target_pose.height * k
+        check_canvas_size(width, height, f"{what} (its canvas worked on at {k}x, the source photo being smaller "
+                                         f"than {SUPERSAMPLE_BELOW} px)")
+        result = _warp_prepared(source, resize(None, target_pose, width, height)[1], options, estimator, what)
         return _downsampled(result, source.scale, target_pose, source.photo, source.image)
     return _warp_prepared(source, target_pose, options, estimator, what)
 

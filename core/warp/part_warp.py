@@ -204,7 +204,7 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     # A limb the source lacks (a joint not detected) has no map of its own and would get a smooth fill (a
     # light grey leg beside dark trousers on real video). Its placeholder is taken from its mirror limb
     # where the source shows that one (the same trousers or sleeve, as a rule): still a hole to generate.
-    # (Hidden far-side limbs keep their own map's texture: their guess above.)
+    # (Hidden far-side limbs keep their own map, their guess above; their texture, see hole_texture below.)
     lacking = [k for k, m in MIRROR_PART.items() if k not in fitted and k not in guesses and m in transforms]
     if lacking:  # (the usual pose has every limb: no second fit)
         mirror_fit = fit_part_transforms(mirrored(source), target)
@@ -331,12 +331,13 @@ def part_flow(source: Person, source_labels: torch.Tensor, source_mask: torch.Te
     # A limb left without texture (its label covers little of its region: an upper arm the torso hides in a
     # side view) takes its placeholder from the other bone of the same limb where that one has texture (the
     # same sleeve or trouser leg), rather than a smooth fill (a flat grey bar).
+    swap = {k: other for upper, lower in _LIMB_PAIRS for k, other in ((upper, lower), (lower, upper))
+            if k not in depth and other in depth}
     texture_owner = hole_owner
-    for upper, lower in _LIMB_PAIRS:
-        for k, other in ((upper, lower), (lower, upper)):
-            if k not in depth and other in depth and bool((hole_owner == k).numpy().any()):
-                texture_owner = texture_owner.clone() if texture_owner is hole_owner else texture_owner
-                texture_owner[hole_owner == k] = other
+    if swap:
+        lut = torch.arange(NUM_PART_LABELS)
+        lut[list(swap)] = torch.tensor(list(swap.values()))
+        texture_owner = lut[hole_owner]
     textured = hole_texture(flow_coords, texture_owner, source_labels, boxes, depth, cache, key)
     person = torch.where(hole, torch.ones_like(person), person)
     return PartFlow(flow_coords, person, hole, owner, textured, hole_owner)
